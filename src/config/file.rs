@@ -1,0 +1,58 @@
+//! The TOML file format, as written by operators. Every struct rejects unknown keys; values
+//! are checked and converted in `model.rs`.
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub plugins: Vec<toml::Table>,
+    #[serde(default)]
+    pub pools: Vec<PoolSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    pub listen: Option<Vec<String>>,
+    pub base_path: Option<String>,
+    pub threads: Option<usize>,
+    pub max_request_body: Option<String>,
+    pub client_body_timeout: Option<String>,
+    pub upstream_connect_timeout: Option<String>,
+    pub upstream_idle_timeout: Option<String>,
+    pub upstream_keepalive_timeout: Option<String>,
+    pub max_connect_attempts: Option<usize>,
+    pub shutdown_grace_period: Option<String>,
+    pub log_level: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSection {
+    pub name: String,
+    pub cluster: String,
+    pub framework: String,
+    pub models: Vec<String>,
+    /// Each entry is `"host:port"` or `{ address = "host:port", weight = 2 }`; checked in
+    /// `model.rs` so that errors can name the entry.
+    pub backends: Vec<toml::Value>,
+    pub balance: Option<String>,
+    pub priority: Option<i64>,
+    pub api_key_env: Option<String>,
+    #[serde(default)]
+    pub health: HealthSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSection {
+    pub path: Option<String>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub unhealthy_threshold: Option<u32>,
+    pub healthy_threshold: Option<u32>,
+}

@@ -1,0 +1,355 @@
+//! The validated configuration the gateway runs on. Built from [`super::file`] by `TryFrom`;
+//! nothing here derives `Deserialize`, so an unchecked value cannot sneak in.
+
+use std::collections::HashSet;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use super::file::{FileConfig, HealthSection, PoolSection, ServerSection};
+use super::units::{parse_duration, parse_size};
+use super::ConfigError;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub plugins: Vec<PluginConfig>,
+    pub pools: Vec<PoolConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: Vec<SocketAddr>,
+    /// `""` or a path starting with `/` and not ending with one.
+    pub base_path: String,
+    pub threads: usize,
+    pub max_request_body: u64,
+    /// Bound on reading a whole request body (the socket timeout is per read).
+    pub client_body_timeout: Duration,
+    pub upstream_connect_timeout: Duration,
+    /// Largest gap allowed between bytes of a backend response (also the wait for its header).
+    pub upstream_idle_timeout: Duration,
+    /// How long an idle keep-alive connection to a backend is kept for reuse.
+    pub upstream_keepalive_timeout: Duration,
+    /// Backends tried per request when connecting fails (bounded by the pool size).
+    pub max_connect_attempts: usize,
+    pub shutdown_grace_period: Duration,
+    pub log_level: log::LevelFilter,
+}
+
+#[derive(Debug, Clone)]
+pub struct PluginConfig {
+    pub kind: String,
+    /// The whole `[[plugins]]` table, for the plugin's factory to validate.
+    pub table: toml::Table,
+    /// TOML path, e.g. `plugins[0]`.
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    LeastRequests,
+    ConsistentHash,
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub name: String,
+    pub cluster: String,
+    pub framework: String,
+    pub models: Vec<String>,
+    pub backends: Vec<BackendConfig>,
+    pub balance: Balance,
+    pub priority: i64,
+    /// The backend's own bearer key, read from the environment at load time.
+    pub api_key: Option<String>,
+    pub health: HealthConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct BackendConfig {
+    /// As written (`host:port`), for logs and metrics.
+    pub address: String,
+    pub socket: SocketAddr,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthConfig {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub unhealthy_threshold: u32,
+    pub healthy_threshold: u32,
+}
+
+fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+fn duration_or(value: &Option<String>, path: &str, default: Duration) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(text) => parse_duration(text).map_err(|m| err(path, m)),
+    }
+}
+
+impl TryFrom<FileConfig> for Config {
+    type Error = ConfigError;
+
+    fn try_from(file: FileConfig) -> Result<Self, ConfigError> {
+        let server = server_config(&file.server)?;
+        let plugins = file
+            .plugins
+            .into_iter()
+            .enumerate()
+            .map(|(i, table)| plugin_config(i, table))
+            .collect::<Result<Vec<_>, _>>()?;
+        if file.pools.is_empty() {
+            return Err(err("pools", "at least one [[pools]] entry is required"));
+        }
+        let mut names = HashSet::new();
+        let mut pools = Vec::with_capacity(file.pools.len());
+        for (i, section) in file.pools.iter().enumerate() {
+            let pool = pool_config(i, section)?;
+            if !names.insert(pool.name.clone()) {
+                return Err(err(format!("pools[{i}].name"), format!("`{}` is used by an earlier pool", pool.name)));
+            }
+            pools.push(pool);
+        }
+        Ok(Config {
+            server,
+            plugins,
+            pools,
+        })
+    }
+}
+
+fn server_config(s: &ServerSection) -> Result<ServerConfig, ConfigError> {
+    let listen_text = s.listen.clone().unwrap_or_else(|| vec!["0.0.0.0:8000".into()]);
+    if listen_text.is_empty() {
+        return Err(err("server.listen", "at least one address is required"));
+    }
+    let listen = listen_text
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            a.parse::<SocketAddr>()
+                .map_err(|_| err(format!("server.listen[{i}]"), format!("`{a}` is not an ip:port address")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let base_path = s.base_path.clone().unwrap_or_else(|| "/resource_server".into());
+    if !base_path.is_empty()
+        && (!base_path.starts_with('/') || base_path.ends_with('/') || base_path.contains("//"))
+    {
+        return Err(err(
+            "server.base_path",
+            format!("`{base_path}` must be \"\" or start with `/` and not end with `/`"),
+        ));
+    }
+    let threads = s.threads.unwrap_or(2);
+    if !(1..=1024).contains(&threads) {
+        return Err(err("server.threads", format!("`{threads}` must be between 1 and 1024")));
+    }
+    let max_request_body = match &s.max_request_body {
+        None => 10 << 20,
+        Some(text) => parse_size(text).map_err(|m| err("server.max_request_body", m))?,
+    };
+    if max_request_body == 0 {
+        return Err(err("server.max_request_body", "`0` would refuse every request"));
+    }
+    let max_connect_attempts = s.max_connect_attempts.unwrap_or(3);
+    if !(1..=16).contains(&max_connect_attempts) {
+        return Err(err(
+            "server.max_connect_attempts",
+            format!("`{max_connect_attempts}` must be between 1 and 16"),
+        ));
+    }
+    let log_level = match s.log_level.as_deref().unwrap_or("info") {
+        "error" => log::LevelFilter::Error,
+        "warn" => log::LevelFilter::Warn,
+        "info" => log::LevelFilter::Info,
+        "debug" => log::LevelFilter::Debug,
+        "trace" => log::LevelFilter::Trace,
+        other => {
+            return Err(err(
+                "server.log_level",
+                format!("`{other}` is not one of error, warn, info, debug, trace"),
+            ))
+        }
+    };
+    Ok(ServerConfig {
+        listen,
+        base_path,
+        threads,
+        max_request_body,
+        client_body_timeout: duration_or(&s.client_body_timeout, "server.client_body_timeout", Duration::from_secs(60))?,
+        upstream_connect_timeout: duration_or(
+            &s.upstream_connect_timeout,
+            "server.upstream_connect_timeout",
+            Duration::from_secs(2),
+        )?,
+        upstream_idle_timeout: duration_or(&s.upstream_idle_timeout, "server.upstream_idle_timeout", Duration::from_secs(600))?,
+        upstream_keepalive_timeout: duration_or(
+            &s.upstream_keepalive_timeout,
+            "server.upstream_keepalive_timeout",
+            Duration::from_secs(60),
+        )?,
+        max_connect_attempts,
+        shutdown_grace_period: duration_or(&s.shutdown_grace_period, "server.shutdown_grace_period", Duration::from_secs(30))?,
+        log_level,
+    })
+}
+
+fn plugin_config(i: usize, table: toml::Table) -> Result<PluginConfig, ConfigError> {
+    let path = format!("plugins[{i}]");
+    let kind = match table.get("kind") {
+        Some(toml::Value::String(kind)) => kind.clone(),
+        Some(other) => return Err(err(format!("{path}.kind"), format!("`{other}` is not a string"))),
+        None => return Err(err(format!("{path}.kind"), "missing; every plugin needs a `kind`")),
+    };
+    Ok(PluginConfig { kind, table, path })
+}
+
+/// Names that appear in URL paths must be one plain path segment.
+fn check_segment(value: &str, path: &str) -> Result<(), ConfigError> {
+    let ok = !value.is_empty()
+        && value.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(err(path, format!("`{value}` must be non-empty letters, digits, `-`, `_` or `.`")))
+    }
+}
+
+fn pool_config(i: usize, p: &PoolSection) -> Result<PoolConfig, ConfigError> {
+    let at = |key: &str| format!("pools[{i}].{key}");
+    check_segment(&p.name, &at("name"))?;
+    check_segment(&p.cluster, &at("cluster"))?;
+    check_segment(&p.framework, &at("framework"))?;
+    if p.models.is_empty() {
+        return Err(err(at("models"), "at least one model is required"));
+    }
+    for (m, model) in p.models.iter().enumerate() {
+        if model.trim().is_empty() || model.trim() != model {
+            return Err(err(format!("pools[{i}].models[{m}]"), format!("`{model}` must be non-empty without surrounding spaces")));
+        }
+    }
+    if p.backends.is_empty() {
+        return Err(err(at("backends"), "at least one backend is required"));
+    }
+    let backends = p
+        .backends
+        .iter()
+        .enumerate()
+        .map(|(b, entry)| backend_config(entry, &format!("pools[{i}].backends[{b}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let balance = match p.balance.as_deref().unwrap_or("least_requests") {
+        "least_requests" => Balance::LeastRequests,
+        "round_robin" => Balance::RoundRobin,
+        "consistent_hash" => Balance::ConsistentHash,
+        other => {
+            return Err(err(
+                at("balance"),
+                format!("`{other}` is not one of round_robin, least_requests, consistent_hash"),
+            ))
+        }
+    };
+    let api_key = match &p.api_key_env {
+        None => None,
+        Some(var) => match std::env::var(var) {
+            Ok(key) if !key.is_empty() => Some(key),
+            _ => {
+                return Err(err(
+                    at("api_key_env"),
+                    format!("environment variable `{var}` is not set or is empty"),
+                ))
+            }
+        },
+    };
+    Ok(PoolConfig {
+        name: p.name.clone(),
+        cluster: p.cluster.clone(),
+        framework: p.framework.clone(),
+        models: p.models.clone(),
+        backends,
+        balance,
+        priority: p.priority.unwrap_or(0),
+        api_key,
+        health: health_config(&p.health, &at("health"))?,
+    })
+}
+
+fn backend_config(entry: &toml::Value, path: &str) -> Result<BackendConfig, ConfigError> {
+    let (address, weight) = match entry {
+        toml::Value::String(address) => (address.clone(), 1),
+        toml::Value::Table(table) => {
+            if let Some(key) = table.keys().find(|k| *k != "address" && *k != "weight") {
+                return Err(err(format!("{path}.{key}"), "unknown key (known: address, weight)"));
+            }
+            let address = match table.get("address") {
+                Some(toml::Value::String(a)) => a.clone(),
+                Some(other) => return Err(err(format!("{path}.address"), format!("`{other}` is not a string"))),
+                None => return Err(err(format!("{path}.address"), "missing")),
+            };
+            let weight = match table.get("weight") {
+                None => 1,
+                Some(toml::Value::Integer(w)) if (1..=1000).contains(w) => *w as u32,
+                Some(other) => {
+                    return Err(err(format!("{path}.weight"), format!("`{other}` must be an integer from 1 to 1000")))
+                }
+            };
+            (address, weight)
+        }
+        other => {
+            return Err(err(
+                path,
+                format!("`{other}` is neither \"host:port\" nor {{ address = \"host:port\", weight = N }}"),
+            ))
+        }
+    };
+    let socket = resolve(&address).map_err(|m| err(path, m))?;
+    Ok(BackendConfig {
+        address,
+        socket,
+        weight,
+    })
+}
+
+fn resolve(address: &str) -> Result<SocketAddr, String> {
+    let not_host_port = || format!("`{address}` is not a host:port");
+    let (host, port) = address.rsplit_once(':').ok_or_else(not_host_port)?;
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(not_host_port());
+    }
+    address
+        .to_socket_addrs()
+        .map_err(|e| format!("`{address}` does not resolve: {e}"))?
+        .next()
+        .ok_or_else(|| format!("`{address}` resolves to no address"))
+}
+
+fn health_config(h: &HealthSection, at: &str) -> Result<HealthConfig, ConfigError> {
+    let path = h.path.clone().unwrap_or_else(|| "/health".into());
+    if !path.starts_with('/') {
+        return Err(err(format!("{at}.path"), format!("`{path}` must start with `/`")));
+    }
+    let threshold = |value: Option<u32>, key: &str, default: u32| match value.unwrap_or(default) {
+        0 => Err(err(format!("{at}.{key}"), "`0` must be at least 1")),
+        n => Ok(n),
+    };
+    let interval = duration_or(&h.interval, &format!("{at}.interval"), Duration::from_secs(5))?;
+    if interval < Duration::from_millis(10) {
+        return Err(err(format!("{at}.interval"), format!("`{interval:?}` is below the 10ms minimum")));
+    }
+    Ok(HealthConfig {
+        path,
+        interval,
+        timeout: duration_or(&h.timeout, &format!("{at}.timeout"), Duration::from_secs(1))?,
+        unhealthy_threshold: threshold(h.unhealthy_threshold, "unhealthy_threshold", 2)?,
+        healthy_threshold: threshold(h.healthy_threshold, "healthy_threshold", 1)?,
+    })
+}

@@ -1,0 +1,101 @@
+//! The gateway's own errors, each an OpenAI-shaped [`ApiError`] with the status the usage
+//! guide promises. Built here, written to the client at one place (`proxy::respond`).
+
+use std::time::Duration;
+
+use gateway_plugin_api::ApiError;
+
+use crate::routing::Target;
+
+const INVALID: &str = "invalid_request_error";
+
+pub fn invalid_json(detail: &str) -> ApiError {
+    ApiError::new(400, INVALID, "invalid_json", format!("The request body is not valid JSON: {detail}"))
+}
+
+pub fn missing_model() -> ApiError {
+    ApiError::new(400, INVALID, "missing_model", "The request body must be a JSON object with a string `model` field.".into())
+        .with_param("model")
+}
+
+pub fn body_too_large(limit: u64) -> ApiError {
+    ApiError::new(
+        413,
+        INVALID,
+        "request_too_large",
+        format!("The request body is larger than this gateway's limit of {limit} bytes."),
+    )
+}
+
+pub fn body_timeout(limit: Duration) -> ApiError {
+    ApiError::new(408, INVALID, "request_timeout", format!("The request body did not arrive within {limit:?}."))
+}
+
+pub fn model_not_found(model: &str, target: Option<Target<'_>>) -> ApiError {
+    let message = match target {
+        None => format!("The model `{model}` does not exist or is not served by this gateway."),
+        Some(t) => format!(
+            "The model `{model}` is not served by cluster `{}` with framework `{}`.",
+            t.cluster, t.framework
+        ),
+    };
+    ApiError::new(404, INVALID, "model_not_found", message).with_param("model")
+}
+
+pub fn not_found(path: &str) -> ApiError {
+    ApiError::new(404, INVALID, "not_found", format!("No route for `{path}`."))
+}
+
+pub fn method_not_allowed(method: &str, allowed: &'static str) -> ApiError {
+    ApiError::new(405, INVALID, "method_not_allowed", format!("Method {method} is not allowed here; use {allowed}."))
+        .with_header("allow", allowed.into())
+}
+
+pub fn no_healthy_backend(pool: &str, retry_after: Duration) -> ApiError {
+    ApiError::new(
+        503,
+        "service_unavailable",
+        "no_healthy_backend",
+        format!("No healthy backend is available in pool `{pool}`; try again shortly."),
+    )
+    .with_header("retry-after", retry_after.as_secs().max(1).to_string())
+}
+
+pub fn backends_refused(pool: &str, attempts: u32) -> ApiError {
+    ApiError::new(
+        502,
+        "upstream_error",
+        "upstream_connect_failed",
+        format!("Could not connect to any backend of pool `{pool}` ({attempts} attempts)."),
+    )
+}
+
+pub fn upstream_failed(pool: &str) -> ApiError {
+    ApiError::new(
+        502,
+        "upstream_error",
+        "upstream_error",
+        format!("The backend of pool `{pool}` closed the connection or sent an invalid response."),
+    )
+}
+
+pub fn upstream_timeout(pool: &str, idle: Duration) -> ApiError {
+    ApiError::new(
+        504,
+        "upstream_error",
+        "upstream_timeout",
+        format!("The backend of pool `{pool}` sent nothing for {idle:?}."),
+    )
+}
+
+pub fn internal(detail: &str) -> ApiError {
+    ApiError::new(500, "server_error", "internal_error", format!("Internal gateway error: {detail}"))
+}
+
+pub fn invalid_field(detail: &str) -> ApiError {
+    ApiError::new(400, INVALID, "invalid_request", format!("The request body is not a valid request: {detail}"))
+}
+
+pub fn invalid_body(detail: &str) -> ApiError {
+    ApiError::new(400, INVALID, "invalid_body", format!("The request body could not be read: {detail}"))
+}

@@ -1,0 +1,13 @@
+//! inference-gateway: an OpenAI-compatible edge proxy for LLM inference, on Pingora.
+//!
+//! `config` turns the TOML file into a validated model; `routing` maps paths, models, pools
+//! and backends; `proxy` is the HTTP application; `server` assembles Pingora services.
+
+pub mod cli;
+pub mod config;
+pub mod errors;
+pub mod logging;
+pub mod plugins;
+pub mod proxy;
+pub mod routing;
+pub mod server;

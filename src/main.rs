@@ -1,0 +1,44 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use inference_gateway::cli::{Cli, Command};
+use inference_gateway::config::Config;
+use inference_gateway::{logging, server};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => {
+            match Config::load(&config).and_then(|c| server::check(&c)) {
+                Ok(()) => {
+                    println!("{}: ok", config.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{}: {e}", config.display());
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Run { config: path } => {
+            let config = match Config::load(&path) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{}: {e}", path.display());
+                    return ExitCode::FAILURE;
+                }
+            };
+            logging::init(config.server.log_level);
+            let listen: Vec<String> = config.server.listen.iter().map(|a| a.to_string()).collect();
+            let server = match server::build(config) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("{}: {e}", path.display());
+                    return ExitCode::FAILURE;
+                }
+            };
+            log::info!(listen = listen.join(",").as_str(); "inference-gateway starting");
+            server.run_forever()
+        }
+    }
+}

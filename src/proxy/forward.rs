@@ -1,0 +1,328 @@
+//! Sending one request to a backend of a pool and streaming the answer back.
+//!
+//! We drive Pingora's `Connector` ourselves instead of `ProxyHttp`'s upstream phases: the
+//! proxy framework can replay a body it has already read only from its 64 KiB retry buffer,
+//! and the body must be read first to route on `model`. Here the whole (bounded) body is in
+//! hand, so any size goes upstream, and connect failures are retried on another backend.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use gateway_plugin_api::{ApiError, Headers, RequestCtx};
+use pingora_core::protocols::http::client::HttpSession as UpstreamSession;
+use pingora_core::protocols::http::ServerSession;
+use pingora_error::{Error, ErrorType};
+use pingora_http::{RequestHeader, ResponseHeader};
+
+use super::Gateway;
+use crate::errors;
+use crate::routing::pool::InflightGuard;
+use crate::routing::{Backend, NoBackend, Pool};
+
+/// Headers that describe one hop, not the message; never forwarded either way.
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+];
+
+/// How the forwarded request went, for `on_done`.
+#[derive(Debug, Default)]
+pub struct Forwarded {
+    pub status: u16,
+    pub bytes_sent: u64,
+    pub first_byte: Option<std::time::Duration>,
+    pub attempts: u32,
+    pub client_aborted: bool,
+    /// The response header went out but the body did not end properly.
+    pub truncated: bool,
+    /// Set when the response was cut short after its header was sent.
+    pub error_code: Option<&'static str>,
+}
+
+/// A connected upstream session with the request already sent.
+struct Sent {
+    upstream: UpstreamSession,
+    backend: Arc<Backend>,
+    _inflight: InflightGuard,
+}
+
+/// Pingora's header types, seen through the plugin API's [`Headers`].
+struct RequestHeaders<'a>(&'a mut RequestHeader);
+struct ResponseHeaders<'a>(&'a mut ResponseHeader);
+
+macro_rules! impl_headers {
+    ($wrapper:ident) => {
+        impl Headers for $wrapper<'_> {
+            fn get(&self, name: &str) -> Option<&http::HeaderValue> {
+                self.0.headers.get(name)
+            }
+            fn insert(&mut self, name: http::HeaderName, value: http::HeaderValue) {
+                // Only fails for names over 64 KiB, which `HeaderName` cannot hold.
+                let _ = self.0.insert_header(name, value);
+            }
+            fn remove(&mut self, name: &str) {
+                self.0.remove_header(name);
+            }
+        }
+    };
+}
+impl_headers!(RequestHeaders);
+impl_headers!(ResponseHeaders);
+
+impl Gateway {
+    /// Forwards the request; `Err` means nothing was sent to the client yet and the caller
+    /// answers with that error.
+    pub(super) async fn forward(
+        &self,
+        session: &mut ServerSession,
+        ctx: &mut RequestCtx,
+        pool: &Pool,
+        body: Bytes,
+        done: &mut Forwarded,
+    ) -> Result<(), ApiError> {
+        let header = self.upstream_header(session.req_header(), ctx, pool, body.len())?;
+        let Sent {
+            mut upstream,
+            backend,
+            _inflight,
+        } = self.connect_and_send(&header, &body, ctx, pool, done).await?;
+
+        let mut response = match upstream.response_header() {
+            Some(h) => h.clone(),
+            None => return Err(errors::upstream_failed(&pool.name)),
+        };
+        self.downstream_header(&mut response, ctx);
+        done.status = response.status.as_u16();
+        if let Err(e) = session.write_response_header(Box::new(response)).await {
+            log::debug!(request_id = ctx.request_id.as_str(); "client went away before the header: {e}");
+            done.client_aborted = true;
+            done.truncated = true;
+            return Ok(());
+        }
+
+        let upstream_done = self.stream_body(session, &mut upstream, ctx, done).await;
+        done.truncated = !upstream_done;
+        if upstream_done {
+            if let Err(e) = session.finish_body().await {
+                log::debug!(request_id = ctx.request_id.as_str(); "finishing response: {e}");
+                done.client_aborted = true;
+                done.truncated = true;
+            }
+            let keepalive = Some(self.settings.upstream_keepalive_timeout);
+            self.connector.release_http_session(upstream, &backend.peer, keepalive).await;
+        }
+        // Otherwise `upstream` drops here and its connection closes, which is how a backend
+        // learns to stop generating for a client that left.
+        Ok(())
+    }
+
+    /// Picks backends until one accepts the request. Retries only where no byte of the
+    /// request can have been processed: a refused connect, or a stale keep-alive connection.
+    async fn connect_and_send(
+        &self,
+        header: &RequestHeader,
+        body: &Bytes,
+        ctx: &mut RequestCtx,
+        pool: &Pool,
+        done: &mut Forwarded,
+    ) -> Result<Sent, ApiError> {
+        let mut tried: Vec<usize> = Vec::new();
+        let affinity = affinity_key(ctx);
+        loop {
+            let index = match pool.select(&tried, affinity) {
+                Ok(i) => i,
+                Err(NoBackend::NoneHealthy) if done.attempts == 0 => {
+                    return Err(errors::no_healthy_backend(&pool.name, pool.retry_after()))
+                }
+                Err(_) => return Err(errors::backends_refused(&pool.name, done.attempts)),
+            };
+            let backend = pool.backends[index].clone();
+            ctx.backend = Some(backend.address.clone());
+            done.attempts += 1;
+            // Count the attempt as in flight at once, so that concurrent selections see it.
+            let inflight = backend.start_request();
+            let (mut upstream, reused) = match self.connector.get_http_session(&backend.peer).await {
+                Ok(s) => s,
+                Err(e) => {
+                    if backend.eject() {
+                        log::warn!(
+                            request_id = ctx.request_id.as_str(), pool = pool.name.as_str(),
+                            backend = backend.address.as_str();
+                            "backend refused a connection; marked down until its health check passes: {e}"
+                        );
+                    }
+                    tried.push(index);
+                    if done.attempts as usize >= self.settings.max_connect_attempts {
+                        return Err(errors::backends_refused(&pool.name, done.attempts));
+                    }
+                    continue;
+                }
+            };
+            upstream.set_read_timeout(Some(self.settings.upstream_idle_timeout));
+            match send(&mut upstream, header, body).await {
+                Ok(()) => {
+                    return Ok(Sent {
+                        upstream,
+                        backend,
+                        _inflight: inflight,
+                    })
+                }
+                // A pooled connection the backend had already closed: try again, fresh.
+                Err(e) if reused && is_stale_connection(&e) => {
+                    log::debug!(request_id = ctx.request_id.as_str(); "stale upstream connection, retrying: {e}");
+                    done.attempts -= 1;
+                    continue;
+                }
+                Err(e) if e.etype() == &ErrorType::ReadTimedout => {
+                    return Err(errors::upstream_timeout(&pool.name, self.settings.upstream_idle_timeout))
+                }
+                Err(e) => {
+                    log::warn!(
+                        request_id = ctx.request_id.as_str(), pool = pool.name.as_str(),
+                        backend = backend.address.as_str();
+                        "backend failed before its response header: {e}"
+                    );
+                    return Err(errors::upstream_failed(&pool.name));
+                }
+            }
+        }
+    }
+
+    /// The client's header, minus what must not travel upstream.
+    fn upstream_header(
+        &self,
+        client: &RequestHeader,
+        ctx: &mut RequestCtx,
+        pool: &Pool,
+        body_len: usize,
+    ) -> Result<RequestHeader, ApiError> {
+        let mut header = client.clone();
+        let bad = |e: Box<Error>| errors::internal(&e.to_string());
+        // The client's token is for the gateway; the backend gets the pool's own key or none.
+        header.remove_header("authorization");
+        header.remove_header("transfer-encoding");
+        for name in HOP_BY_HOP {
+            header.remove_header(name);
+        }
+        header.insert_header("content-length", body_len.to_string()).map_err(bad)?;
+        header.insert_header("x-request-id", ctx.request_id.as_str()).map_err(bad)?;
+        if let Some(auth) = &pool.authorization {
+            header.insert_header("authorization", auth.as_str()).map_err(bad)?;
+        }
+        for plugin in self.plugins.iter() {
+            plugin.on_upstream_request(&mut RequestHeaders(&mut header), ctx);
+        }
+        Ok(header)
+    }
+
+    fn downstream_header(&self, response: &mut ResponseHeader, ctx: &mut RequestCtx) {
+        for name in HOP_BY_HOP {
+            response.remove_header(name);
+        }
+        let _ = response.insert_header("x-request-id", ctx.request_id.as_str());
+        let is_sse = response
+            .headers
+            .get("content-type")
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        if is_sse {
+            // Tell an nginx or tunnel in front of us not to buffer the stream either.
+            let _ = response.insert_header("x-accel-buffering", "no");
+        }
+        let status = response.status.as_u16();
+        for plugin in self.plugins.iter() {
+            plugin.on_response_header(status, &mut ResponseHeaders(response), ctx);
+        }
+    }
+
+    /// Passes body chunks through as they arrive while watching the client connection.
+    /// Returns true when the upstream response was read to its end.
+    async fn stream_body(
+        &self,
+        session: &mut ServerSession,
+        upstream: &mut UpstreamSession,
+        ctx: &mut RequestCtx,
+        done: &mut Forwarded,
+    ) -> bool {
+        let mut watch_client = true;
+        loop {
+            tokio::select! {
+                biased;
+                chunk = upstream.read_response_body() => match chunk {
+                    Ok(Some(chunk)) => {
+                        for plugin in self.plugins.iter() {
+                            plugin.on_response_chunk(&chunk, false, ctx);
+                        }
+                        if done.first_byte.is_none() {
+                            done.first_byte = Some(ctx.started.elapsed());
+                        }
+                        done.bytes_sent += chunk.len() as u64;
+                        if let Err(e) = session.write_response_body(chunk, false).await {
+                            log::debug!(request_id = ctx.request_id.as_str(); "client went away mid-response: {e}");
+                            done.client_aborted = true;
+                            return false;
+                        }
+                    }
+                    Ok(None) => {
+                        for plugin in self.plugins.iter() {
+                            plugin.on_response_chunk(&Bytes::new(), true, ctx);
+                        }
+                        return true;
+                    }
+                    Err(e) => {
+                        let timed_out = e.etype() == &ErrorType::ReadTimedout;
+                        done.error_code = Some(if timed_out { "upstream_timeout" } else { "upstream_error" });
+                        log::warn!(
+                            request_id = ctx.request_id.as_str(),
+                            backend = ctx.backend.as_deref().unwrap_or("");
+                            "backend response broke off mid-body: {e}"
+                        );
+                        return false;
+                    }
+                },
+                idle = session.read_body_or_idle(true), if watch_client => match idle {
+                    Err(_) => {
+                        done.client_aborted = true;
+                        return false;
+                    }
+                    // Pipelined bytes from the client: not a disconnect; stop watching.
+                    Ok(_) => watch_client = false,
+                },
+            }
+        }
+    }
+}
+
+async fn send(upstream: &mut UpstreamSession, header: &RequestHeader, body: &Bytes) -> pingora_error::Result<()> {
+    upstream.write_request_header(Box::new(header.clone())).await?;
+    if !body.is_empty() {
+        upstream.write_request_body(body.clone(), true).await?;
+    }
+    upstream.finish_request_body().await?;
+    upstream.read_response_header().await
+}
+
+/// Errors that mean a reused keep-alive connection was already dead when we picked it.
+fn is_stale_connection(e: &Error) -> bool {
+    matches!(
+        e.etype(),
+        ErrorType::ConnectionClosed | ErrorType::WriteError | ErrorType::ReadError
+    )
+}
+
+/// The key `consistent_hash` pools hash on: the user when known, else the client address,
+/// so that one user's requests (and their shared prompt prefixes) land on one backend.
+fn affinity_key(ctx: &RequestCtx) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    match (&ctx.principal, ctx.client_addr) {
+        (Some(p), _) => p.id.hash(&mut hasher),
+        (None, Some(addr)) => addr.ip().hash(&mut hasher),
+        (None, None) => {}
+    }
+    hasher.finish()
+}

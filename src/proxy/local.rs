@@ -1,0 +1,98 @@
+//! Routes the gateway answers itself: model lists, the endpoint catalogue, liveness.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+
+use crate::routing::{Api, ModelTable, Target};
+
+/// OpenAI's list format, so `client.models.list()` works. A model served by several pools
+/// appears once.
+pub fn models(table: &ModelTable, target: Option<Target<'_>>, created: u64) -> Value {
+    let mut seen = std::collections::HashSet::new();
+    let mut data = Vec::new();
+    for pool in table.pools_for(target) {
+        for model in &pool.models {
+            if seen.insert(model.as_str()) {
+                data.push(json!({
+                    "id": model,
+                    "object": "model",
+                    "created": created,
+                    "owned_by": pool.cluster,
+                }));
+            }
+        }
+    }
+    json!({ "object": "list", "data": data })
+}
+
+/// clusters → frameworks → models, endpoint paths and backend health.
+pub fn list_endpoints(table: &ModelTable, base_path: &str) -> Value {
+    let mut clusters: BTreeMap<&str, BTreeMap<&str, Vec<Value>>> = BTreeMap::new();
+    for pool in &table.pools {
+        let endpoints: serde_json::Map<String, Value> = Api::ALL
+            .into_iter()
+            .map(|api| {
+                let path = format!("{base_path}/{}/{}{}", pool.cluster, pool.framework, api.path());
+                (api.route_name().to_string(), Value::from(path))
+            })
+            .collect();
+        clusters
+            .entry(&pool.cluster)
+            .or_default()
+            .entry(&pool.framework)
+            .or_default()
+            .push(json!({
+                "pool": pool.name,
+                "models": pool.models,
+                "endpoints": endpoints,
+                "backends_total": pool.backends.len(),
+                "backends_healthy": pool.healthy_count(),
+            }));
+    }
+    json!({ "clusters": clusters })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn table() -> ModelTable {
+        let text = r#"
+[[pools]]
+name = "a"
+cluster = "local"
+framework = "vllm"
+models = ["m1", "m2"]
+backends = ["127.0.0.1:1"]
+[[pools]]
+name = "b"
+cluster = "remote"
+framework = "sglang"
+models = ["m2"]
+backends = ["127.0.0.1:2"]
+"#;
+        ModelTable::new(&Config::parse(text).expect("config"))
+    }
+
+    #[test]
+    fn models_are_listed_once_in_openai_format() {
+        let v = models(&table(), None, 7);
+        assert_eq!(v["object"], "list");
+        let ids: Vec<&str> = v["data"].as_array().expect("data").iter().map(|m| m["id"].as_str().expect("id")).collect();
+        assert_eq!(ids, ["m1", "m2"]);
+        assert_eq!(v["data"][0]["object"], "model");
+        assert_eq!(v["data"][0]["created"], 7);
+        let only_remote = models(&table(), Some(Target { cluster: "remote", framework: "sglang" }), 7);
+        assert_eq!(only_remote["data"].as_array().map(Vec::len), Some(1));
+    }
+
+    #[test]
+    fn endpoints_name_full_paths() {
+        let v = list_endpoints(&table(), "/resource_server");
+        let pool = &v["clusters"]["local"]["vllm"][0];
+        assert_eq!(pool["endpoints"]["chat_completions"], "/resource_server/local/vllm/v1/chat/completions");
+        assert_eq!(pool["backends_healthy"], 1);
+    }
+}

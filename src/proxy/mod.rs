@@ -1,0 +1,231 @@
+//! The HTTP application: one request in, routed, answered locally or forwarded.
+//!
+//! Flow per request (see design.md): request id → route match → local answer, or read the
+//! body (bounded) → parse `model`/`stream` → plugins' `on_request` → model → pool → backend
+//! (`forward.rs`) → stream the response through → plugins' `on_done`.
+
+mod body;
+mod forward;
+mod local;
+mod respond;
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use gateway_plugin_api::{ApiError, Flow, Plugin, RequestCtx, RequestHead, RequestSummary};
+use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use pingora_core::connectors::http::Connector;
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::server::ShutdownWatch;
+
+use crate::config::ServerConfig;
+use crate::errors;
+use crate::routing::{match_route, Api, ModelTable, Route, Target};
+use forward::Forwarded;
+use respond::Sent;
+
+pub use body::parse_routing_fields;
+
+pub struct Gateway {
+    settings: ServerConfig,
+    table: Arc<ModelTable>,
+    plugins: Arc<[Arc<dyn Plugin>]>,
+    connector: Connector,
+    /// `created` of every model in `/v1/models`: when this configuration was loaded.
+    loaded_at: u64,
+}
+
+impl Gateway {
+    pub fn new(settings: ServerConfig, table: Arc<ModelTable>, plugins: Vec<Arc<dyn Plugin>>) -> Gateway {
+        Gateway {
+            settings,
+            table,
+            plugins: plugins.into(),
+            connector: Connector::new(None),
+            loaded_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Handles one request; the summary is what `on_done` sees.
+    async fn handle(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> RequestSummary {
+        let mut summary = RequestSummary::default();
+        let path = session.req_header().uri.path().to_string();
+        let route = match_route(&self.settings.base_path, &path);
+        ctx.route = route.name();
+        if let Route::Inference { target: Some(t), .. } | Route::Models { target: Some(t) } = route {
+            ctx.cluster = Some(t.cluster.to_string());
+            ctx.framework = Some(t.framework.to_string());
+        }
+        let method_ok = session.req_header().method.as_str() == route.method();
+        let result = match route {
+            Route::NotFound => Err(errors::not_found(&path)),
+            _ if !method_ok => Err(errors::method_not_allowed(
+                session.req_header().method.as_str(),
+                route.method(),
+            )),
+            Route::Health => Ok(self.reply(session, ctx, 200, serde_json::json!({"status": "ok"})).await),
+            Route::Models { target } => match self.run_on_request(session, ctx).await {
+                Ok(()) => {
+                    let list = local::models(&self.table, target, self.loaded_at);
+                    Ok(self.reply(session, ctx, 200, list).await)
+                }
+                Err(e) => Err(e),
+            },
+            Route::ListEndpoints => match self.run_on_request(session, ctx).await {
+                Ok(()) => {
+                    let list = local::list_endpoints(&self.table, &self.settings.base_path);
+                    Ok(self.reply(session, ctx, 200, list).await)
+                }
+                Err(e) => Err(e),
+            },
+            Route::Inference { api, target } => {
+                let mut forwarded = Forwarded::default();
+                let outcome = self.inference(session, ctx, api, target, &mut summary, &mut forwarded).await;
+                summary.upstream_attempts = forwarded.attempts;
+                summary.first_byte = forwarded.first_byte;
+                summary.client_aborted = forwarded.client_aborted;
+                summary.truncated = forwarded.truncated;
+                summary.error_code = forwarded.error_code;
+                outcome.map(|()| Sent {
+                    status: forwarded.status,
+                    bytes: forwarded.bytes_sent,
+                })
+            }
+        };
+        let sent = match result {
+            Ok(sent) => sent,
+            Err(err) => {
+                summary.error_code = Some(err.code);
+                if err.status >= 500 {
+                    log::warn!(
+                        request_id = ctx.request_id.as_str(), route = ctx.route, code = err.code;
+                        "{}", err.message
+                    );
+                }
+                // The client's body may still be on the wire; don't read the next request from it.
+                if !session.is_body_done() {
+                    session.set_keepalive(None);
+                }
+                respond::error(session, &err, &ctx.request_id).await
+            }
+        };
+        summary.status = sent.status;
+        summary.bytes_sent = sent.bytes;
+        summary.bytes_received = session.body_bytes_read() as u64;
+        summary.duration = ctx.started.elapsed();
+        summary
+    }
+
+    async fn inference(
+        &self,
+        session: &mut ServerSession,
+        ctx: &mut RequestCtx,
+        api: Api,
+        target: Option<Target<'_>>,
+        summary: &mut RequestSummary,
+        forwarded: &mut Forwarded,
+    ) -> Result<(), ApiError> {
+        let body = body::read_body(
+            session,
+            self.settings.max_request_body,
+            self.settings.client_body_timeout,
+        )
+        .await?;
+        summary.bytes_received = body.len() as u64;
+        let fields = parse_routing_fields(&body)?;
+        ctx.model = Some(fields.model.into_owned());
+        ctx.stream = fields.stream && api != Api::Embeddings;
+        self.run_on_request(session, ctx).await?;
+        let model = ctx.model.as_deref().unwrap_or_default();
+        let pool = self.table.resolve(model, target)?;
+        ctx.pool = Some(pool.name.clone());
+        self.forward(session, ctx, &pool, body, forwarded).await
+    }
+
+    async fn run_on_request(&self, session: &ServerSession, ctx: &mut RequestCtx) -> Result<(), ApiError> {
+        let req = session.req_header();
+        let head = RequestHead {
+            method: &req.method,
+            uri: &req.uri,
+            headers: &req.headers,
+        };
+        for plugin in self.plugins.iter() {
+            if let Flow::Respond(err) = plugin.on_request(&head, ctx).await {
+                return Err(err);
+            }
+        }
+        Ok(())
+    }
+
+    async fn reply(
+        &self,
+        session: &mut ServerSession,
+        ctx: &RequestCtx,
+        status: u16,
+        body: serde_json::Value,
+    ) -> Sent {
+        match serde_json::to_vec(&body) {
+            Ok(bytes) => respond::json(session, status, bytes, &ctx.request_id, &[]).await,
+            Err(e) => respond::error(session, &errors::internal(&e.to_string()), &ctx.request_id).await,
+        }
+    }
+}
+
+/// The client's `x-request-id` when it is a sane token, else a fresh UUID.
+fn request_id(session: &ServerSession) -> String {
+    let sane = |v: &[u8]| {
+        !v.is_empty()
+            && v.len() <= 128
+            && v.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
+    };
+    match session.get_header("x-request-id") {
+        Some(v) if sane(v.as_bytes()) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+        _ => uuid::Uuid::new_v4().simple().to_string(),
+    }
+}
+
+#[async_trait]
+impl HttpServerApp for Gateway {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        match session.read_request().await {
+            Ok(true) => {}
+            // The client closed an idle keep-alive connection, or sent garbage.
+            Ok(false) => return None,
+            Err(e) => {
+                log::debug!("reading request header: {e}");
+                return None;
+            }
+        }
+        if *shutdown.borrow() {
+            session.set_keepalive(None);
+        }
+        let client_addr = session.client_addr().and_then(|a| a.as_inet()).copied();
+        let mut ctx = RequestCtx::new(request_id(&session), client_addr);
+        let summary = self.handle(&mut session, &mut ctx).await;
+        for plugin in self.plugins.iter() {
+            plugin.on_done(&summary, &ctx);
+        }
+        if summary.truncated {
+            // `finish` would end the chunked body properly and make a cut-short response look
+            // complete; close the connection instead so the client sees the truncation.
+            session.shutdown().await;
+            return None;
+        }
+        let persistent = HttpPersistentSettings::for_session(&session);
+        match session.finish().await {
+            Ok(reusable) => reusable.map(|s| ReusedHttpStream::from_reusable_stream(s, persistent)),
+            Err(e) => {
+                log::debug!(request_id = ctx.request_id.as_str(); "finishing the session: {e}");
+                None
+            }
+        }
+    }
+}

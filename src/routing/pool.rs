@@ -1,0 +1,196 @@
+//! A pool of backends serving the same models, and how one backend is picked from it.
+
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora_core::upstreams::peer::HttpPeer;
+
+use crate::config::{Balance, PoolConfig, ServerConfig};
+
+pub struct Backend {
+    /// As configured (`host:port`).
+    pub address: String,
+    pub weight: u32,
+    /// Built once; the connector keys its keep-alive pool on it.
+    pub peer: HttpPeer,
+    healthy: AtomicBool,
+    inflight: AtomicUsize,
+    consecutive_ok: AtomicU32,
+    consecutive_failed: AtomicU32,
+}
+
+impl Backend {
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::Relaxed)
+    }
+
+    /// Feeds one health-check result; returns `Some(new_state)` when the state flips.
+    pub fn record_check(&self, ok: bool, healthy_after: u32, unhealthy_after: u32) -> Option<bool> {
+        if ok {
+            self.consecutive_failed.store(0, Ordering::Relaxed);
+            let run = self.consecutive_ok.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+            (run >= healthy_after && !self.healthy.swap(true, Ordering::Relaxed)).then_some(true)
+        } else {
+            self.consecutive_ok.store(0, Ordering::Relaxed);
+            let run = self.consecutive_failed.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+            (run >= unhealthy_after && self.healthy.swap(false, Ordering::Relaxed)).then_some(false)
+        }
+    }
+
+    /// Passive ejection: a refused connection takes the backend out at once; the health
+    /// check brings it back after `healthy_threshold` good checks.
+    pub fn eject(&self) -> bool {
+        self.consecutive_ok.store(0, Ordering::Relaxed);
+        self.healthy.swap(false, Ordering::Relaxed)
+    }
+
+    /// Counts the request as in flight until the guard drops.
+    pub fn start_request(self: &Arc<Self>) -> InflightGuard {
+        self.inflight.fetch_add(1, Ordering::Relaxed);
+        InflightGuard(self.clone())
+    }
+}
+
+pub struct InflightGuard(Arc<Backend>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub struct Pool {
+    pub name: String,
+    pub cluster: String,
+    pub framework: String,
+    pub models: Vec<String>,
+    pub backends: Vec<Arc<Backend>>,
+    pub balance: Balance,
+    pub priority: i64,
+    /// `Bearer <key>` for the backend, when the pool has its own key.
+    pub authorization: Option<String>,
+    pub health: crate::config::HealthConfig,
+    cursor: AtomicUsize,
+}
+
+/// Why no backend could be picked.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NoBackend {
+    /// Every backend of the pool is marked down.
+    NoneHealthy,
+    /// Every healthy backend was already tried for this request.
+    AllTried,
+}
+
+impl Pool {
+    pub fn new(config: &PoolConfig, server: &ServerConfig) -> Pool {
+        let backends = config
+            .backends
+            .iter()
+            .map(|b| {
+                let mut peer = HttpPeer::new(b.socket, false, String::new());
+                peer.options.connection_timeout = Some(server.upstream_connect_timeout);
+                peer.options.read_timeout = Some(server.upstream_idle_timeout);
+                peer.options.write_timeout = Some(server.upstream_idle_timeout);
+                peer.options.idle_timeout = Some(server.upstream_keepalive_timeout);
+                Arc::new(Backend {
+                    address: b.address.clone(),
+                    weight: b.weight,
+                    peer,
+                    healthy: AtomicBool::new(true),
+                    inflight: AtomicUsize::new(0),
+                    consecutive_ok: AtomicU32::new(0),
+                    consecutive_failed: AtomicU32::new(0),
+                })
+            })
+            .collect();
+        Pool {
+            name: config.name.clone(),
+            cluster: config.cluster.clone(),
+            framework: config.framework.clone(),
+            models: config.models.clone(),
+            backends,
+            balance: config.balance,
+            priority: config.priority,
+            authorization: config.api_key.as_ref().map(|k| format!("Bearer {k}")),
+            health: config.health.clone(),
+            cursor: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn healthy_count(&self) -> usize {
+        self.backends.iter().filter(|b| b.is_healthy()).count()
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.backends.iter().map(|b| b.inflight()).sum()
+    }
+
+    /// Seconds a client should wait before retrying when the pool is down.
+    pub fn retry_after(&self) -> Duration {
+        self.health.interval.max(Duration::from_secs(1))
+    }
+
+    /// Picks a healthy backend not in `tried`. `affinity` feeds `consistent_hash`.
+    pub fn select(&self, tried: &[usize], affinity: u64) -> Result<usize, NoBackend> {
+        let usable = |i: &usize| self.backends[*i].is_healthy() && !tried.contains(i);
+        let n = self.backends.len();
+        if !self.backends.iter().any(|b| b.is_healthy()) {
+            return Err(NoBackend::NoneHealthy);
+        }
+        let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+        let picked = match self.balance {
+            Balance::RoundRobin => self.weighted_round_robin(start, &usable),
+            // Rotating the scan start spreads ties (e.g. an idle pool) across backends.
+            Balance::LeastRequests => (0..n).map(|k| (start + k) % n).filter(usable).min_by(|a, b| {
+                let (a, b) = (&self.backends[*a], &self.backends[*b]);
+                // inflight/weight, compared without division.
+                (a.inflight() * b.weight as usize).cmp(&(b.inflight() * a.weight as usize))
+            }),
+            Balance::ConsistentHash => (0..n).filter(usable).max_by(|a, b| {
+                let score = |i: usize| {
+                    let backend = &self.backends[i];
+                    rendezvous_score(affinity, &backend.address, backend.weight)
+                };
+                score(*a).total_cmp(&score(*b))
+            }),
+        };
+        picked.ok_or(NoBackend::AllTried)
+    }
+
+    fn weighted_round_robin(&self, start: usize, usable: &impl Fn(&usize) -> bool) -> Option<usize> {
+        let total: usize = self.backends.iter().map(|b| b.weight as usize).sum();
+        let mut slot = start % total;
+        let first = self.backends.iter().position(|b| {
+            let w = b.weight as usize;
+            if slot < w {
+                true
+            } else {
+                slot -= w;
+                false
+            }
+        })?;
+        let n = self.backends.len();
+        (0..n).map(|k| (first + k) % n).find(|i| usable(i))
+    }
+}
+
+/// Weighted highest-random-weight hashing: a key keeps its backend while that backend is up,
+/// only the keys of a backend that goes down move, and a backend's share follows its weight.
+fn rendezvous_score(key: u64, address: &str, weight: u32) -> f64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut hasher);
+    address.hash(&mut hasher);
+    // u in (0, 1]; u^(1/w) is the standard weighted-rendezvous score.
+    let u = (hasher.finish() as f64 + 1.0) / (u64::MAX as f64 + 1.0);
+    u.powf(1.0 / f64::from(weight.max(1)))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,150 @@
+//! Maps a request path to what the gateway does with it.
+
+/// The OpenAI APIs the gateway proxies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    ChatCompletions,
+    Completions,
+    Embeddings,
+}
+
+impl Api {
+    pub fn route_name(self) -> &'static str {
+        match self {
+            Api::ChatCompletions => "chat_completions",
+            Api::Completions => "completions",
+            Api::Embeddings => "embeddings",
+        }
+    }
+
+    pub fn path(self) -> &'static str {
+        match self {
+            Api::ChatCompletions => "/v1/chat/completions",
+            Api::Completions => "/v1/completions",
+            Api::Embeddings => "/v1/embeddings",
+        }
+    }
+
+    pub const ALL: [Api; 3] = [Api::ChatCompletions, Api::Completions, Api::Embeddings];
+}
+
+/// `/{cluster}/{framework}/v1/...` narrows a request to the pools tagged with both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target<'a> {
+    pub cluster: &'a str,
+    pub framework: &'a str,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route<'a> {
+    Inference { api: Api, target: Option<Target<'a>> },
+    Models { target: Option<Target<'a>> },
+    ListEndpoints,
+    Health,
+    NotFound,
+}
+
+impl Route<'_> {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Route::Inference { api, .. } => api.route_name(),
+            Route::Models { .. } => "models",
+            Route::ListEndpoints => "list_endpoints",
+            Route::Health => "health",
+            Route::NotFound => "not_found",
+        }
+    }
+
+    /// The one method the route answers to.
+    pub fn method(&self) -> &'static str {
+        match self {
+            Route::Inference { .. } => "POST",
+            _ => "GET",
+        }
+    }
+}
+
+/// Matches `path` (without query) under `base_path` (`""` or `/prefix`).
+pub fn match_route<'a>(base_path: &str, path: &'a str) -> Route<'a> {
+    let Some(rest) = path.strip_prefix(base_path) else {
+        return Route::NotFound;
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    match rest {
+        "/health" => return Route::Health,
+        "/list-endpoints" => return Route::ListEndpoints,
+        _ => {}
+    }
+    if let Some(route) = match_v1(rest, None) {
+        return route;
+    }
+    // `/{cluster}/{framework}/v1/...`
+    let mut parts = rest.splitn(4, '/');
+    let (Some(""), Some(cluster), Some(framework), Some(tail)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Route::NotFound;
+    };
+    if cluster.is_empty() || framework.is_empty() {
+        return Route::NotFound;
+    }
+    let tail = &rest[rest.len() - tail.len() - 1..];
+    match_v1(tail, Some(Target { cluster, framework })).unwrap_or(Route::NotFound)
+}
+
+fn match_v1<'a>(rest: &str, target: Option<Target<'a>>) -> Option<Route<'a>> {
+    if rest == "/v1/models" {
+        return Some(Route::Models { target });
+    }
+    Api::ALL
+        .into_iter()
+        .find(|api| api.path() == rest)
+        .map(|api| Route::Inference { api, target })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "/resource_server";
+
+    #[test]
+    fn federated_and_targeted_routes() {
+        assert_eq!(
+            match_route(BASE, "/resource_server/v1/chat/completions"),
+            Route::Inference { api: Api::ChatCompletions, target: None }
+        );
+        assert_eq!(
+            match_route(BASE, "/resource_server/local/vllm/v1/embeddings"),
+            Route::Inference {
+                api: Api::Embeddings,
+                target: Some(Target { cluster: "local", framework: "vllm" })
+            }
+        );
+        assert_eq!(
+            match_route(BASE, "/resource_server/local/vllm/v1/models"),
+            Route::Models { target: Some(Target { cluster: "local", framework: "vllm" }) }
+        );
+        assert_eq!(match_route(BASE, "/resource_server/v1/models/"), Route::Models { target: None });
+        assert_eq!(match_route(BASE, "/resource_server/health"), Route::Health);
+        assert_eq!(match_route(BASE, "/resource_server/list-endpoints"), Route::ListEndpoints);
+    }
+
+    #[test]
+    fn unknown_paths() {
+        assert_eq!(match_route(BASE, "/v1/chat/completions"), Route::NotFound);
+        assert_eq!(match_route(BASE, "/resource_serverx/v1/models"), Route::NotFound);
+        assert_eq!(match_route(BASE, "/resource_server/a/b/c/v1/models"), Route::NotFound);
+        assert_eq!(match_route(BASE, "/resource_server//vllm/v1/models"), Route::NotFound);
+        assert_eq!(match_route(BASE, "/resource_server/v1/chat"), Route::NotFound);
+    }
+
+    #[test]
+    fn empty_base_path_serves_at_root() {
+        assert_eq!(
+            match_route("", "/v1/completions"),
+            Route::Inference { api: Api::Completions, target: None }
+        );
+        assert_eq!(match_route("", "/health"), Route::Health);
+    }
+}

@@ -1,0 +1,106 @@
+//! The model table: which pools serve which model, and the choice among them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::errors;
+use gateway_plugin_api::ApiError;
+
+use super::pool::Pool;
+use super::route::Target;
+
+pub struct ModelTable {
+    pub pools: Vec<Arc<Pool>>,
+    by_model: HashMap<String, Vec<Arc<Pool>>>,
+}
+
+impl ModelTable {
+    pub fn new(config: &Config) -> ModelTable {
+        let pools: Vec<Arc<Pool>> = config
+            .pools
+            .iter()
+            .map(|p| Arc::new(Pool::new(p, &config.server)))
+            .collect();
+        let mut by_model: HashMap<String, Vec<Arc<Pool>>> = HashMap::new();
+        for pool in &pools {
+            for model in &pool.models {
+                by_model.entry(model.clone()).or_default().push(pool.clone());
+            }
+        }
+        ModelTable { pools, by_model }
+    }
+
+    /// Chooses the pool for `model`: among those that serve it (and match `target`), pools
+    /// with a healthy backend first, then lower `priority`, then fewer requests in flight.
+    pub fn resolve(&self, model: &str, target: Option<Target<'_>>) -> Result<Arc<Pool>, ApiError> {
+        let serving = self
+            .by_model
+            .get(model)
+            .ok_or_else(|| errors::model_not_found(model, None))?;
+        serving
+            .iter()
+            .filter(|p| target.is_none_or(|t| p.cluster == t.cluster && p.framework == t.framework))
+            .min_by_key(|p| (p.healthy_count() == 0, p.priority, p.inflight()))
+            .cloned()
+            .ok_or_else(|| errors::model_not_found(model, target))
+    }
+
+    /// Pools matching `target` (all pools when `None`), in configuration order.
+    pub fn pools_for<'a>(&'a self, target: Option<Target<'a>>) -> impl Iterator<Item = &'a Arc<Pool>> + 'a {
+        self.pools
+            .iter()
+            .filter(move |p| target.is_none_or(|t| p.cluster == t.cluster && p.framework == t.framework))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> ModelTable {
+        let text = r#"
+[[pools]]
+name = "a"
+cluster = "polaris"
+framework = "vllm"
+models = ["m1", "shared"]
+backends = ["127.0.0.1:1"]
+priority = 1
+
+[[pools]]
+name = "b"
+cluster = "sophia"
+framework = "vllm"
+models = ["shared"]
+backends = ["127.0.0.1:2"]
+priority = 0
+"#;
+        ModelTable::new(&Config::parse(text).expect("config"))
+    }
+
+    #[test]
+    fn federated_prefers_healthy_then_priority() {
+        let t = table();
+        assert_eq!(t.resolve("shared", None).expect("pool").name, "b");
+        t.pools[1].backends[0].eject();
+        assert_eq!(t.resolve("shared", None).expect("pool").name, "a");
+    }
+
+    #[test]
+    fn targeted_route_only_uses_its_cluster() {
+        let t = table();
+        let target = Target { cluster: "polaris", framework: "vllm" };
+        assert_eq!(t.resolve("shared", Some(target)).expect("pool").name, "a");
+        let err = t.resolve("m1", Some(Target { cluster: "sophia", framework: "vllm" })).err().expect("404");
+        assert_eq!((err.status, err.code), (404, "model_not_found"));
+        assert!(err.message.contains("m1") && err.message.contains("sophia"), "{}", err.message);
+    }
+
+    #[test]
+    fn unknown_model_is_404_naming_it() {
+        let err = table().resolve("gpt-17", None).err().expect("404");
+        assert_eq!(err.status, 404);
+        assert!(err.message.contains("gpt-17"));
+    }
+}
