@@ -17,7 +17,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use super::Gateway;
 use crate::errors;
 use crate::routing::pool::InflightGuard;
-use crate::routing::{Backend, NoBackend, Pool};
+use crate::routing::{Api, Backend, NoBackend, Pool};
 
 /// Headers that describe one hop, not the message; never forwarded either way.
 const HOP_BY_HOP: [&str; 7] = [
@@ -82,10 +82,11 @@ impl Gateway {
         session: &mut ServerSession,
         ctx: &mut RequestCtx,
         pool: &Pool,
+        api: Api,
         body: Bytes,
         done: &mut Forwarded,
     ) -> Result<(), ApiError> {
-        let header = self.upstream_header(session.req_header(), ctx, pool, body.len())?;
+        let header = self.upstream_header(session.req_header(), ctx, pool, api, body.len())?;
         let Sent {
             mut upstream,
             backend,
@@ -199,10 +200,19 @@ impl Gateway {
         client: &RequestHeader,
         ctx: &mut RequestCtx,
         pool: &Pool,
+        api: Api,
         body_len: usize,
     ) -> Result<RequestHeader, ApiError> {
         let mut header = client.clone();
         let bad = |e: Box<Error>| errors::internal(&e.to_string());
+        // Backends serve the plain OpenAI paths: drop the base path and cluster/framework.
+        let uri = match client.uri.query() {
+            None => http::Uri::from_static(api.path()),
+            Some(query) => format!("{}?{query}", api.path())
+                .parse()
+                .map_err(|e: http::uri::InvalidUri| errors::internal(&e.to_string()))?,
+        };
+        header.set_uri(uri);
         // The client's token is for the gateway; the backend gets the pool's own key or none.
         header.remove_header("authorization");
         header.remove_header("transfer-encoding");

@@ -143,7 +143,7 @@ impl Gateway {
         let model = ctx.model.as_deref().unwrap_or_default();
         let pool = self.table.resolve(model, target)?;
         ctx.pool = Some(pool.name.clone());
-        self.forward(session, ctx, &pool, body, forwarded).await
+        self.forward(session, ctx, &pool, api, body, forwarded).await
     }
 
     async fn run_on_request(&self, session: &ServerSession, ctx: &mut RequestCtx) -> Result<(), ApiError> {

@@ -1,0 +1,268 @@
+//! The mock's HTTP surface, shaped like vLLM's OpenAI server.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use bytes::Bytes;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::{Fault, MockConfig, MockState};
+
+type Shared = Arc<MockState>;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Chat,
+    Completion,
+    Embedding,
+}
+
+pub fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/v1/models", get(models))
+        .route("/v1/chat/completions", post(|s: State<Shared>, h: HeaderMap, b: Bytes| inference(s, h, b, Kind::Chat)))
+        .route("/v1/completions", post(|s: State<Shared>, h: HeaderMap, b: Bytes| inference(s, h, b, Kind::Completion)))
+        .route("/v1/embeddings", post(|s: State<Shared>, h: HeaderMap, b: Bytes| inference(s, h, b, Kind::Embedding)))
+        // Large request bodies are the point of some tests.
+        .layer(axum::extract::DefaultBodyLimit::max(256 << 20))
+        .with_state(state)
+}
+
+async fn health(State(state): State<Shared>) -> StatusCode {
+    state.stats.health_checks.fetch_add(1, Ordering::SeqCst);
+    if state.config().fault == Fault::Unhealthy {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    }
+}
+
+async fn models(State(state): State<Shared>) -> Response {
+    let data: Vec<Value> = state
+        .config()
+        .models
+        .iter()
+        .map(|m| json!({"id": m, "object": "model", "created": now(), "owned_by": "vllm", "max_model_len": 2048}))
+        .collect();
+    axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+}
+
+/// vLLM's error shape.
+fn error(status: StatusCode, message: &str) -> Response {
+    let body = json!({"object": "error", "message": message, "type": "BadRequestError", "param": null, "code": status.as_u16()});
+    (status, axum::Json(body)).into_response()
+}
+
+/// The request's overrides of the mock's configuration.
+fn effective_config(state: &MockState, headers: &HeaderMap) -> MockConfig {
+    let mut config = state.config();
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let millis = |name: &str| header(name).and_then(|v| v.parse::<u64>().ok()).map(Duration::from_millis);
+    if let Some(fault) = header("x-mock-fault").and_then(|v| v.parse().ok()) {
+        config.fault = fault;
+    }
+    if let Some(d) = millis("x-mock-first-token-ms") {
+        config.first_token_delay = d;
+    }
+    if let Some(d) = millis("x-mock-token-gap-ms") {
+        config.token_gap = d;
+    }
+    if let Some(n) = header("x-mock-tokens").and_then(|v| v.parse().ok()) {
+        config.tokens = n;
+    }
+    config
+}
+
+async fn inference(State(state): State<Shared>, headers: HeaderMap, body: Bytes, kind: Kind) -> Response {
+    state.stats.requests.fetch_add(1, Ordering::SeqCst);
+    let digest = hex::encode(Sha256::digest(&body));
+    if let Ok(mut last) = state.stats.last_body.lock() {
+        *last = Some((digest.clone(), body.len()));
+    }
+    if let Ok(mut last) = state.stats.last_headers.lock() {
+        *last = Some(headers.clone());
+    }
+    let config = effective_config(&state, &headers);
+    let mut response = answer(&state, &config, &body, kind).await;
+    let h = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&digest) {
+        h.insert("x-mock-body-sha256", v);
+    }
+    h.insert("x-mock-body-len", HeaderValue::from(body.len()));
+    response
+}
+
+async fn answer(state: &Shared, config: &MockConfig, body: &[u8], kind: Kind) -> Response {
+    match config.fault {
+        Fault::Status(code) => {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return error(status, "injected fault");
+        }
+        Fault::Hang => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            return error(StatusCode::GATEWAY_TIMEOUT, "hung");
+        }
+        _ => {}
+    }
+    let request: Value = match serde_json::from_slice(body) {
+        Ok(v @ Value::Object(_)) => v,
+        Ok(_) => return error(StatusCode::BAD_REQUEST, "request body must be a JSON object"),
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("JSON decode error: {e}")),
+    };
+    let model = request["model"].as_str().unwrap_or_default().to_string();
+    if !config.models.iter().any(|m| *m == model) {
+        let message = format!("The model `{model}` does not exist.");
+        return error(StatusCode::NOT_FOUND, &message);
+    }
+    if kind == Kind::Embedding {
+        return embeddings(config, &request, &model);
+    }
+    let max_tokens = request["max_tokens"].as_u64().unwrap_or(u64::MAX);
+    let tokens = u64::from(config.tokens).min(max_tokens) as u32;
+    let prompt_tokens = count_prompt_tokens(&request);
+    let generation = Generation {
+        id: format!("cmpl-{:x}", now()),
+        model,
+        kind,
+        tokens,
+        prompt_tokens,
+        finish_reason: if u64::from(config.tokens) > max_tokens { "length" } else { "stop" },
+    };
+    if request["stream"].as_bool().unwrap_or(false) {
+        let include_usage = request["stream_options"]["include_usage"].as_bool().unwrap_or(false);
+        return crate::openai_stream::stream(state.clone(), config.clone(), generation, include_usage);
+    }
+    tokio::time::sleep(config.first_token_delay + config.token_gap * tokens).await;
+    axum::Json(generation.full()).into_response()
+}
+
+fn embeddings(config: &MockConfig, request: &Value, model: &str) -> Response {
+    let inputs: Vec<String> = match &request["input"] {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(items) => items.iter().map(|i| i.to_string()).collect(),
+        _ => return error(StatusCode::BAD_REQUEST, "`input` must be a string or an array"),
+    };
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            let seed = Sha256::digest(text.as_bytes());
+            let vector: Vec<f64> = (0..config.embedding_dim)
+                .map(|d| f64::from(seed[d % seed.len()]) / 255.0 - 0.5)
+                .collect();
+            json!({"object": "embedding", "index": i, "embedding": vector})
+        })
+        .collect();
+    let tokens: usize = inputs.iter().map(|t| t.split_whitespace().count().max(1)).sum();
+    axum::Json(json!({
+        "id": format!("embd-{:x}", now()),
+        "object": "list",
+        "created": now(),
+        "model": model,
+        "data": data,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0},
+    }))
+    .into_response()
+}
+
+/// A rough whitespace count, enough for usage numbers that move with the prompt.
+fn count_prompt_tokens(request: &Value) -> u32 {
+    let text = match (&request["messages"], &request["prompt"]) {
+        (Value::Array(messages), _) => messages.iter().map(|m| m["content"].to_string()).collect::<Vec<_>>().join(" "),
+        (_, Value::String(p)) => p.clone(),
+        (_, other) => other.to_string(),
+    };
+    text.split_whitespace().count().max(1) as u32
+}
+
+/// One generated answer: `tokens` tokens, each the word `tokN `.
+pub struct Generation {
+    pub id: String,
+    pub model: String,
+    kind: Kind,
+    pub tokens: u32,
+    pub prompt_tokens: u32,
+    pub finish_reason: &'static str,
+}
+
+impl Generation {
+    pub fn token(i: u32) -> String {
+        format!("tok{i} ")
+    }
+
+    pub fn usage(&self) -> Value {
+        json!({
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.tokens,
+            "total_tokens": self.prompt_tokens + self.tokens,
+        })
+    }
+
+    fn full(&self) -> Value {
+        let text: String = (0..self.tokens).map(Generation::token).collect();
+        let choice = if self.kind == Kind::Chat {
+            json!({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": null, "finish_reason": self.finish_reason})
+        } else {
+            json!({"index": 0, "text": text, "logprobs": null, "finish_reason": self.finish_reason})
+        };
+        json!({
+            "id": self.id,
+            "object": if self.kind == Kind::Chat { "chat.completion" } else { "text_completion" },
+            "created": now(),
+            "model": self.model,
+            "choices": [choice],
+            "usage": self.usage(),
+        })
+    }
+
+    /// The SSE event for token `i`, or the closing event (finish_reason) when `i == tokens`.
+    pub fn chunk(&self, i: Option<u32>) -> Value {
+        let finish = if i.is_none() { Value::from(self.finish_reason) } else { Value::Null };
+        let text = i.map(Generation::token).unwrap_or_default();
+        let choice = if self.kind == Kind::Chat {
+            let delta = if i == Some(0) { json!({"role": "assistant", "content": text}) } else { json!({"content": text}) };
+            json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish})
+        } else {
+            json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish})
+        };
+        json!({
+            "id": self.id,
+            "object": if self.kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" },
+            "created": now(),
+            "model": self.model,
+            "choices": [choice],
+        })
+    }
+
+    pub fn usage_chunk(&self) -> Value {
+        json!({
+            "id": self.id,
+            "object": if self.kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" },
+            "created": now(),
+            "model": self.model,
+            "choices": [],
+            "usage": self.usage(),
+        })
+    }
+}
+
+pub(crate) fn sse_response(body: Body) -> Response {
+    let mut response = Response::new(body);
+    let h = response.headers_mut();
+    h.insert("content-type", HeaderValue::from_static("text/event-stream; charset=utf-8"));
+    h.insert("cache-control", HeaderValue::from_static("no-cache"));
+    response
+}

@@ -1,0 +1,147 @@
+//! Shared harness: spawn the real `inference-gateway` binary on a free port with a temp
+//! config, and talk HTTP to it.
+
+#![allow(dead_code, reason = "each test file uses a different part of the harness")]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[allow(unused_imports, reason = "not every test file injects faults")]
+pub use gateway_testkit::{closed_port, Fault, MockBackend, MockConfig, MockStats};
+
+pub const MODEL: &str = "facebook/opt-125m";
+
+pub fn free_port() -> u16 {
+    closed_port()
+}
+
+pub struct Gateway {
+    child: Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    /// Starts the gateway on `[server]` + `rest` (pools, plugins) and waits until it answers.
+    /// `server_extra` lines are added to `[server]`.
+    pub async fn start(server_extra: &str, rest: &str) -> Gateway {
+        let port = free_port();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = format!(
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\nthreads = 2\n{server_extra}\n\n[[plugins]]\nkind = \"access_log\"\npath = \"{}\"\n\n{rest}",
+            dir.path().join("access.log").display()
+        );
+        let config_path = dir.path().join("gateway.toml");
+        std::fs::write(&config_path, &config).expect("write config");
+        let stderr = std::fs::File::create(dir.path().join("stderr.log")).expect("stderr file");
+        let child = Command::new(env!("CARGO_BIN_EXE_inference-gateway"))
+            .arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn gateway");
+        let gateway = Gateway { child, port, dir };
+        gateway.wait_ready().await;
+        gateway
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("gateway did not start; stderr:\n{}", self.stderr());
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// `/resource_server` + path.
+    pub fn api(&self, path: &str) -> String {
+        self.url(&format!("/resource_server{path}"))
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    pub fn access_log(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.path().join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("access log line is JSON"))
+            .collect()
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("gateway.toml")
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `[[pools]]` block with the given backends and extra lines.
+pub fn pool(name: &str, cluster: &str, models: &[&str], backends: &[String], extra: &str) -> String {
+    let models: Vec<String> = models.iter().map(|m| format!("{m:?}")).collect();
+    let backends: Vec<String> = backends.iter().map(|b| format!("{b:?}")).collect();
+    format!(
+        "[[pools]]\nname = \"{name}\"\ncluster = \"{cluster}\"\nframework = \"vllm\"\nmodels = [{}]\nbackends = [{}]\n{extra}\n",
+        models.join(", "),
+        backends.join(", ")
+    )
+}
+
+/// A fast health check so tests see state changes quickly.
+pub const FAST_HEALTH: &str = "[pools.health]\ninterval = \"100ms\"\ntimeout = \"200ms\"\nunhealthy_threshold = 1\nhealthy_threshold = 1\n";
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+pub fn chat_body(stream: bool) -> serde_json::Value {
+    serde_json::json!({
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Explain the concept of Globus Compute in simple terms."}],
+        "max_tokens": 150,
+        "stream": stream,
+    })
+}
+
+/// Waits until `check` holds, or panics with `what` after `limit`.
+pub async fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+pub fn count(counter: &std::sync::atomic::AtomicU64) -> u64 {
+    MockStats::get(counter)
+}
+
+/// A gateway with one pool `local` (cluster `local`) in front of one fresh mock.
+pub async fn with_mock(config: MockConfig, server_extra: &str) -> (Gateway, MockBackend) {
+    let mock = MockBackend::start(config).await.expect("mock");
+    let pools = pool("local-vllm", "local", &[MODEL], &[mock.addr.to_string()], "");
+    let gateway = Gateway::start(server_extra, &pools).await;
+    (gateway, mock)
+}
