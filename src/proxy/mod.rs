@@ -27,6 +27,9 @@ use respond::Sent;
 
 pub use body::parse_routing_fields;
 
+/// How long an unread request body is drained after an early error answer.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub struct Gateway {
     settings: ServerConfig,
     table: Arc<ModelTable>,
@@ -106,11 +109,18 @@ impl Gateway {
                         "{}", err.message
                     );
                 }
-                // The client's body may still be on the wire; don't read the next request from it.
-                if !session.is_body_done() {
+                let unread_body = !session.is_body_done();
+                if unread_body {
+                    // The body may still be on the wire; never parse it as the next request.
                     session.set_keepalive(None);
                 }
-                respond::error(session, &err, &ctx.request_id).await
+                let sent = respond::error(session, &err, &ctx.request_id).await;
+                if unread_body {
+                    // Lingering close: a client still sending would get a reset instead of our
+                    // answer if we closed now, so discard its body for a bounded while.
+                    let _ = tokio::time::timeout(LINGER, session.drain_request_body()).await;
+                }
+                sent
             }
         };
         summary.status = sent.status;
