@@ -76,9 +76,32 @@ pub struct RoutingFields<'a> {
 #[derive(Deserialize)]
 struct Fields<'a> {
     #[serde(borrow, default)]
-    model: Option<Cow<'a, str>>,
+    model: Option<BorrowedStr<'a>>,
     #[serde(default)]
     stream: Option<bool>,
+}
+
+/// A string that borrows from the body unless it has escapes. (serde's own `Cow<str>`
+/// always copies inside an `Option`.)
+struct BorrowedStr<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for BorrowedStr<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
+            type Value = BorrowedStr<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(BorrowedStr(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(BorrowedStr(Cow::Owned(v.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(Visit(std::marker::PhantomData))
+    }
 }
 
 /// Parses `model` and `stream`, borrowing from `body`; every other field is skipped unread.
@@ -88,7 +111,7 @@ pub fn parse_routing_fields(body: &[u8]) -> Result<RoutingFields<'_>, ApiError> 
         _ => errors::invalid_json(&e.to_string()),
     })?;
     match fields.model {
-        Some(model) if !model.is_empty() => Ok(RoutingFields {
+        Some(BorrowedStr(model)) if !model.is_empty() => Ok(RoutingFields {
             model,
             stream: fields.stream.unwrap_or(false),
         }),
