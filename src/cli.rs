@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 pub const DEFAULT_CONFIG: &str = "/etc/inference-gateway/gateway.toml";
 
 #[derive(Debug, Parser)]
-#[command(name = "inference-gateway", version, about = "OpenAI-compatible edge proxy for LLM inference")]
+#[command(
+    name = "inference-gateway",
+    version,
+    about = "OpenAI-compatible edge proxy for LLM inference"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

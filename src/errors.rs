@@ -10,12 +10,22 @@ use crate::routing::Target;
 const INVALID: &str = "invalid_request_error";
 
 pub fn invalid_json(detail: &str) -> ApiError {
-    ApiError::new(400, INVALID, "invalid_json", format!("The request body is not valid JSON: {detail}"))
+    ApiError::new(
+        400,
+        INVALID,
+        "invalid_json",
+        format!("The request body is not valid JSON: {detail}"),
+    )
 }
 
 pub fn missing_model() -> ApiError {
-    ApiError::new(400, INVALID, "missing_model", "The request body must be a JSON object with a string `model` field.".into())
-        .with_param("model")
+    ApiError::new(
+        400,
+        INVALID,
+        "missing_model",
+        "The request body must be a JSON object with a string `model` field.".into(),
+    )
+    .with_param("model")
 }
 
 pub fn body_too_large(limit: u64) -> ApiError {
@@ -28,7 +38,12 @@ pub fn body_too_large(limit: u64) -> ApiError {
 }
 
 pub fn body_timeout(limit: Duration) -> ApiError {
-    ApiError::new(408, INVALID, "request_timeout", format!("The request body did not arrive within {limit:?}."))
+    ApiError::new(
+        408,
+        INVALID,
+        "request_timeout",
+        format!("The request body did not arrive within {limit:?}."),
+    )
 }
 
 pub fn model_not_found(model: &str, target: Option<Target<'_>>) -> ApiError {
@@ -47,8 +62,13 @@ pub fn not_found(path: &str) -> ApiError {
 }
 
 pub fn method_not_allowed(method: &str, allowed: &'static str) -> ApiError {
-    ApiError::new(405, INVALID, "method_not_allowed", format!("Method {method} is not allowed here; use {allowed}."))
-        .with_header("allow", allowed.into())
+    ApiError::new(
+        405,
+        INVALID,
+        "method_not_allowed",
+        format!("Method {method} is not allowed here; use {allowed}."),
+    )
+    .with_header("allow", allowed.into())
 }
 
 pub fn no_healthy_backend(pool: &str, retry_after: Duration) -> ApiError {
@@ -89,13 +109,28 @@ pub fn upstream_timeout(pool: &str, idle: Duration) -> ApiError {
 }
 
 pub fn internal(detail: &str) -> ApiError {
-    ApiError::new(500, "server_error", "internal_error", format!("Internal gateway error: {detail}"))
+    ApiError::new(
+        500,
+        "server_error",
+        "internal_error",
+        format!("Internal gateway error: {detail}"),
+    )
 }
 
 pub fn invalid_field(detail: &str) -> ApiError {
-    ApiError::new(400, INVALID, "invalid_request", format!("The request body is not a valid request: {detail}"))
+    ApiError::new(
+        400,
+        INVALID,
+        "invalid_request",
+        format!("The request body is not a valid request: {detail}"),
+    )
 }
 
 pub fn invalid_body(detail: &str) -> ApiError {
-    ApiError::new(400, INVALID, "invalid_body", format!("The request body could not be read: {detail}"))
+    ApiError::new(
+        400,
+        INVALID,
+        "invalid_body",
+        format!("The request body could not be read: {detail}"),
+    )
 }

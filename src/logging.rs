@@ -49,7 +49,10 @@ impl Log for JsonLogger {
             .map(|d| d.as_secs_f64())
             .unwrap_or_default();
         map.insert("ts".into(), ts.into());
-        map.insert("level".into(), record.level().as_str().to_ascii_lowercase().into());
+        map.insert(
+            "level".into(),
+            record.level().as_str().to_ascii_lowercase().into(),
+        );
         map.insert("target".into(), record.target().into());
         map.insert("msg".into(), record.args().to_string().into());
         let _ = record.key_values().visit(&mut Fields(&mut map));

@@ -8,18 +8,16 @@ use inference_gateway::{logging, server};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => {
-            match Config::load(&config).and_then(|c| server::check(&c)) {
-                Ok(()) => {
-                    println!("{}: ok", config.display());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("{}: {e}", config.display());
-                    ExitCode::FAILURE
-                }
+        Command::Check { config } => match Config::load(&config).and_then(|c| server::check(&c)) {
+            Ok(()) => {
+                println!("{}: ok", config.display());
+                ExitCode::SUCCESS
             }
-        }
+            Err(e) => {
+                eprintln!("{}: {e}", config.display());
+                ExitCode::FAILURE
+            }
+        },
         Command::Run { config: path } => {
             let config = match Config::load(&path) {
                 Ok(c) => c,

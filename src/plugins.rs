@@ -16,13 +16,20 @@ pub fn build_chain(configs: &[PluginConfig]) -> Result<Vec<Arc<dyn Plugin>>, Con
     configs
         .iter()
         .map(|c| {
-            let factory = factories.iter().find(|f| f.kind() == c.kind).ok_or_else(|| {
-                let known: Vec<&str> = factories.iter().map(|f| f.kind()).collect();
-                ConfigError::Invalid {
-                    path: format!("{}.kind", c.path),
-                    message: format!("`{}` is not a known plugin kind (known: {})", c.kind, known.join(", ")),
-                }
-            })?;
+            let factory = factories
+                .iter()
+                .find(|f| f.kind() == c.kind)
+                .ok_or_else(|| {
+                    let known: Vec<&str> = factories.iter().map(|f| f.kind()).collect();
+                    ConfigError::Invalid {
+                        path: format!("{}.kind", c.path),
+                        message: format!(
+                            "`{}` is not a known plugin kind (known: {})",
+                            c.kind,
+                            known.join(", ")
+                        ),
+                    }
+                })?;
             factory
                 .build(&c.table, &c.path)
                 .map_err(|message| ConfigError::Plugin { message })

@@ -23,11 +23,14 @@ pub fn build(config: Config) -> Result<Server, ConfigError> {
     let plugins = build_chain(&config.plugins)?;
     let table = Arc::new(ModelTable::new(&config));
 
-    let mut conf = ServerConf::default();
-    conf.threads = config.server.threads;
-    // In-flight streams get this long to finish after SIGTERM.
-    conf.grace_period_seconds = Some(config.server.shutdown_grace_period.as_secs());
-    conf.graceful_shutdown_timeout_seconds = Some(config.server.shutdown_grace_period.as_secs() + 5);
+    let grace = config.server.shutdown_grace_period.as_secs();
+    let conf = ServerConf {
+        threads: config.server.threads,
+        // In-flight streams get this long to finish after SIGTERM.
+        grace_period_seconds: Some(grace),
+        graceful_shutdown_timeout_seconds: Some(grace + 5),
+        ..ServerConf::default()
+    };
     let mut server = Server::new_with_opt_and_conf(None, conf);
 
     let gateway = Gateway::new(config.server.clone(), table.clone(), plugins);
@@ -37,7 +40,10 @@ pub fn build(config: Config) -> Result<Server, ConfigError> {
     }
     service.threads = Some(config.server.threads);
     server.add_service(service);
-    server.add_service(background_service("health-checks", HealthChecker::new(table.pools.clone())));
+    server.add_service(background_service(
+        "health-checks",
+        HealthChecker::new(table.pools.clone()),
+    ));
     server.bootstrap();
     Ok(server)
 }

@@ -9,8 +9,17 @@ use common::*;
 use serde_json::Value;
 
 async fn healthy_backends(gw: &Gateway) -> u64 {
-    let v: Value = client().get(gw.api("/list-endpoints")).send().await.expect("send").json().await.expect("json");
-    v["clusters"]["local"]["vllm"][0]["backends_healthy"].as_u64().unwrap_or(99)
+    let v: Value = client()
+        .get(gw.api("/list-endpoints"))
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    v["clusters"]["local"]["vllm"][0]["backends_healthy"]
+        .as_u64()
+        .unwrap_or(99)
 }
 
 async fn wait_healthy(gw: &Gateway, want: u64) {
@@ -31,10 +40,18 @@ async fn down_slow_and_healthy_backends_under_least_requests() {
     })
     .await
     .expect("slow mock");
-    let fast = MockBackend::start(MockConfig::default()).await.expect("fast mock");
+    let fast = MockBackend::start(MockConfig::default())
+        .await
+        .expect("fast mock");
     let down = format!("127.0.0.1:{}", closed_port());
     let backends = [down.clone(), slow.addr.to_string(), fast.addr.to_string()];
-    let pools = pool("trio", "local", &[MODEL], &backends, &format!("balance = \"least_requests\"\n{FAST_HEALTH}"));
+    let pools = pool(
+        "trio",
+        "local",
+        &[MODEL],
+        &backends,
+        &format!("balance = \"least_requests\"\n{FAST_HEALTH}"),
+    );
     let gw = Gateway::start("", &pools).await;
     wait_healthy(&gw, 2).await;
 
@@ -44,7 +61,12 @@ async fn down_slow_and_healthy_backends_under_least_requests() {
         tokio::spawn(async move {
             let http = client();
             for _ in 0..10 {
-                let resp = http.post(&url).json(&chat_body(false)).send().await.expect("send");
+                let resp = http
+                    .post(&url)
+                    .json(&chat_body(false))
+                    .send()
+                    .await
+                    .expect("send");
                 assert_eq!(resp.status(), 200);
             }
         })
@@ -56,42 +78,82 @@ async fn down_slow_and_healthy_backends_under_least_requests() {
     let to_fast = count(&fast.stats().requests);
     assert_eq!(to_slow + to_fast, 80);
     // Its share would be half; least-requests sends it far less because it is busy longer.
-    assert!(to_slow <= 40 && to_slow < to_fast, "slow got {to_slow}, fast got {to_fast}");
+    assert!(
+        to_slow <= 40 && to_slow < to_fast,
+        "slow got {to_slow}, fast got {to_fast}"
+    );
     let log = gw.access_log();
-    assert!(log.iter().all(|l| l["backend"] != down.as_str()), "nothing went to the down backend");
-    assert!(log.iter().all(|l| l["upstream_attempts"].as_u64() <= Some(1)));
+    assert!(
+        log.iter().all(|l| l["backend"] != down.as_str()),
+        "nothing went to the down backend"
+    );
+    assert!(log
+        .iter()
+        .all(|l| l["upstream_attempts"].as_u64() <= Some(1)));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn refused_connections_are_retried_on_another_backend_and_ejected() {
-    let mock = MockBackend::start(MockConfig::default()).await.expect("mock");
+    let mock = MockBackend::start(MockConfig::default())
+        .await
+        .expect("mock");
     let down = format!("127.0.0.1:{}", closed_port());
     // Health checks too rare to matter: only passive ejection acts here.
     let slow_checks = "[pools.health]\ninterval = \"60s\"\nunhealthy_threshold = 5\n";
-    let pools = pool("pair", "local", &[MODEL], &[down.clone(), mock.addr.to_string()], &format!("balance = \"round_robin\"\n{slow_checks}"));
+    let pools = pool(
+        "pair",
+        "local",
+        &[MODEL],
+        &[down.clone(), mock.addr.to_string()],
+        &format!("balance = \"round_robin\"\n{slow_checks}"),
+    );
     let gw = Gateway::start("", &pools).await;
     for _ in 0..6 {
-        let resp = client().post(gw.api("/v1/chat/completions")).json(&chat_body(false)).send().await.expect("send");
+        let resp = client()
+            .post(gw.api("/v1/chat/completions"))
+            .json(&chat_body(false))
+            .send()
+            .await
+            .expect("send");
         assert_eq!(resp.status(), 200);
     }
     let log = gw.access_log();
-    let attempts: u64 = log.iter().filter_map(|l| l["upstream_attempts"].as_u64()).sum();
-    assert_eq!(attempts, 7, "one refused connect, then the backend is out: {log:?}");
+    let attempts: u64 = log
+        .iter()
+        .filter_map(|l| l["upstream_attempts"].as_u64())
+        .sum();
+    assert_eq!(
+        attempts, 7,
+        "one refused connect, then the backend is out: {log:?}"
+    );
     assert_eq!(count(&mock.stats().requests), 6);
     assert_eq!(healthy_backends(&gw).await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn all_backends_refusing_is_502_then_503_with_retry_after() {
-    let backends = [format!("127.0.0.1:{}", closed_port()), format!("127.0.0.1:{}", closed_port())];
+    let backends = [
+        format!("127.0.0.1:{}", closed_port()),
+        format!("127.0.0.1:{}", closed_port()),
+    ];
     let slow_checks = "[pools.health]\ninterval = \"60s\"\nunhealthy_threshold = 5\n";
     let gw = Gateway::start("", &pool("dead", "local", &[MODEL], &backends, slow_checks)).await;
-    let resp = client().post(gw.api("/v1/chat/completions")).json(&chat_body(false)).send().await.expect("send");
+    let resp = client()
+        .post(gw.api("/v1/chat/completions"))
+        .json(&chat_body(false))
+        .send()
+        .await
+        .expect("send");
     assert_eq!(resp.status(), 502);
     let body: Value = resp.json().await.expect("json");
     assert_eq!(body["error"]["code"], "upstream_connect_failed");
     // Both were ejected by the refusals: now the pool has no healthy backend.
-    let resp = client().post(gw.api("/v1/chat/completions")).json(&chat_body(false)).send().await.expect("send");
+    let resp = client()
+        .post(gw.api("/v1/chat/completions"))
+        .json(&chat_body(false))
+        .send()
+        .await
+        .expect("send");
     assert_eq!(resp.status(), 503);
     assert_eq!(resp.headers()["retry-after"], "60");
     let body: Value = resp.json().await.expect("json");
@@ -100,39 +162,91 @@ async fn all_backends_refusing_is_502_then_503_with_retry_after() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn health_checks_take_backends_out_and_put_them_back() {
-    let mock = MockBackend::start(MockConfig::default()).await.expect("mock");
-    let gw = Gateway::start("", &pool("one", "local", &[MODEL], &[mock.addr.to_string()], FAST_HEALTH)).await;
+    let mock = MockBackend::start(MockConfig::default())
+        .await
+        .expect("mock");
+    let gw = Gateway::start(
+        "",
+        &pool(
+            "one",
+            "local",
+            &[MODEL],
+            &[mock.addr.to_string()],
+            FAST_HEALTH,
+        ),
+    )
+    .await;
     wait_healthy(&gw, 1).await;
     mock.set_fault(Fault::Unhealthy);
     wait_healthy(&gw, 0).await;
-    let resp = client().post(gw.api("/v1/chat/completions")).json(&chat_body(false)).send().await.expect("send");
+    let resp = client()
+        .post(gw.api("/v1/chat/completions"))
+        .json(&chat_body(false))
+        .send()
+        .await
+        .expect("send");
     assert_eq!(resp.status(), 503);
     assert_eq!(resp.headers()["retry-after"], "1");
     mock.set_fault(Fault::None);
     wait_healthy(&gw, 1).await;
-    let resp = client().post(gw.api("/v1/chat/completions")).json(&chat_body(false)).send().await.expect("send");
+    let resp = client()
+        .post(gw.api("/v1/chat/completions"))
+        .json(&chat_body(false))
+        .send()
+        .await
+        .expect("send");
     assert_eq!(resp.status(), 200);
     assert!(count(&mock.stats().health_checks) >= 3);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn federated_route_fails_over_to_a_healthy_pool() {
-    let primary = MockBackend::start(MockConfig::default()).await.expect("mock");
-    let secondary = MockBackend::start(MockConfig::default()).await.expect("mock");
+    let primary = MockBackend::start(MockConfig::default())
+        .await
+        .expect("mock");
+    let secondary = MockBackend::start(MockConfig::default())
+        .await
+        .expect("mock");
     let pools = format!(
         "{}{}",
-        pool("primary", "local", &[MODEL], &[primary.addr.to_string()], &format!("priority = 0\n{FAST_HEALTH}")),
-        pool("secondary", "remote", &[MODEL], &[secondary.addr.to_string()], &format!("priority = 1\n{FAST_HEALTH}"))
+        pool(
+            "primary",
+            "local",
+            &[MODEL],
+            &[primary.addr.to_string()],
+            &format!("priority = 0\n{FAST_HEALTH}")
+        ),
+        pool(
+            "secondary",
+            "remote",
+            &[MODEL],
+            &[secondary.addr.to_string()],
+            &format!("priority = 1\n{FAST_HEALTH}")
+        )
     );
     let gw = Gateway::start("", &pools).await;
-    let send = || client().post(gw.api("/v1/chat/completions")).json(&chat_body(false)).send();
+    let send = || {
+        client()
+            .post(gw.api("/v1/chat/completions"))
+            .json(&chat_body(false))
+            .send()
+    };
     assert_eq!(send().await.expect("send").status(), 200);
     assert_eq!(count(&primary.stats().requests), 1);
     primary.set_fault(Fault::Unhealthy);
     wait_healthy(&gw, 0).await;
     assert_eq!(send().await.expect("send").status(), 200);
-    assert_eq!(count(&secondary.stats().requests), 1, "the federated route moved to the healthy pool");
+    assert_eq!(
+        count(&secondary.stats().requests),
+        1,
+        "the federated route moved to the healthy pool"
+    );
     // The targeted route stays on its cluster and says so.
-    let resp = client().post(gw.api("/local/vllm/v1/chat/completions")).json(&chat_body(false)).send().await.expect("send");
+    let resp = client()
+        .post(gw.api("/local/vllm/v1/chat/completions"))
+        .json(&chat_body(false))
+        .send()
+        .await
+        .expect("send");
     assert_eq!(resp.status(), 503);
 }

@@ -25,12 +25,19 @@ fn body_of_size(size: usize) -> Vec<u8> {
 }
 
 fn hex_sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bodies_arrive_byte_for_byte() {
-    let (gw, mock) = with_mock(MockConfig::default(), &format!("max_request_body = \"{LIMIT}\"")).await;
+    let (gw, mock) = with_mock(
+        MockConfig::default(),
+        &format!("max_request_body = \"{LIMIT}\""),
+    )
+    .await;
     let http = client();
     for size in [1024, 64 * 1024 + 1, 1 << 20, LIMIT] {
         let body = body_of_size(size);
@@ -43,20 +50,44 @@ async fn bodies_arrive_byte_for_byte() {
             .await
             .expect("send");
         assert_eq!(resp.status(), 200, "content-length body of {size}");
-        assert_eq!(resp.headers()["x-mock-body-sha256"], want.as_str(), "size {size}");
+        assert_eq!(
+            resp.headers()["x-mock-body-sha256"],
+            want.as_str(),
+            "size {size}"
+        );
 
-        let chunks: Vec<Result<Vec<u8>, std::io::Error>> = body.chunks(16 * 1024).map(|c| Ok(c.to_vec())).collect();
+        let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+            body.chunks(16 * 1024).map(|c| Ok(c.to_vec())).collect();
         let resp = http
             .post(gw.api("/v1/chat/completions"))
-            .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+            .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+                chunks,
+            )))
             .send()
             .await
             .expect("send");
         assert_eq!(resp.status(), 200, "chunked body of {size}");
-        assert_eq!(resp.headers()["x-mock-body-sha256"], want.as_str(), "chunked size {size}");
+        assert_eq!(
+            resp.headers()["x-mock-body-sha256"],
+            want.as_str(),
+            "chunked size {size}"
+        );
     }
-    assert_eq!(mock.stats().last_body.lock().expect("lock").as_ref().map(|b| b.1), Some(LIMIT));
-    let resp = http.post(gw.api("/v1/chat/completions")).body(body_of_size(LIMIT + 1)).send().await.expect("send");
+    assert_eq!(
+        mock.stats()
+            .last_body
+            .lock()
+            .expect("lock")
+            .as_ref()
+            .map(|b| b.1),
+        Some(LIMIT)
+    );
+    let resp = http
+        .post(gw.api("/v1/chat/completions"))
+        .body(body_of_size(LIMIT + 1))
+        .send()
+        .await
+        .expect("send");
     assert_eq!(resp.status(), 413);
 }
 
@@ -64,7 +95,9 @@ async fn bodies_arrive_byte_for_byte() {
 async fn expect_100_continue_is_answered_at_once() {
     let (gw, _mock) = with_mock(MockConfig::default(), "").await;
     let body = body_of_size(200 * 1024);
-    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", gw.port)).await.expect("connect");
+    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .expect("connect");
     let head = format!(
         "POST /resource_server/v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
         body.len()
@@ -72,18 +105,31 @@ async fn expect_100_continue_is_answered_at_once() {
     socket.write_all(head.as_bytes()).await.expect("write head");
     let started = Instant::now();
     let mut buf = vec![0u8; 64];
-    let n = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf)).await.expect("100 in time").expect("read");
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 100"), "{}", String::from_utf8_lossy(&buf[..n]));
+    let n = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf))
+        .await
+        .expect("100 in time")
+        .expect("read");
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 100"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
     assert!(started.elapsed() < Duration::from_millis(500));
     socket.write_all(&body).await.expect("write body");
     let mut response = Vec::new();
     let mut chunk = vec![0u8; 4096];
     while !String::from_utf8_lossy(&response).contains("\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut chunk)).await.expect("response").expect("read");
+        let n = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut chunk))
+            .await
+            .expect("response")
+            .expect("read");
         assert!(n > 0, "connection closed early");
         response.extend_from_slice(&chunk[..n]);
     }
     let text = String::from_utf8_lossy(&response);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    assert!(!text.to_ascii_lowercase().contains("expect"), "no expect header leaks back");
+    assert!(
+        !text.to_ascii_lowercase().contains("expect"),
+        "no expect header leaks back"
+    );
 }

@@ -3,8 +3,15 @@
 use std::process::Command;
 
 fn gateway(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_inference-gateway")).args(args).output().expect("run");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(env!("CARGO_BIN_EXE_inference-gateway"))
+        .args(args)
+        .output()
+        .expect("run");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
 
@@ -35,11 +42,17 @@ fn check_and_run_refuse_a_bad_file_naming_the_path() {
     for command in ["check", "run"] {
         let (ok, text) = gateway(&[command, "--config", file]);
         assert!(!ok, "{command} must fail");
-        assert!(text.contains("pools[0].backends[0]: `127.0.0.1:80x` is not a host:port"), "{command}: {text}");
+        assert!(
+            text.contains("pools[0].backends[0]: `127.0.0.1:80x` is not a host:port"),
+            "{command}: {text}"
+        );
     }
     let (ok, text) = gateway(&["check", "--config", "/nonexistent/gateway.toml"]);
     assert!(!ok);
-    assert!(text.contains("cannot read /nonexistent/gateway.toml"), "{text}");
+    assert!(
+        text.contains("cannot read /nonexistent/gateway.toml"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -53,5 +66,10 @@ fn unknown_plugin_kinds_are_refused() {
     .expect("write");
     let (ok, text) = gateway(&["check", "--config", file.to_str().expect("utf8")]);
     assert!(!ok);
-    assert!(text.contains("plugins[0].kind: `telepathy` is not a known plugin kind (known: access_log)"), "{text}");
+    assert!(
+        text.contains(
+            "plugins[0].kind: `telepathy` is not a known plugin kind (known: access_log)"
+        ),
+        "{text}"
+    );
 }

@@ -11,20 +11,43 @@ async fn chat_completions_and_embeddings_reach_the_backend() {
     let (gw, mock) = with_mock(MockConfig::default(), "").await;
     let http = client();
     for path in ["/v1/chat/completions", "/local/vllm/v1/chat/completions"] {
-        let resp = http.post(gw.api(path)).json(&chat_body(false)).send().await.expect("send");
+        let resp = http
+            .post(gw.api(path))
+            .json(&chat_body(false))
+            .send()
+            .await
+            .expect("send");
         assert_eq!(resp.status(), 200, "{path}");
         let body: Value = resp.json().await.expect("json");
         assert_eq!(body["object"], "chat.completion");
         assert_eq!(body["model"], MODEL);
     }
     let completion = json!({"model": MODEL, "prompt": "The future of AI is", "max_tokens": 100});
-    let resp = http.post(gw.api("/v1/completions")).json(&completion).send().await.expect("send");
+    let resp = http
+        .post(gw.api("/v1/completions"))
+        .json(&completion)
+        .send()
+        .await
+        .expect("send");
     assert_eq!(resp.status(), 200);
-    assert_eq!(resp.json::<Value>().await.expect("json")["object"], "text_completion");
+    assert_eq!(
+        resp.json::<Value>().await.expect("json")["object"],
+        "text_completion"
+    );
     let embed = json!({"model": MODEL, "input": ["a", "b"]});
-    let resp = http.post(gw.api("/local/vllm/v1/embeddings")).json(&embed).send().await.expect("send");
+    let resp = http
+        .post(gw.api("/local/vllm/v1/embeddings"))
+        .json(&embed)
+        .send()
+        .await
+        .expect("send");
     assert_eq!(resp.status(), 200);
-    assert_eq!(resp.json::<Value>().await.expect("json")["data"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        resp.json::<Value>().await.expect("json")["data"]
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
     assert_eq!(count(&mock.stats().requests), 4);
 }
 
@@ -32,15 +55,43 @@ async fn chat_completions_and_embeddings_reach_the_backend() {
 async fn local_routes_answer_without_a_backend() {
     let (gw, mock) = with_mock(MockConfig::default(), "").await;
     let http = client();
-    let models: Value = http.get(gw.api("/v1/models")).send().await.expect("send").json().await.expect("json");
+    let models: Value = http
+        .get(gw.api("/v1/models"))
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(models["object"], "list");
     assert_eq!(models["data"][0]["id"], MODEL);
     assert_eq!(models["data"][0]["object"], "model");
-    let targeted: Value = http.get(gw.api("/local/vllm/v1/models")).send().await.expect("send").json().await.expect("json");
+    let targeted: Value = http
+        .get(gw.api("/local/vllm/v1/models"))
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(targeted["data"].as_array().map(Vec::len), Some(1));
-    let other: Value = http.get(gw.api("/elsewhere/vllm/v1/models")).send().await.expect("send").json().await.expect("json");
+    let other: Value = http
+        .get(gw.api("/elsewhere/vllm/v1/models"))
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(other["data"].as_array().map(Vec::len), Some(0));
-    let endpoints: Value = http.get(gw.api("/list-endpoints")).send().await.expect("send").json().await.expect("json");
+    let endpoints: Value = http
+        .get(gw.api("/list-endpoints"))
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(
         endpoints["clusters"]["local"]["vllm"][0]["endpoints"]["chat_completions"],
         "/resource_server/local/vllm/v1/chat/completions"
@@ -57,7 +108,10 @@ async fn error_of(resp: reqwest::Response) -> (u16, Value) {
     for key in ["message", "type", "code"] {
         assert!(body["error"][key].is_string(), "error.{key} in {body}");
     }
-    assert!(body["error"].get("param").is_some(), "error.param in {body}");
+    assert!(
+        body["error"].get("param").is_some(),
+        "error.param in {body}"
+    );
     (status, body)
 }
 
@@ -67,32 +121,98 @@ async fn gateway_errors_are_openai_shaped() {
     let http = client();
     let post = |path: &str, body: &'static str| http.post(gw.api(path)).body(body).send();
 
-    let (status, body) = error_of(post("/v1/chat/completions", "{not json").await.expect("send")).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_json")));
-    let (status, body) = error_of(post("/v1/chat/completions", r#"{"messages":[]}"#).await.expect("send")).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("missing_model")));
-    let (status, body) = error_of(post("/v1/chat/completions", r#"{"model":"gpt-17"}"#).await.expect("send")).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("model_not_found")));
-    assert!(body["error"]["message"].as_str().unwrap_or_default().contains("gpt-17"));
     let (status, body) = error_of(
-        post("/other/vllm/v1/chat/completions", r#"{"model":"facebook/opt-125m"}"#).await.expect("send"),
+        post("/v1/chat/completions", "{not json")
+            .await
+            .expect("send"),
     )
     .await;
-    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("model_not_found")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_json"))
+    );
+    let (status, body) = error_of(
+        post("/v1/chat/completions", r#"{"messages":[]}"#)
+            .await
+            .expect("send"),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("missing_model"))
+    );
+    let (status, body) = error_of(
+        post("/v1/chat/completions", r#"{"model":"gpt-17"}"#)
+            .await
+            .expect("send"),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("model_not_found"))
+    );
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("gpt-17"));
+    let (status, body) = error_of(
+        post(
+            "/other/vllm/v1/chat/completions",
+            r#"{"model":"facebook/opt-125m"}"#,
+        )
+        .await
+        .expect("send"),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("model_not_found"))
+    );
     let (status, _) = error_of(post("/v2/nothing", "{}").await.expect("send")).await;
     assert_eq!(status, 404);
-    let resp = http.get(gw.api("/v1/chat/completions")).send().await.expect("send");
-    assert_eq!(resp.headers().get("allow").and_then(|v| v.to_str().ok()), Some("POST"));
+    let resp = http
+        .get(gw.api("/v1/chat/completions"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        resp.headers().get("allow").and_then(|v| v.to_str().ok()),
+        Some("POST")
+    );
     let (status, _) = error_of(resp).await;
     assert_eq!(status, 405);
     let big = format!(r#"{{"model":"{MODEL}","prompt":"{}"}}"#, "x".repeat(8192));
-    let (status, body) = error_of(http.post(gw.api("/v1/completions")).body(big.clone()).send().await.expect("send")).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (413, Some("request_too_large")));
+    let (status, body) = error_of(
+        http.post(gw.api("/v1/completions"))
+            .body(big.clone())
+            .send()
+            .await
+            .expect("send"),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (413, Some("request_too_large"))
+    );
     // The same body without a Content-Length (chunked) is refused as it arrives.
-    let chunks = futures_util::stream::iter(big.into_bytes().chunks(1024).map(|c| Ok::<_, std::io::Error>(c.to_vec())).collect::<Vec<_>>());
-    let resp = http.post(gw.api("/v1/completions")).body(reqwest::Body::wrap_stream(chunks)).send().await.expect("send");
+    let chunks = futures_util::stream::iter(
+        big.into_bytes()
+            .chunks(1024)
+            .map(|c| Ok::<_, std::io::Error>(c.to_vec()))
+            .collect::<Vec<_>>(),
+    );
+    let resp = http
+        .post(gw.api("/v1/completions"))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .expect("send");
     assert_eq!(error_of(resp).await.0, 413);
-    assert_eq!(count(&mock.stats().requests), 0, "no bad request reached the backend");
+    assert_eq!(
+        count(&mock.stats().requests),
+        0,
+        "no bad request reached the backend"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -113,8 +233,16 @@ async fn backend_errors_pass_through_unchanged() {
 #[tokio::test(flavor = "multi_thread")]
 async fn client_token_never_reaches_the_backend_and_request_ids_flow() {
     std::env::set_var("ROUTES_TEST_POOL_KEY", "pool-secret");
-    let mock = MockBackend::start(MockConfig::default()).await.expect("mock");
-    let pools = pool("keyed", "local", &[MODEL], &[mock.addr.to_string()], "api_key_env = \"ROUTES_TEST_POOL_KEY\"");
+    let mock = MockBackend::start(MockConfig::default())
+        .await
+        .expect("mock");
+    let pools = pool(
+        "keyed",
+        "local",
+        &[MODEL],
+        &[mock.addr.to_string()],
+        "api_key_env = \"ROUTES_TEST_POOL_KEY\"",
+    );
     let gw = Gateway::start("", &pools).await;
     let http = client();
     let resp = http
@@ -127,7 +255,13 @@ async fn client_token_never_reaches_the_backend_and_request_ids_flow() {
         .expect("send");
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-request-id"], "abc-123");
-    let seen = mock.stats().last_headers.lock().expect("lock").clone().expect("headers");
+    let seen = mock
+        .stats()
+        .last_headers
+        .lock()
+        .expect("lock")
+        .clone()
+        .expect("headers");
     assert_eq!(seen["authorization"], "Bearer pool-secret");
     assert_eq!(seen["x-request-id"], "abc-123");
 
@@ -139,11 +273,17 @@ async fn client_token_never_reaches_the_backend_and_request_ids_flow() {
         .send()
         .await
         .expect("send");
-    let id = resp.headers()["x-request-id"].to_str().expect("ascii").to_string();
+    let id = resp.headers()["x-request-id"]
+        .to_str()
+        .expect("ascii")
+        .to_string();
     assert_ne!(id, "bad id with spaces");
     assert_eq!(id.len(), 32);
     let log = gw.access_log();
-    let line = log.iter().find(|l| l["request_id"] == id.as_str()).expect("access line");
+    let line = log
+        .iter()
+        .find(|l| l["request_id"] == id.as_str())
+        .expect("access line");
     assert_eq!(line["pool"], "keyed");
     assert_eq!(line["status"], 200);
     assert_eq!(line["model"], MODEL);
@@ -152,9 +292,16 @@ async fn client_token_never_reaches_the_backend_and_request_ids_flow() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn empty_base_path_serves_at_the_root() {
-    let mock = MockBackend::start(MockConfig::default()).await.expect("mock");
+    let mock = MockBackend::start(MockConfig::default())
+        .await
+        .expect("mock");
     let pools = pool("root", "local", &[MODEL], &[mock.addr.to_string()], "");
     let gw = Gateway::start("base_path = \"\"", &pools).await;
-    let resp = client().post(gw.url("/v1/chat/completions")).json(&chat_body(false)).send().await.expect("send");
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat_body(false))
+        .send()
+        .await
+        .expect("send");
     assert_eq!(resp.status(), 200);
 }

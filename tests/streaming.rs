@@ -9,7 +9,9 @@ use common::*;
 use futures_util::StreamExt;
 
 fn stream_request(gw: &Gateway) -> reqwest::RequestBuilder {
-    client().post(gw.api("/v1/chat/completions")).json(&chat_body(true))
+    client()
+        .post(gw.api("/v1/chat/completions"))
+        .json(&chat_body(true))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -24,7 +26,10 @@ async fn chunks_arrive_as_the_backend_sends_them() {
     let resp = stream_request(&gw).send().await.expect("send");
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-accel-buffering"], "no");
-    assert!(resp.headers()["content-type"].to_str().unwrap_or_default().starts_with("text/event-stream"));
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap_or_default()
+        .starts_with("text/event-stream"));
     let mut arrivals = Vec::new();
     let mut text = String::new();
     let mut body = resp.bytes_stream();
@@ -34,10 +39,17 @@ async fn chunks_arrive_as_the_backend_sends_them() {
         text.push_str(&String::from_utf8_lossy(&chunk));
     }
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
-    assert_eq!(text.matches("data: ").count(), 6 + 2, "six tokens, the finish event and [DONE]");
+    assert_eq!(
+        text.matches("data: ").count(),
+        6 + 2,
+        "six tokens, the finish event and [DONE]"
+    );
     let (first, last) = (arrivals[0], *arrivals.last().expect("chunks"));
     // Five 100 ms gaps: the first event must arrive long before the last.
-    assert!(last - first >= Duration::from_millis(400), "first {first:?}, last {last:?}");
+    assert!(
+        last - first >= Duration::from_millis(400),
+        "first {first:?}, last {last:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -45,7 +57,15 @@ async fn usage_chunk_passes_through() {
     let (gw, _mock) = with_mock(MockConfig::default(), "").await;
     let mut body = chat_body(true);
     body["stream_options"] = serde_json::json!({"include_usage": true});
-    let text = client().post(gw.api("/v1/chat/completions")).json(&body).send().await.expect("send").text().await.expect("text");
+    let text = client()
+        .post(gw.api("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .expect("send")
+        .text()
+        .await
+        .expect("text");
     assert!(text.contains(r#""usage":{"completion_tokens":8"#), "{text}");
 }
 
@@ -62,12 +82,17 @@ async fn client_disconnect_stops_the_backend_stream() {
     body.next().await.expect("first chunk").expect("ok");
     drop(body);
     // 400 tokens at 50 ms would take 20 s; the mock must see the cancellation promptly.
-    eventually(Duration::from_secs(3), "the backend saw the stream cancelled", || {
-        count(&mock.stats().streams_cancelled) == 1
-    })
+    eventually(
+        Duration::from_secs(3),
+        "the backend saw the stream cancelled",
+        || count(&mock.stats().streams_cancelled) == 1,
+    )
     .await;
     assert_eq!(count(&mock.stats().streams_completed), 0);
-    eventually(Duration::from_secs(2), "access line", || !gw.access_log().is_empty()).await;
+    eventually(Duration::from_secs(2), "access line", || {
+        !gw.access_log().is_empty()
+    })
+    .await;
     let log = gw.access_log();
     assert_eq!(log[0]["client_aborted"], true);
     assert_eq!(log[0]["truncated"], true);
@@ -82,7 +107,13 @@ async fn long_generations_are_bounded_by_the_idle_gap_only() {
         ..MockConfig::default()
     };
     let (gw, mock) = with_mock(config, "upstream_idle_timeout = \"1s\"").await;
-    let text = stream_request(&gw).send().await.expect("send").text().await.expect("text");
+    let text = stream_request(&gw)
+        .send()
+        .await
+        .expect("send")
+        .text()
+        .await
+        .expect("text");
     assert!(text.ends_with("data: [DONE]\n\n"));
     assert_eq!(count(&mock.stats().streams_completed), 1);
 }
@@ -95,7 +126,12 @@ async fn a_silent_backend_gets_504() {
     };
     let (gw, _mock) = with_mock(config, "upstream_idle_timeout = \"500ms\"").await;
     let started = Instant::now();
-    let resp = client().post(gw.api("/v1/chat/completions")).json(&chat_body(false)).send().await.expect("send");
+    let resp = client()
+        .post(gw.api("/v1/chat/completions"))
+        .json(&chat_body(false))
+        .send()
+        .await
+        .expect("send");
     assert_eq!(resp.status(), 504);
     assert!(started.elapsed() < Duration::from_secs(5));
     let body: serde_json::Value = resp.json().await.expect("json");
@@ -125,7 +161,10 @@ async fn a_backend_reset_mid_stream_reaches_the_client_as_a_cut_stream() {
             }
         }
     }
-    assert!(failed, "the client must see an incomplete body, not a clean end: {text}");
+    assert!(
+        failed,
+        "the client must see an incomplete body, not a clean end: {text}"
+    );
     assert!(!text.contains("[DONE]"));
     // The gateway itself keeps serving.
     let resp = client()

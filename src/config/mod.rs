@@ -7,17 +7,30 @@ mod units;
 use std::fmt;
 use std::path::Path;
 
-pub use model::{Balance, BackendConfig, Config, HealthConfig, PluginConfig, PoolConfig, ServerConfig};
+pub use model::{
+    BackendConfig, Balance, Config, HealthConfig, PluginConfig, PoolConfig, ServerConfig,
+};
 pub use units::{parse_duration, parse_size};
 
 /// Why a configuration was refused. Every variant names the file or the TOML path.
 #[derive(Debug)]
 pub enum ConfigError {
-    Read { file: String, message: String },
-    Syntax { path: String, message: String },
-    Invalid { path: String, message: String },
+    Read {
+        file: String,
+        message: String,
+    },
+    Syntax {
+        path: String,
+        message: String,
+    },
+    Invalid {
+        path: String,
+        message: String,
+    },
     /// A plugin's own validation message, which already starts with its TOML path.
-    Plugin { message: String },
+    Plugin {
+        message: String,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -44,13 +57,14 @@ impl Config {
 
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let deserializer = toml::Deserializer::new(text);
-        let file: file::FileConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
-            let path = e.path().to_string();
-            ConfigError::Syntax {
-                path: if path == "." { "config".into() } else { path },
-                message: e.into_inner().to_string().trim_end().to_string(),
-            }
-        })?;
+        let file: file::FileConfig =
+            serde_path_to_error::deserialize(deserializer).map_err(|e| {
+                let path = e.path().to_string();
+                ConfigError::Syntax {
+                    path: if path == "." { "config".into() } else { path },
+                    message: e.into_inner().to_string().trim_end().to_string(),
+                }
+            })?;
         Config::try_from(file)
     }
 }

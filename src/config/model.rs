@@ -90,7 +90,11 @@ fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
     }
 }
 
-fn duration_or(value: &Option<String>, path: &str, default: Duration) -> Result<Duration, ConfigError> {
+fn duration_or(
+    value: &Option<String>,
+    path: &str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
     match value {
         None => Ok(default),
         Some(text) => parse_duration(text).map_err(|m| err(path, m)),
@@ -116,7 +120,10 @@ impl TryFrom<FileConfig> for Config {
         for (i, section) in file.pools.iter().enumerate() {
             let pool = pool_config(i, section)?;
             if !names.insert(pool.name.clone()) {
-                return Err(err(format!("pools[{i}].name"), format!("`{}` is used by an earlier pool", pool.name)));
+                return Err(err(
+                    format!("pools[{i}].name"),
+                    format!("`{}` is used by an earlier pool", pool.name),
+                ));
             }
             pools.push(pool);
         }
@@ -129,7 +136,10 @@ impl TryFrom<FileConfig> for Config {
 }
 
 fn server_config(s: &ServerSection) -> Result<ServerConfig, ConfigError> {
-    let listen_text = s.listen.clone().unwrap_or_else(|| vec!["0.0.0.0:8000".into()]);
+    let listen_text = s
+        .listen
+        .clone()
+        .unwrap_or_else(|| vec!["0.0.0.0:8000".into()]);
     if listen_text.is_empty() {
         return Err(err("server.listen", "at least one address is required"));
     }
@@ -137,11 +147,18 @@ fn server_config(s: &ServerSection) -> Result<ServerConfig, ConfigError> {
         .iter()
         .enumerate()
         .map(|(i, a)| {
-            a.parse::<SocketAddr>()
-                .map_err(|_| err(format!("server.listen[{i}]"), format!("`{a}` is not an ip:port address")))
+            a.parse::<SocketAddr>().map_err(|_| {
+                err(
+                    format!("server.listen[{i}]"),
+                    format!("`{a}` is not an ip:port address"),
+                )
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let base_path = s.base_path.clone().unwrap_or_else(|| "/resource_server".into());
+    let base_path = s
+        .base_path
+        .clone()
+        .unwrap_or_else(|| "/resource_server".into());
     if !base_path.is_empty()
         && (!base_path.starts_with('/') || base_path.ends_with('/') || base_path.contains("//"))
     {
@@ -152,14 +169,20 @@ fn server_config(s: &ServerSection) -> Result<ServerConfig, ConfigError> {
     }
     let threads = s.threads.unwrap_or(2);
     if !(1..=1024).contains(&threads) {
-        return Err(err("server.threads", format!("`{threads}` must be between 1 and 1024")));
+        return Err(err(
+            "server.threads",
+            format!("`{threads}` must be between 1 and 1024"),
+        ));
     }
     let max_request_body = match &s.max_request_body {
         None => 10 << 20,
         Some(text) => parse_size(text).map_err(|m| err("server.max_request_body", m))?,
     };
     if max_request_body == 0 {
-        return Err(err("server.max_request_body", "`0` would refuse every request"));
+        return Err(err(
+            "server.max_request_body",
+            "`0` would refuse every request",
+        ));
     }
     let max_connect_attempts = s.max_connect_attempts.unwrap_or(3);
     if !(1..=16).contains(&max_connect_attempts) {
@@ -186,20 +209,32 @@ fn server_config(s: &ServerSection) -> Result<ServerConfig, ConfigError> {
         base_path,
         threads,
         max_request_body,
-        client_body_timeout: duration_or(&s.client_body_timeout, "server.client_body_timeout", Duration::from_secs(60))?,
+        client_body_timeout: duration_or(
+            &s.client_body_timeout,
+            "server.client_body_timeout",
+            Duration::from_secs(60),
+        )?,
         upstream_connect_timeout: duration_or(
             &s.upstream_connect_timeout,
             "server.upstream_connect_timeout",
             Duration::from_secs(2),
         )?,
-        upstream_idle_timeout: duration_or(&s.upstream_idle_timeout, "server.upstream_idle_timeout", Duration::from_secs(600))?,
+        upstream_idle_timeout: duration_or(
+            &s.upstream_idle_timeout,
+            "server.upstream_idle_timeout",
+            Duration::from_secs(600),
+        )?,
         upstream_keepalive_timeout: duration_or(
             &s.upstream_keepalive_timeout,
             "server.upstream_keepalive_timeout",
             Duration::from_secs(60),
         )?,
         max_connect_attempts,
-        shutdown_grace_period: duration_or(&s.shutdown_grace_period, "server.shutdown_grace_period", Duration::from_secs(30))?,
+        shutdown_grace_period: duration_or(
+            &s.shutdown_grace_period,
+            "server.shutdown_grace_period",
+            Duration::from_secs(30),
+        )?,
         log_level,
     })
 }
@@ -208,8 +243,18 @@ fn plugin_config(i: usize, table: toml::Table) -> Result<PluginConfig, ConfigErr
     let path = format!("plugins[{i}]");
     let kind = match table.get("kind") {
         Some(toml::Value::String(kind)) => kind.clone(),
-        Some(other) => return Err(err(format!("{path}.kind"), format!("`{other}` is not a string"))),
-        None => return Err(err(format!("{path}.kind"), "missing; every plugin needs a `kind`")),
+        Some(other) => {
+            return Err(err(
+                format!("{path}.kind"),
+                format!("`{other}` is not a string"),
+            ))
+        }
+        None => {
+            return Err(err(
+                format!("{path}.kind"),
+                "missing; every plugin needs a `kind`",
+            ))
+        }
     };
     Ok(PluginConfig { kind, table, path })
 }
@@ -217,11 +262,16 @@ fn plugin_config(i: usize, table: toml::Table) -> Result<PluginConfig, ConfigErr
 /// Names that appear in URL paths must be one plain path segment.
 fn check_segment(value: &str, path: &str) -> Result<(), ConfigError> {
     let ok = !value.is_empty()
-        && value.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
     if ok {
         Ok(())
     } else {
-        Err(err(path, format!("`{value}` must be non-empty letters, digits, `-`, `_` or `.`")))
+        Err(err(
+            path,
+            format!("`{value}` must be non-empty letters, digits, `-`, `_` or `.`"),
+        ))
     }
 }
 
@@ -235,7 +285,10 @@ fn pool_config(i: usize, p: &PoolSection) -> Result<PoolConfig, ConfigError> {
     }
     for (m, model) in p.models.iter().enumerate() {
         if model.trim().is_empty() || model.trim() != model {
-            return Err(err(format!("pools[{i}].models[{m}]"), format!("`{model}` must be non-empty without surrounding spaces")));
+            return Err(err(
+                format!("pools[{i}].models[{m}]"),
+                format!("`{model}` must be non-empty without surrounding spaces"),
+            ));
         }
     }
     if p.backends.is_empty() {
@@ -288,18 +341,29 @@ fn backend_config(entry: &toml::Value, path: &str) -> Result<BackendConfig, Conf
         toml::Value::String(address) => (address.clone(), 1),
         toml::Value::Table(table) => {
             if let Some(key) = table.keys().find(|k| *k != "address" && *k != "weight") {
-                return Err(err(format!("{path}.{key}"), "unknown key (known: address, weight)"));
+                return Err(err(
+                    format!("{path}.{key}"),
+                    "unknown key (known: address, weight)",
+                ));
             }
             let address = match table.get("address") {
                 Some(toml::Value::String(a)) => a.clone(),
-                Some(other) => return Err(err(format!("{path}.address"), format!("`{other}` is not a string"))),
+                Some(other) => {
+                    return Err(err(
+                        format!("{path}.address"),
+                        format!("`{other}` is not a string"),
+                    ))
+                }
                 None => return Err(err(format!("{path}.address"), "missing")),
             };
             let weight = match table.get("weight") {
                 None => 1,
                 Some(toml::Value::Integer(w)) if (1..=1000).contains(w) => *w as u32,
                 Some(other) => {
-                    return Err(err(format!("{path}.weight"), format!("`{other}` must be an integer from 1 to 1000")))
+                    return Err(err(
+                        format!("{path}.weight"),
+                        format!("`{other}` must be an integer from 1 to 1000"),
+                    ))
                 }
             };
             (address, weight)
@@ -307,7 +371,9 @@ fn backend_config(entry: &toml::Value, path: &str) -> Result<BackendConfig, Conf
         other => {
             return Err(err(
                 path,
-                format!("`{other}` is neither \"host:port\" nor {{ address = \"host:port\", weight = N }}"),
+                format!(
+                "`{other}` is neither \"host:port\" nor {{ address = \"host:port\", weight = N }}"
+            ),
             ))
         }
     };
@@ -335,15 +401,25 @@ fn resolve(address: &str) -> Result<SocketAddr, String> {
 fn health_config(h: &HealthSection, at: &str) -> Result<HealthConfig, ConfigError> {
     let path = h.path.clone().unwrap_or_else(|| "/health".into());
     if !path.starts_with('/') {
-        return Err(err(format!("{at}.path"), format!("`{path}` must start with `/`")));
+        return Err(err(
+            format!("{at}.path"),
+            format!("`{path}` must start with `/`"),
+        ));
     }
     let threshold = |value: Option<u32>, key: &str, default: u32| match value.unwrap_or(default) {
         0 => Err(err(format!("{at}.{key}"), "`0` must be at least 1")),
         n => Ok(n),
     };
-    let interval = duration_or(&h.interval, &format!("{at}.interval"), Duration::from_secs(5))?;
+    let interval = duration_or(
+        &h.interval,
+        &format!("{at}.interval"),
+        Duration::from_secs(5),
+    )?;
     if interval < Duration::from_millis(10) {
-        return Err(err(format!("{at}.interval"), format!("`{interval:?}` is below the 10ms minimum")));
+        return Err(err(
+            format!("{at}.interval"),
+            format!("`{interval:?}` is below the 10ms minimum"),
+        ));
     }
     Ok(HealthConfig {
         path,

@@ -3,7 +3,10 @@ use super::*;
 const POOL: &str = "[[pools]]\nname = \"p\"\ncluster = \"c\"\nframework = \"vllm\"\nmodels = [\"m\"]\nbackends = [\"127.0.0.1:8001\"]\n";
 
 fn error_of(text: &str) -> String {
-    Config::parse(text).err().map(|e| e.to_string()).expect("config should be refused")
+    Config::parse(text)
+        .err()
+        .map(|e| e.to_string())
+        .expect("config should be refused")
 }
 
 #[test]
@@ -20,22 +23,55 @@ fn defaults_fill_a_minimal_file() {
 fn errors_name_the_toml_path_and_the_bad_value() {
     let cases = [
         (
-            POOL.replace("[\"127.0.0.1:8001\"]", "[\"127.0.0.1:8001\", \"127.0.0.1:80x\"]"),
+            POOL.replace(
+                "[\"127.0.0.1:8001\"]",
+                "[\"127.0.0.1:8001\", \"127.0.0.1:80x\"]",
+            ),
             "pools[0].backends[1]: `127.0.0.1:80x` is not a host:port",
         ),
-        (format!("[server]\nlisten = [\"nowhere\"]\n{POOL}"), "server.listen[0]: `nowhere`"),
-        (format!("[server]\nmax_request_body = \"ten\"\n{POOL}"), "server.max_request_body: `ten`"),
-        (format!("[server]\nupstream_idle_timeout = \"soon\"\n{POOL}"), "server.upstream_idle_timeout: `soon`"),
-        (format!("[server]\nbase_path = \"api/\"\n{POOL}"), "server.base_path: `api/`"),
-        (POOL.replace("name = \"p\"", "name = \"a b\""), "pools[0].name: `a b`"),
-        (format!("{POOL}balance = \"random\"\n"), "pools[0].balance: `random`"),
-        (format!("{POOL}[pools.health]\nunhealthy_threshold = 0\n"), "pools[0].health.unhealthy_threshold"),
-        (format!("{POOL}{POOL}"), "pools[1].name: `p` is used by an earlier pool"),
         (
-            POOL.replace("[\"127.0.0.1:8001\"]", "[{ address = \"127.0.0.1:1\", weight = 0 }]"),
+            format!("[server]\nlisten = [\"nowhere\"]\n{POOL}"),
+            "server.listen[0]: `nowhere`",
+        ),
+        (
+            format!("[server]\nmax_request_body = \"ten\"\n{POOL}"),
+            "server.max_request_body: `ten`",
+        ),
+        (
+            format!("[server]\nupstream_idle_timeout = \"soon\"\n{POOL}"),
+            "server.upstream_idle_timeout: `soon`",
+        ),
+        (
+            format!("[server]\nbase_path = \"api/\"\n{POOL}"),
+            "server.base_path: `api/`",
+        ),
+        (
+            POOL.replace("name = \"p\"", "name = \"a b\""),
+            "pools[0].name: `a b`",
+        ),
+        (
+            format!("{POOL}balance = \"random\"\n"),
+            "pools[0].balance: `random`",
+        ),
+        (
+            format!("{POOL}[pools.health]\nunhealthy_threshold = 0\n"),
+            "pools[0].health.unhealthy_threshold",
+        ),
+        (
+            format!("{POOL}{POOL}"),
+            "pools[1].name: `p` is used by an earlier pool",
+        ),
+        (
+            POOL.replace(
+                "[\"127.0.0.1:8001\"]",
+                "[{ address = \"127.0.0.1:1\", weight = 0 }]",
+            ),
             "pools[0].backends[0].weight: `0`",
         ),
-        (format!("{POOL}api_key_env = \"CONFIG_TEST_SURELY_UNSET\"\n"), "pools[0].api_key_env: environment variable `CONFIG_TEST_SURELY_UNSET`"),
+        (
+            format!("{POOL}api_key_env = \"CONFIG_TEST_SURELY_UNSET\"\n"),
+            "pools[0].api_key_env: environment variable `CONFIG_TEST_SURELY_UNSET`",
+        ),
         (String::new(), "pools: at least one"),
     ];
     for (text, want) in cases {
@@ -47,11 +83,20 @@ fn errors_name_the_toml_path_and_the_bad_value() {
 #[test]
 fn unknown_keys_are_refused_with_their_path() {
     let got = error_of(&format!("[server]\nlisten_on = [\"127.0.0.1:1\"]\n{POOL}"));
-    assert!(got.starts_with("server.listen_on: ") && got.contains("unknown field `listen_on`"), "{got}");
+    assert!(
+        got.starts_with("server.listen_on: ") && got.contains("unknown field `listen_on`"),
+        "{got}"
+    );
     let got = error_of(&format!("{POOL}[pools.health]\nevery = \"5s\"\n"));
-    assert!(got.starts_with("pools[0].health.every: ") && got.contains("unknown field `every`"), "{got}");
+    assert!(
+        got.starts_with("pools[0].health.every: ") && got.contains("unknown field `every`"),
+        "{got}"
+    );
     let got = error_of(&POOL.replace("[\"127.0.0.1:8001\"]", "[{ addr = \"127.0.0.1:1\" }]"));
-    assert!(got.starts_with("pools[0].backends[0].addr: unknown key"), "{got}");
+    assert!(
+        got.starts_with("pools[0].backends[0].addr: unknown key"),
+        "{got}"
+    );
 }
 
 #[test]

@@ -14,7 +14,11 @@ use crate::errors;
 /// Reads the whole body. Answers `Expect: 100-continue` first, refuses a declared
 /// `Content-Length` over `limit` before reading a byte, and bounds the total read time (the
 /// socket timeout is per read, so a trickling client could otherwise hold a slot forever).
-pub async fn read_body(session: &mut ServerSession, limit: u64, timeout: Duration) -> Result<Bytes, ApiError> {
+pub async fn read_body(
+    session: &mut ServerSession,
+    limit: u64,
+    timeout: Duration,
+) -> Result<Bytes, ApiError> {
     let declared = session
         .get_header("content-length")
         .and_then(|v| v.to_str().ok())
@@ -48,7 +52,8 @@ pub async fn read_body(session: &mut ServerSession, limit: u64, timeout: Duratio
             match (&mut first, &mut joined) {
                 (None, None) => first = Some(chunk),
                 (Some(f), None) => {
-                    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).max(total) as usize);
+                    let mut buf =
+                        BytesMut::with_capacity(declared.unwrap_or(0).max(total) as usize);
                     buf.extend_from_slice(f);
                     buf.extend_from_slice(&chunk);
                     joined = Some(buf);
@@ -129,7 +134,10 @@ mod tests {
         let f = parse_routing_fields(body).expect("fields");
         assert_eq!(f.model, "facebook/opt-125m");
         assert!(f.stream);
-        assert!(matches!(f.model, Cow::Borrowed(_)), "no copy for plain strings");
+        assert!(
+            matches!(f.model, Cow::Borrowed(_)),
+            "no copy for plain strings"
+        );
     }
 
     #[test]
@@ -147,7 +155,10 @@ mod tests {
         assert_eq!(code(b"{}"), Some((400, "missing_model")));
         assert_eq!(code(br#"{"model":""}"#), Some((400, "missing_model")));
         assert_eq!(code(br#"{"model":5}"#), Some((400, "invalid_request")));
-        assert_eq!(code(br#"{"model":"m","stream":"yes"}"#), Some((400, "invalid_request")));
+        assert_eq!(
+            code(br#"{"model":"m","stream":"yes"}"#),
+            Some((400, "invalid_request"))
+        );
         assert_eq!(code(b"[1,2]"), Some((400, "invalid_request")));
     }
 }

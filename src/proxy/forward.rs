@@ -91,7 +91,9 @@ impl Gateway {
             mut upstream,
             backend,
             _inflight,
-        } = self.connect_and_send(&header, &body, ctx, pool, done).await?;
+        } = self
+            .connect_and_send(&header, &body, ctx, pool, done)
+            .await?;
 
         let mut response = match upstream.response_header() {
             Some(h) => h.clone(),
@@ -115,7 +117,9 @@ impl Gateway {
                 done.truncated = true;
             }
             let keepalive = Some(self.settings.upstream_keepalive_timeout);
-            self.connector.release_http_session(upstream, &backend.peer, keepalive).await;
+            self.connector
+                .release_http_session(upstream, &backend.peer, keepalive)
+                .await;
         }
         // Otherwise `upstream` drops here and its connection closes, which is how a backend
         // learns to stop generating for a client that left.
@@ -147,7 +151,8 @@ impl Gateway {
             done.attempts += 1;
             // Count the attempt as in flight at once, so that concurrent selections see it.
             let inflight = backend.start_request();
-            let (mut upstream, reused) = match self.connector.get_http_session(&backend.peer).await {
+            let (mut upstream, reused) = match self.connector.get_http_session(&backend.peer).await
+            {
                 Ok(s) => s,
                 Err(e) => {
                     if backend.eject() {
@@ -180,7 +185,10 @@ impl Gateway {
                     continue;
                 }
                 Err(e) if e.etype() == &ErrorType::ReadTimedout => {
-                    return Err(errors::upstream_timeout(&pool.name, self.settings.upstream_idle_timeout))
+                    return Err(errors::upstream_timeout(
+                        &pool.name,
+                        self.settings.upstream_idle_timeout,
+                    ))
                 }
                 Err(e) => {
                     log::warn!(
@@ -219,10 +227,16 @@ impl Gateway {
         for name in HOP_BY_HOP {
             header.remove_header(name);
         }
-        header.insert_header("content-length", body_len.to_string()).map_err(bad)?;
-        header.insert_header("x-request-id", ctx.request_id.as_str()).map_err(bad)?;
+        header
+            .insert_header("content-length", body_len.to_string())
+            .map_err(bad)?;
+        header
+            .insert_header("x-request-id", ctx.request_id.as_str())
+            .map_err(bad)?;
         if let Some(auth) = &pool.authorization {
-            header.insert_header("authorization", auth.as_str()).map_err(bad)?;
+            header
+                .insert_header("authorization", auth.as_str())
+                .map_err(bad)?;
         }
         for plugin in self.plugins.iter() {
             plugin.on_upstream_request(&mut RequestHeaders(&mut header), ctx);
@@ -307,8 +321,14 @@ impl Gateway {
     }
 }
 
-async fn send(upstream: &mut UpstreamSession, header: &RequestHeader, body: &Bytes) -> pingora_error::Result<()> {
-    upstream.write_request_header(Box::new(header.clone())).await?;
+async fn send(
+    upstream: &mut UpstreamSession,
+    header: &RequestHeader,
+    body: &Bytes,
+) -> pingora_error::Result<()> {
+    upstream
+        .write_request_header(Box::new(header.clone()))
+        .await?;
     if !body.is_empty() {
         upstream.write_request_body(body.clone(), true).await?;
     }

@@ -33,7 +33,12 @@ pub fn list_endpoints(table: &ModelTable, base_path: &str) -> Value {
         let endpoints: serde_json::Map<String, Value> = Api::ALL
             .into_iter()
             .map(|api| {
-                let path = format!("{base_path}/{}/{}{}", pool.cluster, pool.framework, api.path());
+                let path = format!(
+                    "{base_path}/{}/{}{}",
+                    pool.cluster,
+                    pool.framework,
+                    api.path()
+                );
                 (api.route_name().to_string(), Value::from(path))
             })
             .collect();
@@ -80,11 +85,23 @@ backends = ["127.0.0.1:2"]
     fn models_are_listed_once_in_openai_format() {
         let v = models(&table(), None, 7);
         assert_eq!(v["object"], "list");
-        let ids: Vec<&str> = v["data"].as_array().expect("data").iter().map(|m| m["id"].as_str().expect("id")).collect();
+        let ids: Vec<&str> = v["data"]
+            .as_array()
+            .expect("data")
+            .iter()
+            .map(|m| m["id"].as_str().expect("id"))
+            .collect();
         assert_eq!(ids, ["m1", "m2"]);
         assert_eq!(v["data"][0]["object"], "model");
         assert_eq!(v["data"][0]["created"], 7);
-        let only_remote = models(&table(), Some(Target { cluster: "remote", framework: "sglang" }), 7);
+        let only_remote = models(
+            &table(),
+            Some(Target {
+                cluster: "remote",
+                framework: "sglang",
+            }),
+            7,
+        );
         assert_eq!(only_remote["data"].as_array().map(Vec::len), Some(1));
     }
 
@@ -92,7 +109,10 @@ backends = ["127.0.0.1:2"]
     fn endpoints_name_full_paths() {
         let v = list_endpoints(&table(), "/resource_server");
         let pool = &v["clusters"]["local"]["vllm"][0];
-        assert_eq!(pool["endpoints"]["chat_completions"], "/resource_server/local/vllm/v1/chat/completions");
+        assert_eq!(
+            pool["endpoints"]["chat_completions"],
+            "/resource_server/local/vllm/v1/chat/completions"
+        );
         assert_eq!(pool["backends_healthy"], 1);
     }
 }

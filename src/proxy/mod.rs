@@ -40,7 +40,11 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(settings: ServerConfig, table: Arc<ModelTable>, plugins: Vec<Arc<dyn Plugin>>) -> Gateway {
+    pub fn new(
+        settings: ServerConfig,
+        table: Arc<ModelTable>,
+        plugins: Vec<Arc<dyn Plugin>>,
+    ) -> Gateway {
         Gateway {
             settings,
             table,
@@ -59,7 +63,11 @@ impl Gateway {
         let path = session.req_header().uri.path().to_string();
         let route = match_route(&self.settings.base_path, &path);
         ctx.route = route.name();
-        if let Route::Inference { target: Some(t), .. } | Route::Models { target: Some(t) } = route {
+        if let Route::Inference {
+            target: Some(t), ..
+        }
+        | Route::Models { target: Some(t) } = route
+        {
             ctx.cluster = Some(t.cluster.to_string());
             ctx.framework = Some(t.framework.to_string());
         }
@@ -70,7 +78,9 @@ impl Gateway {
                 session.req_header().method.as_str(),
                 route.method(),
             )),
-            Route::Health => Ok(self.reply(session, ctx, 200, serde_json::json!({"status": "ok"})).await),
+            Route::Health => Ok(self
+                .reply(session, ctx, 200, serde_json::json!({"status": "ok"}))
+                .await),
             Route::Models { target } => match self.run_on_request(session, ctx).await {
                 Ok(()) => {
                     let list = local::models(&self.table, target, self.loaded_at);
@@ -87,7 +97,9 @@ impl Gateway {
             },
             Route::Inference { api, target } => {
                 let mut forwarded = Forwarded::default();
-                let outcome = self.inference(session, ctx, api, target, &mut summary, &mut forwarded).await;
+                let outcome = self
+                    .inference(session, ctx, api, target, &mut summary, &mut forwarded)
+                    .await;
                 summary.upstream_attempts = forwarded.attempts;
                 summary.first_byte = forwarded.first_byte;
                 summary.client_aborted = forwarded.client_aborted;
@@ -153,10 +165,15 @@ impl Gateway {
         let model = ctx.model.as_deref().unwrap_or_default();
         let pool = self.table.resolve(model, target)?;
         ctx.pool = Some(pool.name.clone());
-        self.forward(session, ctx, &pool, api, body, forwarded).await
+        self.forward(session, ctx, &pool, api, body, forwarded)
+            .await
     }
 
-    async fn run_on_request(&self, session: &ServerSession, ctx: &mut RequestCtx) -> Result<(), ApiError> {
+    async fn run_on_request(
+        &self,
+        session: &ServerSession,
+        ctx: &mut RequestCtx,
+    ) -> Result<(), ApiError> {
         let req = session.req_header();
         let head = RequestHead {
             method: &req.method,
@@ -180,7 +197,9 @@ impl Gateway {
     ) -> Sent {
         match serde_json::to_vec(&body) {
             Ok(bytes) => respond::json(session, status, bytes, &ctx.request_id, &[]).await,
-            Err(e) => respond::error(session, &errors::internal(&e.to_string()), &ctx.request_id).await,
+            Err(e) => {
+                respond::error(session, &errors::internal(&e.to_string()), &ctx.request_id).await
+            }
         }
     }
 }
@@ -190,7 +209,8 @@ fn request_id(session: &ServerSession) -> String {
     let sane = |v: &[u8]| {
         !v.is_empty()
             && v.len() <= 128
-            && v.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
+            && v.iter()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
     };
     match session.get_header("x-request-id") {
         Some(v) if sane(v.as_bytes()) => String::from_utf8_lossy(v.as_bytes()).into_owned(),

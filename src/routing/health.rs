@@ -53,15 +53,30 @@ impl HealthChecker {
                 .map_err(|e| format!("connect: {e}"))?;
             let mut req = RequestHeader::build("GET", pool.health.path.as_bytes(), None)
                 .map_err(|e| e.to_string())?;
-            req.insert_header("host", backend.address.as_str()).map_err(|e| e.to_string())?;
-            req.insert_header("user-agent", "inference-gateway-health").map_err(|e| e.to_string())?;
+            req.insert_header("host", backend.address.as_str())
+                .map_err(|e| e.to_string())?;
+            req.insert_header("user-agent", "inference-gateway-health")
+                .map_err(|e| e.to_string())?;
             if let Some(auth) = &pool.authorization {
-                req.insert_header("authorization", auth.as_str()).map_err(|e| e.to_string())?;
+                req.insert_header("authorization", auth.as_str())
+                    .map_err(|e| e.to_string())?;
             }
-            session.write_request_header(Box::new(req)).await.map_err(|e| format!("send: {e}"))?;
-            session.finish_request_body().await.map_err(|e| format!("send: {e}"))?;
-            session.read_response_header().await.map_err(|e| format!("read: {e}"))?;
-            let status = session.response_header().map(|h| h.status.as_u16()).unwrap_or(0);
+            session
+                .write_request_header(Box::new(req))
+                .await
+                .map_err(|e| format!("send: {e}"))?;
+            session
+                .finish_request_body()
+                .await
+                .map_err(|e| format!("send: {e}"))?;
+            session
+                .read_response_header()
+                .await
+                .map_err(|e| format!("read: {e}"))?;
+            let status = session
+                .response_header()
+                .map(|h| h.status.as_u16())
+                .unwrap_or(0);
             // The session (and its connection) is dropped, not pooled.
             if (200..300).contains(&status) {
                 Ok(())

@@ -34,11 +34,17 @@ impl Backend {
     pub fn record_check(&self, ok: bool, healthy_after: u32, unhealthy_after: u32) -> Option<bool> {
         if ok {
             self.consecutive_failed.store(0, Ordering::Relaxed);
-            let run = self.consecutive_ok.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+            let run = self
+                .consecutive_ok
+                .fetch_add(1, Ordering::Relaxed)
+                .saturating_add(1);
             (run >= healthy_after && !self.healthy.swap(true, Ordering::Relaxed)).then_some(true)
         } else {
             self.consecutive_ok.store(0, Ordering::Relaxed);
-            let run = self.consecutive_failed.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+            let run = self
+                .consecutive_failed
+                .fetch_add(1, Ordering::Relaxed)
+                .saturating_add(1);
             (run >= unhealthy_after && self.healthy.swap(false, Ordering::Relaxed)).then_some(false)
         }
     }
@@ -148,11 +154,16 @@ impl Pool {
         let picked = match self.balance {
             Balance::RoundRobin => self.weighted_round_robin(start, &usable),
             // Rotating the scan start spreads ties (e.g. an idle pool) across backends.
-            Balance::LeastRequests => (0..n).map(|k| (start + k) % n).filter(usable).min_by(|a, b| {
-                let (a, b) = (&self.backends[*a], &self.backends[*b]);
-                // inflight/weight, compared without division.
-                (a.inflight() * b.weight as usize).cmp(&(b.inflight() * a.weight as usize))
-            }),
+            Balance::LeastRequests => {
+                (0..n)
+                    .map(|k| (start + k) % n)
+                    .filter(usable)
+                    .min_by(|a, b| {
+                        let (a, b) = (&self.backends[*a], &self.backends[*b]);
+                        // inflight/weight, compared without division.
+                        (a.inflight() * b.weight as usize).cmp(&(b.inflight() * a.weight as usize))
+                    })
+            }
             Balance::ConsistentHash => (0..n).filter(usable).max_by(|a, b| {
                 let score = |i: usize| {
                     let backend = &self.backends[i];
@@ -164,7 +175,11 @@ impl Pool {
         picked.ok_or(NoBackend::AllTried)
     }
 
-    fn weighted_round_robin(&self, start: usize, usable: &impl Fn(&usize) -> bool) -> Option<usize> {
+    fn weighted_round_robin(
+        &self,
+        start: usize,
+        usable: &impl Fn(&usize) -> bool,
+    ) -> Option<usize> {
         let total: usize = self.backends.iter().map(|b| b.weight as usize).sum();
         let mut slot = start % total;
         let first = self.backends.iter().position(|b| {

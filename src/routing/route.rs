@@ -37,8 +37,13 @@ pub struct Target<'a> {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route<'a> {
-    Inference { api: Api, target: Option<Target<'a>> },
-    Models { target: Option<Target<'a>> },
+    Inference {
+        api: Api,
+        target: Option<Target<'a>>,
+    },
+    Models {
+        target: Option<Target<'a>>,
+    },
     ListEndpoints,
     Health,
     NotFound,
@@ -112,38 +117,70 @@ mod tests {
     fn federated_and_targeted_routes() {
         assert_eq!(
             match_route(BASE, "/resource_server/v1/chat/completions"),
-            Route::Inference { api: Api::ChatCompletions, target: None }
+            Route::Inference {
+                api: Api::ChatCompletions,
+                target: None
+            }
         );
         assert_eq!(
             match_route(BASE, "/resource_server/local/vllm/v1/embeddings"),
             Route::Inference {
                 api: Api::Embeddings,
-                target: Some(Target { cluster: "local", framework: "vllm" })
+                target: Some(Target {
+                    cluster: "local",
+                    framework: "vllm"
+                })
             }
         );
         assert_eq!(
             match_route(BASE, "/resource_server/local/vllm/v1/models"),
-            Route::Models { target: Some(Target { cluster: "local", framework: "vllm" }) }
+            Route::Models {
+                target: Some(Target {
+                    cluster: "local",
+                    framework: "vllm"
+                })
+            }
         );
-        assert_eq!(match_route(BASE, "/resource_server/v1/models/"), Route::Models { target: None });
+        assert_eq!(
+            match_route(BASE, "/resource_server/v1/models/"),
+            Route::Models { target: None }
+        );
         assert_eq!(match_route(BASE, "/resource_server/health"), Route::Health);
-        assert_eq!(match_route(BASE, "/resource_server/list-endpoints"), Route::ListEndpoints);
+        assert_eq!(
+            match_route(BASE, "/resource_server/list-endpoints"),
+            Route::ListEndpoints
+        );
     }
 
     #[test]
     fn unknown_paths() {
         assert_eq!(match_route(BASE, "/v1/chat/completions"), Route::NotFound);
-        assert_eq!(match_route(BASE, "/resource_serverx/v1/models"), Route::NotFound);
-        assert_eq!(match_route(BASE, "/resource_server/a/b/c/v1/models"), Route::NotFound);
-        assert_eq!(match_route(BASE, "/resource_server//vllm/v1/models"), Route::NotFound);
-        assert_eq!(match_route(BASE, "/resource_server/v1/chat"), Route::NotFound);
+        assert_eq!(
+            match_route(BASE, "/resource_serverx/v1/models"),
+            Route::NotFound
+        );
+        assert_eq!(
+            match_route(BASE, "/resource_server/a/b/c/v1/models"),
+            Route::NotFound
+        );
+        assert_eq!(
+            match_route(BASE, "/resource_server//vllm/v1/models"),
+            Route::NotFound
+        );
+        assert_eq!(
+            match_route(BASE, "/resource_server/v1/chat"),
+            Route::NotFound
+        );
     }
 
     #[test]
     fn empty_base_path_serves_at_root() {
         assert_eq!(
             match_route("", "/v1/completions"),
-            Route::Inference { api: Api::Completions, target: None }
+            Route::Inference {
+                api: Api::Completions,
+                target: None
+            }
         );
         assert_eq!(match_route("", "/health"), Route::Health);
     }

@@ -25,7 +25,10 @@ impl ModelTable {
         let mut by_model: HashMap<String, Vec<Arc<Pool>>> = HashMap::new();
         for pool in &pools {
             for model in &pool.models {
-                by_model.entry(model.clone()).or_default().push(pool.clone());
+                by_model
+                    .entry(model.clone())
+                    .or_default()
+                    .push(pool.clone());
             }
         }
         ModelTable { pools, by_model }
@@ -47,10 +50,13 @@ impl ModelTable {
     }
 
     /// Pools matching `target` (all pools when `None`), in configuration order.
-    pub fn pools_for<'a>(&'a self, target: Option<Target<'a>>) -> impl Iterator<Item = &'a Arc<Pool>> + 'a {
-        self.pools
-            .iter()
-            .filter(move |p| target.is_none_or(|t| p.cluster == t.cluster && p.framework == t.framework))
+    pub fn pools_for<'a>(
+        &'a self,
+        target: Option<Target<'a>>,
+    ) -> impl Iterator<Item = &'a Arc<Pool>> + 'a {
+        self.pools.iter().filter(move |p| {
+            target.is_none_or(|t| p.cluster == t.cluster && p.framework == t.framework)
+        })
     }
 }
 
@@ -90,11 +96,27 @@ priority = 0
     #[test]
     fn targeted_route_only_uses_its_cluster() {
         let t = table();
-        let target = Target { cluster: "polaris", framework: "vllm" };
+        let target = Target {
+            cluster: "polaris",
+            framework: "vllm",
+        };
         assert_eq!(t.resolve("shared", Some(target)).expect("pool").name, "a");
-        let err = t.resolve("m1", Some(Target { cluster: "sophia", framework: "vllm" })).err().expect("404");
+        let err = t
+            .resolve(
+                "m1",
+                Some(Target {
+                    cluster: "sophia",
+                    framework: "vllm",
+                }),
+            )
+            .err()
+            .expect("404");
         assert_eq!((err.status, err.code), (404, "model_not_found"));
-        assert!(err.message.contains("m1") && err.message.contains("sophia"), "{}", err.message);
+        assert!(
+            err.message.contains("m1") && err.message.contains("sophia"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]

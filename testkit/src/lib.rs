@@ -50,7 +50,9 @@ impl std::str::FromStr for Fault {
                 .strip_prefix("status=")
                 .and_then(|code| code.parse().ok())
                 .map(Fault::Status)
-                .ok_or_else(|| format!("unknown fault `{s}` (none, hang, reset, unhealthy, status=NNN)")),
+                .ok_or_else(|| {
+                    format!("unknown fault `{s}` (none, hang, reset, unhealthy, status=NNN)")
+                }),
         }
     }
 }
@@ -129,7 +131,9 @@ impl MockBackend {
     }
 
     pub fn serve(listener: TcpListener, config: MockConfig) -> MockBackend {
-        let addr = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
         let state = Arc::new(MockState {
             config: Mutex::new(config),
             stats: MockStats::default(),

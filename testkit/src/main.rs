@@ -6,7 +6,10 @@ use clap::Parser;
 use gateway_testkit::{Fault, MockBackend, MockConfig};
 
 #[derive(Debug, Parser)]
-#[command(name = "mock-openai", about = "Mock OpenAI-compatible (vLLM dialect) backend for tests and benchmarks")]
+#[command(
+    name = "mock-openai",
+    about = "Mock OpenAI-compatible (vLLM dialect) backend for tests and benchmarks"
+)]
 struct Args {
     /// Address to listen on (loopback only is recommended).
     #[arg(long, default_value = "127.0.0.1:8001")]

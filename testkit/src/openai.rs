@@ -29,9 +29,18 @@ pub fn router(state: Shared) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/v1/models", get(models))
-        .route("/v1/chat/completions", post(|s: State<Shared>, h: HeaderMap, b: Bytes| inference(s, h, b, Kind::Chat)))
-        .route("/v1/completions", post(|s: State<Shared>, h: HeaderMap, b: Bytes| inference(s, h, b, Kind::Completion)))
-        .route("/v1/embeddings", post(|s: State<Shared>, h: HeaderMap, b: Bytes| inference(s, h, b, Kind::Embedding)))
+        .route(
+            "/v1/chat/completions",
+            post(|s: State<Shared>, h: HeaderMap, b: Bytes| inference(s, h, b, Kind::Chat)),
+        )
+        .route(
+            "/v1/completions",
+            post(|s: State<Shared>, h: HeaderMap, b: Bytes| inference(s, h, b, Kind::Completion)),
+        )
+        .route(
+            "/v1/embeddings",
+            post(|s: State<Shared>, h: HeaderMap, b: Bytes| inference(s, h, b, Kind::Embedding)),
+        )
         // Large request bodies are the point of some tests.
         .layer(axum::extract::DefaultBodyLimit::max(256 << 20))
         .with_state(state)
@@ -57,7 +66,10 @@ async fn models(State(state): State<Shared>) -> Response {
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
 }
 
 /// vLLM's error shape.
@@ -70,7 +82,11 @@ fn error(status: StatusCode, message: &str) -> Response {
 fn effective_config(state: &MockState, headers: &HeaderMap) -> MockConfig {
     let mut config = state.config();
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let millis = |name: &str| header(name).and_then(|v| v.parse::<u64>().ok()).map(Duration::from_millis);
+    let millis = |name: &str| {
+        header(name)
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_millis)
+    };
     if let Some(fault) = header("x-mock-fault").and_then(|v| v.parse().ok()) {
         config.fault = fault;
     }
@@ -86,7 +102,12 @@ fn effective_config(state: &MockState, headers: &HeaderMap) -> MockConfig {
     config
 }
 
-async fn inference(State(state): State<Shared>, headers: HeaderMap, body: Bytes, kind: Kind) -> Response {
+async fn inference(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: Bytes,
+    kind: Kind,
+) -> Response {
     state.stats.requests.fetch_add(1, Ordering::SeqCst);
     let digest = hex::encode(Sha256::digest(&body));
     if let Ok(mut last) = state.stats.last_body.lock() {
@@ -119,11 +140,16 @@ async fn answer(state: &Shared, config: &MockConfig, body: &[u8], kind: Kind) ->
     }
     let request: Value = match serde_json::from_slice(body) {
         Ok(v @ Value::Object(_)) => v,
-        Ok(_) => return error(StatusCode::BAD_REQUEST, "request body must be a JSON object"),
+        Ok(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "request body must be a JSON object",
+            )
+        }
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("JSON decode error: {e}")),
     };
     let model = request["model"].as_str().unwrap_or_default().to_string();
-    if !config.models.iter().any(|m| *m == model) {
+    if !config.models.contains(&model) {
         let message = format!("The model `{model}` does not exist.");
         return error(StatusCode::NOT_FOUND, &message);
     }
@@ -139,11 +165,22 @@ async fn answer(state: &Shared, config: &MockConfig, body: &[u8], kind: Kind) ->
         kind,
         tokens,
         prompt_tokens,
-        finish_reason: if u64::from(config.tokens) > max_tokens { "length" } else { "stop" },
+        finish_reason: if u64::from(config.tokens) > max_tokens {
+            "length"
+        } else {
+            "stop"
+        },
     };
     if request["stream"].as_bool().unwrap_or(false) {
-        let include_usage = request["stream_options"]["include_usage"].as_bool().unwrap_or(false);
-        return crate::openai_stream::stream(state.clone(), config.clone(), generation, include_usage);
+        let include_usage = request["stream_options"]["include_usage"]
+            .as_bool()
+            .unwrap_or(false);
+        return crate::openai_stream::stream(
+            state.clone(),
+            config.clone(),
+            generation,
+            include_usage,
+        );
     }
     tokio::time::sleep(config.first_token_delay + config.token_gap * tokens).await;
     axum::Json(generation.full()).into_response()
@@ -153,7 +190,12 @@ fn embeddings(config: &MockConfig, request: &Value, model: &str) -> Response {
     let inputs: Vec<String> = match &request["input"] {
         Value::String(s) => vec![s.clone()],
         Value::Array(items) => items.iter().map(|i| i.to_string()).collect(),
-        _ => return error(StatusCode::BAD_REQUEST, "`input` must be a string or an array"),
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "`input` must be a string or an array",
+            )
+        }
     };
     let data: Vec<Value> = inputs
         .iter()
@@ -166,7 +208,10 @@ fn embeddings(config: &MockConfig, request: &Value, model: &str) -> Response {
             json!({"object": "embedding", "index": i, "embedding": vector})
         })
         .collect();
-    let tokens: usize = inputs.iter().map(|t| t.split_whitespace().count().max(1)).sum();
+    let tokens: usize = inputs
+        .iter()
+        .map(|t| t.split_whitespace().count().max(1))
+        .sum();
     axum::Json(json!({
         "id": format!("embd-{:x}", now()),
         "object": "list",
@@ -181,7 +226,11 @@ fn embeddings(config: &MockConfig, request: &Value, model: &str) -> Response {
 /// A rough whitespace count, enough for usage numbers that move with the prompt.
 fn count_prompt_tokens(request: &Value) -> u32 {
     let text = match (&request["messages"], &request["prompt"]) {
-        (Value::Array(messages), _) => messages.iter().map(|m| m["content"].to_string()).collect::<Vec<_>>().join(" "),
+        (Value::Array(messages), _) => messages
+            .iter()
+            .map(|m| m["content"].to_string())
+            .collect::<Vec<_>>()
+            .join(" "),
         (_, Value::String(p)) => p.clone(),
         (_, other) => other.to_string(),
     };
@@ -230,10 +279,18 @@ impl Generation {
 
     /// The SSE event for token `i`, or the closing event (finish_reason) when `i == tokens`.
     pub fn chunk(&self, i: Option<u32>) -> Value {
-        let finish = if i.is_none() { Value::from(self.finish_reason) } else { Value::Null };
+        let finish = if i.is_none() {
+            Value::from(self.finish_reason)
+        } else {
+            Value::Null
+        };
         let text = i.map(Generation::token).unwrap_or_default();
         let choice = if self.kind == Kind::Chat {
-            let delta = if i == Some(0) { json!({"role": "assistant", "content": text}) } else { json!({"content": text}) };
+            let delta = if i == Some(0) {
+                json!({"role": "assistant", "content": text})
+            } else {
+                json!({"content": text})
+            };
             json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish})
         } else {
             json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish})
@@ -262,7 +319,10 @@ impl Generation {
 pub(crate) fn sse_response(body: Body) -> Response {
     let mut response = Response::new(body);
     let h = response.headers_mut();
-    h.insert("content-type", HeaderValue::from_static("text/event-stream; charset=utf-8"));
+    h.insert(
+        "content-type",
+        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
     h.insert("cache-control", HeaderValue::from_static("no-cache"));
     response
 }

@@ -17,7 +17,12 @@ fn event(value: &Value) -> Bytes {
     Bytes::from(format!("data: {value}\n\n"))
 }
 
-pub fn stream(state: Arc<MockState>, config: MockConfig, generation: Generation, include_usage: bool) -> Response {
+pub fn stream(
+    state: Arc<MockState>,
+    config: MockConfig,
+    generation: Generation,
+    include_usage: bool,
+) -> Response {
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     state.stats.streams_started.fetch_add(1, Ordering::SeqCst);
     tokio::spawn(async move {
@@ -32,7 +37,11 @@ pub fn stream(state: Arc<MockState>, config: MockConfig, generation: Generation,
                 let _ = tx.send(Err(std::io::Error::other("injected reset"))).await;
                 return;
             }
-            if tx.send(Ok(event(&generation.chunk(Some(i))))).await.is_err() {
+            if tx
+                .send(Ok(event(&generation.chunk(Some(i)))))
+                .await
+                .is_err()
+            {
                 cancelled();
                 return;
             }
@@ -51,6 +60,8 @@ pub fn stream(state: Arc<MockState>, config: MockConfig, generation: Generation,
         // The body ends when `tx` drops here.
         state.stats.streams_completed.fetch_add(1, Ordering::SeqCst);
     });
-    let body = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
     sse_response(Body::from_stream(body))
 }

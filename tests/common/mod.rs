@@ -1,7 +1,10 @@
 //! Shared harness: spawn the real `inference-gateway` binary on a free port with a temp
 //! config, and talk HTTP to it.
 
-#![allow(dead_code, reason = "each test file uses a different part of the harness")]
+#![allow(
+    dead_code,
+    reason = "each test file uses a different part of the harness"
+)]
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -51,7 +54,10 @@ impl Gateway {
     async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -93,7 +99,13 @@ impl Drop for Gateway {
 }
 
 /// A `[[pools]]` block with the given backends and extra lines.
-pub fn pool(name: &str, cluster: &str, models: &[&str], backends: &[String], extra: &str) -> String {
+pub fn pool(
+    name: &str,
+    cluster: &str,
+    models: &[&str],
+    backends: &[String],
+    extra: &str,
+) -> String {
     let models: Vec<String> = models.iter().map(|m| format!("{m:?}")).collect();
     let backends: Vec<String> = backends.iter().map(|b| format!("{b:?}")).collect();
     format!(
@@ -141,7 +153,13 @@ pub fn count(counter: &std::sync::atomic::AtomicU64) -> u64 {
 /// A gateway with one pool `local` (cluster `local`) in front of one fresh mock.
 pub async fn with_mock(config: MockConfig, server_extra: &str) -> (Gateway, MockBackend) {
     let mock = MockBackend::start(config).await.expect("mock");
-    let pools = pool("local-vllm", "local", &[MODEL], &[mock.addr.to_string()], "");
+    let pools = pool(
+        "local-vllm",
+        "local",
+        &[MODEL],
+        &[mock.addr.to_string()],
+        "",
+    );
     let gateway = Gateway::start(server_extra, &pools).await;
     (gateway, mock)
 }

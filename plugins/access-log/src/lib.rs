@@ -29,12 +29,15 @@ impl PluginFactory for AccessLogFactory {
                 ("kind", _) => {}
                 ("path", toml::Value::String(file)) => {
                     let opened = OpenOptions::new().create(true).append(true).open(file);
-                    let file = opened
-                        .map_err(|e| format!("{path}.path: cannot open `{file}` for append: {e}"))?;
+                    let file = opened.map_err(|e| {
+                        format!("{path}.path: cannot open `{file}` for append: {e}")
+                    })?;
                     sink = Sink::File(Mutex::new(file));
                 }
                 ("path", other) => {
-                    return Err(format!("{path}.path: expected a file path string, got `{other}`"))
+                    return Err(format!(
+                        "{path}.path: expected a file path string, got `{other}`"
+                    ))
                 }
                 (other, _) => {
                     return Err(format!(
@@ -174,8 +177,13 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("access-log-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let file = dir.join("access.log");
-        let src = format!("kind = \"access_log\"\npath = {:?}", file.display().to_string());
-        let plugin = AccessLogFactory.build(&table(&src), "plugins[0]").expect("build");
+        let src = format!(
+            "kind = \"access_log\"\npath = {:?}",
+            file.display().to_string()
+        );
+        let plugin = AccessLogFactory
+            .build(&table(&src), "plugins[0]")
+            .expect("build");
         let mut ctx = RequestCtx::new("req-1".into(), None);
         ctx.route = "chat_completions";
         ctx.model = Some("m".into());

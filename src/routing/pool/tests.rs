@@ -11,7 +11,10 @@ fn pool(balance: &str, backends: &str) -> Pool {
 
 #[test]
 fn least_requests_prefers_the_least_loaded() {
-    let p = pool("least_requests", r#"["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]"#);
+    let p = pool(
+        "least_requests",
+        r#"["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]"#,
+    );
     let _a = p.backends[0].start_request();
     let _b = p.backends[0].start_request();
     let _c = p.backends[2].start_request();
@@ -36,7 +39,10 @@ fn least_requests_honours_weight() {
 
 #[test]
 fn unhealthy_and_tried_backends_are_skipped() {
-    let p = pool("round_robin", r#"["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]"#);
+    let p = pool(
+        "round_robin",
+        r#"["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]"#,
+    );
     p.backends[1].eject();
     for _ in 0..20 {
         assert_ne!(p.select(&[], 0), Ok(1));
@@ -66,10 +72,20 @@ fn consistent_hash_is_sticky_and_moves_only_lost_keys() {
         "consistent_hash",
         r#"["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]"#,
     );
-    let before: Vec<usize> = (0..300u64).map(|k| p.select(&[], k).expect("backend")).collect();
-    assert_eq!(before, (0..300u64).map(|k| p.select(&[], k).expect("b")).collect::<Vec<_>>());
+    let before: Vec<usize> = (0..300u64)
+        .map(|k| p.select(&[], k).expect("backend"))
+        .collect();
+    assert_eq!(
+        before,
+        (0..300u64)
+            .map(|k| p.select(&[], k).expect("b"))
+            .collect::<Vec<_>>()
+    );
     for b in 0..3 {
-        assert!(before.iter().filter(|x| **x == b).count() > 50, "keys spread");
+        assert!(
+            before.iter().filter(|x| **x == b).count() > 50,
+            "keys spread"
+        );
     }
     p.backends[0].eject();
     for (k, was) in before.iter().enumerate() {
