@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Gateway overhead benchmark: the same wrk load, in one run, against
+#   1. the mock backend directly,
+#   2. inference-gateway in front of it,
+#   3. nginx proxy_pass in front of it (the plain-proxy baseline),
+# and prints throughput, latency percentiles and ratios. Everything listens on 127.0.0.1.
+#
+#   benches/overhead.sh [duration_seconds=10] [connections=32]
+#
+# Needs: a release build (cargo build --release --workspace --bins), wrk and nginx
+# (apt-get install wrk nginx-light). Results go to stdout and bench-results/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+duration=${1:-10}
+connections=${2:-32}
+out=bench-results
+mkdir -p "$out"
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+for tool in wrk nginx; do
+    command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install wrk nginx-light" >&2; exit 1; }
+done
+[ -x target/release/inference-gateway ] || { echo "build first: cargo build --release --workspace --bins" >&2; exit 1; }
+
+mock_port=18101 gw_port=18102 nginx_port=18103
+target/release/mock-openai --listen 127.0.0.1:$mock_port --tokens 16 --threads 1 >"$work/mock.log" 2>&1 &
+pids+=($!)
+
+cat >"$work/gateway.toml" <<TOML
+[server]
+listen = ["127.0.0.1:$gw_port"]
+threads = 1
+log_level = "warn"
+[[pools]]
+name = "bench"
+cluster = "local"
+framework = "vllm"
+models = ["facebook/opt-125m"]
+backends = ["127.0.0.1:$mock_port"]
+TOML
+target/release/inference-gateway run --config "$work/gateway.toml" >"$work/gw.out" 2>"$work/gw.err" &
+pids+=($!)
+
+cat >"$work/nginx.conf" <<NGINX
+worker_processes 1;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $work;
+    proxy_temp_path $work;
+    upstream mock { server 127.0.0.1:$mock_port; keepalive 64; }
+    server {
+        listen 127.0.0.1:$nginx_port;
+        client_max_body_size 10m;
+        location /resource_server/v1/ {
+            proxy_pass http://mock/v1/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }
+    }
+}
+NGINX
+nginx -c "$work/nginx.conf" -g 'daemon off;' &
+pids+=($!)
+
+cat >"$work/post.lua" <<'LUA'
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer bench-token"
+wrk.body = '{"model":"facebook/opt-125m","messages":[{"role":"user","content":"Explain the concept of Globus Compute in simple terms."}],"max_tokens":16}'
+LUA
+
+for port in $mock_port $gw_port $nginx_port; do
+    for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
+done
+
+# run NAME URL: prints "NAME rps p50_ms p99_ms"
+run() {
+    local name=$1 url=$2
+    wrk -t1 -c5 -d2s -s "$work/post.lua" "$url" >/dev/null   # warm keep-alive pools
+    wrk -t1 -c"$connections" -d"${duration}s" --latency -s "$work/post.lua" "$url" >"$work/$name.txt"
+    python3 - "$name" "$work/$name.txt" <<'PY'
+import re, sys
+name, text = sys.argv[1], open(sys.argv[2]).read()
+def ms(v):
+    n, unit = re.match(r"([\d.]+)(us|ms|s)", v).groups()
+    return float(n) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+p50 = ms(re.search(r"^\s+50%\s+(\S+)", text, re.M).group(1))
+p99 = ms(re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1))
+errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+print(f"{name} {rps:.0f} {p50:.3f} {p99:.3f} {errors.group(1) if errors else 0}")
+PY
+}
+
+{
+    run direct "http://127.0.0.1:$mock_port/v1/chat/completions"
+    run gateway "http://127.0.0.1:$gw_port/resource_server/v1/chat/completions"
+    run nginx "http://127.0.0.1:$nginx_port/resource_server/v1/chat/completions"
+} >"$work/results"
+
+python3 - "$work/results" "$out" "$duration" "$connections" <<'PY'
+import json, sys, time
+rows = {}
+for line in open(sys.argv[1]):
+    name, rps, p50, p99, errors = line.split()
+    rows[name] = dict(rps=float(rps), p50_ms=float(p50), p99_ms=float(p99), non_2xx=int(errors))
+print(f"non-streaming chat, {sys.argv[4]} connections, {sys.argv[3]} s each, 2 cores shared by load generator, proxy and mock")
+print(f"{'target':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+for name, r in rows.items():
+    print(f"{name:<8} {r['rps']:>9.0f} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} {r['non_2xx']:>8}")
+g, d, n = rows["gateway"], rows["direct"], rows["nginx"]
+ratios = {
+    "gateway/direct throughput": g["rps"] / d["rps"],
+    "gateway/nginx throughput": g["rps"] / n["rps"],
+    "gateway p50 added ms (vs direct)": g["p50_ms"] - d["p50_ms"],
+    "nginx p50 added ms (vs direct)": n["p50_ms"] - d["p50_ms"],
+}
+for k, v in ratios.items():
+    print(f"{k}: {v:.3f}")
+record = dict(time=time.time(), duration_s=int(sys.argv[3]), connections=int(sys.argv[4]), results=rows, ratios=ratios)
+with open(f"{sys.argv[2]}/overhead.jsonl", "a") as f:
+    f.write(json.dumps(record) + "\n")
+PY
