@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use gateway_plugin_api::ApiError;
+use gateway_plugin_api::{ApiError, Principal};
 
 use crate::routing::Target;
 
@@ -55,6 +55,23 @@ pub fn model_not_found(model: &str, target: Option<Target<'_>>) -> ApiError {
         ),
     };
     ApiError::new(404, INVALID, "model_not_found", message).with_param("model")
+}
+
+pub fn model_forbidden(model: &str, principal: Option<&Principal>) -> ApiError {
+    let who = principal.map_or("anonymous".to_string(), |p| format!("`{}`", p.username));
+    ApiError::permission_denied(format!(
+        "Your identity {who} is not allowed to use the model `{model}`: access is limited to \
+         certain groups or identity providers. Ask the gateway's administrators for access."
+    ))
+}
+
+pub fn missing_token() -> ApiError {
+    ApiError::unauthorized(
+        "missing_token",
+        "Missing or unrecognised bearer token: send `Authorization: Bearer $MY_TOKEN` with a \
+         valid access token (get one with `python inference-auth-token.py get_access_token`)."
+            .into(),
+    )
 }
 
 pub fn not_found(path: &str) -> ApiError {

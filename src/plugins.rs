@@ -2,18 +2,25 @@
 
 use std::sync::Arc;
 
-use gateway_plugin_api::{Plugin, PluginFactory};
+use gateway_plugin_api::{BuildContext, Plugin, PluginFactory};
 
-use crate::config::{ConfigError, PluginConfig};
+use crate::config::{Config, ConfigError};
 
 fn factories() -> Vec<Box<dyn PluginFactory>> {
-    vec![Box::new(plugin_access_log::AccessLogFactory)]
+    vec![
+        Box::new(plugin_access_log::AccessLogFactory),
+        Box::new(plugin_api_keys::ApiKeysFactory),
+    ]
 }
 
 /// Builds the chain in configuration order; an unknown kind names the known ones.
-pub fn build_chain(configs: &[PluginConfig]) -> Result<Vec<Arc<dyn Plugin>>, ConfigError> {
+pub fn build_chain(config: &Config) -> Result<Vec<Arc<dyn Plugin>>, ConfigError> {
     let factories = factories();
-    configs
+    let cx = BuildContext {
+        groups_needed: config.pools.iter().any(|p| !p.allowed_groups.is_empty()),
+    };
+    let chain = config
+        .plugins
         .iter()
         .map(|c| {
             let factory = factories
@@ -31,8 +38,28 @@ pub fn build_chain(configs: &[PluginConfig]) -> Result<Vec<Arc<dyn Plugin>>, Con
                     }
                 })?;
             factory
-                .build(&c.table, &c.path)
+                .build(&c.table, &c.path, &cx)
                 .map_err(|message| ConfigError::Plugin { message })
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    // A restriction nobody can satisfy is a configuration mistake, not a policy.
+    if !chain.iter().any(|p| p.authenticates()) {
+        if let Some((i, pool)) = config
+            .pools
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.is_restricted())
+        {
+            let key = if pool.allowed_groups.is_empty() {
+                "allowed_domains"
+            } else {
+                "allowed_groups"
+            };
+            return Err(ConfigError::Invalid {
+                path: format!("pools[{i}].{key}"),
+                message: "access rules need an authentication plugin in [[plugins]] (globus_auth, jwt_auth or api_keys)".into(),
+            });
+        }
+    }
+    Ok(chain)
 }

@@ -15,12 +15,12 @@ use crate::routing::ModelTable;
 
 /// Validates everything `run` would, without binding sockets: the file and the plugins.
 pub fn check(config: &Config) -> Result<(), ConfigError> {
-    build_chain(&config.plugins).map(|_| ())
+    build_chain(config).map(|_| ())
 }
 
 /// Builds the server; `run_forever` on it serves until SIGTERM (graceful) or SIGINT.
 pub fn build(config: Config) -> Result<Server, ConfigError> {
-    let plugins = build_chain(&config.plugins)?;
+    let plugins = build_chain(&config)?;
     let table = Arc::new(ModelTable::new(&config));
 
     let grace = config.server.shutdown_grace_period.as_secs();

@@ -68,7 +68,7 @@ fn unknown_plugin_kinds_are_refused() {
     assert!(!ok);
     assert!(
         text.contains(
-            "plugins[0].kind: `telepathy` is not a known plugin kind (known: access_log)"
+            "plugins[0].kind: `telepathy` is not a known plugin kind (known: access_log,"
         ),
         "{text}"
     );

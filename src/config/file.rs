@@ -44,6 +44,10 @@ pub struct PoolSection {
     pub priority: Option<i64>,
     pub api_key_env: Option<String>,
     #[serde(default)]
+    pub allowed_groups: Vec<String>,
+    #[serde(default)]
+    pub allowed_domains: Vec<String>,
+    #[serde(default)]
     pub health: HealthSection,
 }
 

@@ -63,7 +63,17 @@ pub struct PoolConfig {
     pub priority: i64,
     /// The backend's own bearer key, read from the environment at load time.
     pub api_key: Option<String>,
+    /// When non-empty, only principals in one of these groups may use the pool.
+    pub allowed_groups: Vec<String>,
+    /// When non-empty, only principals whose username is in one of these domains may.
+    pub allowed_domains: Vec<String>,
     pub health: HealthConfig,
+}
+
+impl PoolConfig {
+    pub fn is_restricted(&self) -> bool {
+        !self.allowed_groups.is_empty() || !self.allowed_domains.is_empty()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -332,8 +342,22 @@ fn pool_config(i: usize, p: &PoolSection) -> Result<PoolConfig, ConfigError> {
         balance,
         priority: p.priority.unwrap_or(0),
         api_key,
+        allowed_groups: non_empty_strings(&p.allowed_groups, &at("allowed_groups"))?,
+        allowed_domains: non_empty_strings(&p.allowed_domains, &at("allowed_domains"))?,
         health: health_config(&p.health, &at("health"))?,
     })
+}
+
+fn non_empty_strings(values: &[String], path: &str) -> Result<Vec<String>, ConfigError> {
+    for (i, v) in values.iter().enumerate() {
+        if v.trim().is_empty() || v.trim() != v {
+            return Err(err(
+                format!("{path}[{i}]"),
+                format!("`{v}` must be non-empty without surrounding spaces"),
+            ));
+        }
+    }
+    Ok(values.to_vec())
 }
 
 fn backend_config(entry: &toml::Value, path: &str) -> Result<BackendConfig, ConfigError> {

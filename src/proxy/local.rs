@@ -4,14 +4,33 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
+use gateway_plugin_api::Principal;
+
 use crate::routing::{Api, ModelTable, Target};
 
-/// OpenAI's list format, so `client.models.list()` works. A model served by several pools
-/// appears once.
-pub fn models(table: &ModelTable, target: Option<Target<'_>>, created: u64) -> Value {
+/// `GET {base}/whoami`: the principal the auth plugins established.
+pub fn whoami(p: &Principal) -> Value {
+    json!({
+        "id": p.id,
+        "username": p.username,
+        "name": p.name,
+        "identity_provider": p.identity_provider,
+        "groups": p.groups,
+        "auth_method": p.auth_method,
+    })
+}
+
+/// OpenAI's list format, so `client.models.list()` works. Lists the models of the pools the
+/// principal may use; a model served by several pools appears once.
+pub fn models(
+    table: &ModelTable,
+    target: Option<Target<'_>>,
+    principal: Option<&Principal>,
+    created: u64,
+) -> Value {
     let mut seen = std::collections::HashSet::new();
     let mut data = Vec::new();
-    for pool in table.pools_for(target) {
+    for pool in table.pools_for(target).filter(|p| p.permits(principal)) {
         for model in &pool.models {
             if seen.insert(model.as_str()) {
                 data.push(json!({
@@ -83,7 +102,7 @@ backends = ["127.0.0.1:2"]
 
     #[test]
     fn models_are_listed_once_in_openai_format() {
-        let v = models(&table(), None, 7);
+        let v = models(&table(), None, None, 7);
         assert_eq!(v["object"], "list");
         let ids: Vec<&str> = v["data"]
             .as_array()
@@ -100,6 +119,7 @@ backends = ["127.0.0.1:2"]
                 cluster: "remote",
                 framework: "sglang",
             }),
+            None,
             7,
         );
         assert_eq!(only_remote["data"].as_array().map(Vec::len), Some(1));

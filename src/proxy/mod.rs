@@ -35,6 +35,8 @@ pub struct Gateway {
     table: Arc<ModelTable>,
     plugins: Arc<[Arc<dyn Plugin>]>,
     connector: Connector,
+    /// Some plugin authenticates: requests no plugin recognised are refused.
+    auth_required: bool,
     /// `created` of every model in `/v1/models`: when this configuration was loaded.
     loaded_at: u64,
 }
@@ -48,6 +50,7 @@ impl Gateway {
         Gateway {
             settings,
             table,
+            auth_required: plugins.iter().any(|p| p.authenticates()),
             plugins: plugins.into(),
             connector: Connector::new(None),
             loaded_at: SystemTime::now()
@@ -83,9 +86,17 @@ impl Gateway {
                 .await),
             Route::Models { target } => match self.run_on_request(session, ctx).await {
                 Ok(()) => {
-                    let list = local::models(&self.table, target, self.loaded_at);
+                    let principal = ctx.principal.as_ref();
+                    let list = local::models(&self.table, target, principal, self.loaded_at);
                     Ok(self.reply(session, ctx, 200, list).await)
                 }
+                Err(e) => Err(e),
+            },
+            Route::Whoami => match self.run_on_request(session, ctx).await {
+                Ok(()) => match ctx.principal.as_ref().map(local::whoami) {
+                    Some(me) => Ok(self.reply(session, ctx, 200, me).await),
+                    None => Err(errors::missing_token()),
+                },
                 Err(e) => Err(e),
             },
             Route::ListEndpoints => match self.run_on_request(session, ctx).await {
@@ -163,7 +174,7 @@ impl Gateway {
         ctx.stream = fields.stream && api != Api::Embeddings;
         self.run_on_request(session, ctx).await?;
         let model = ctx.model.as_deref().unwrap_or_default();
-        let pool = self.table.resolve(model, target)?;
+        let pool = self.table.resolve(model, target, ctx.principal.as_ref())?;
         ctx.pool = Some(pool.name.clone());
         self.forward(session, ctx, &pool, api, body, forwarded)
             .await
@@ -184,6 +195,9 @@ impl Gateway {
             if let Flow::Respond(err) = plugin.on_request(&head, ctx).await {
                 return Err(err);
             }
+        }
+        if self.auth_required && ctx.principal.is_none() {
+            return Err(errors::missing_token());
         }
         Ok(())
     }

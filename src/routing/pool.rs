@@ -8,6 +8,7 @@ use std::time::Duration;
 use pingora_core::upstreams::peer::HttpPeer;
 
 use crate::config::{Balance, PoolConfig, ServerConfig};
+use gateway_plugin_api::Principal;
 
 pub struct Backend {
     /// As configured (`host:port`).
@@ -81,6 +82,8 @@ pub struct Pool {
     pub priority: i64,
     /// `Bearer <key>` for the backend, when the pool has its own key.
     pub authorization: Option<String>,
+    pub allowed_groups: Vec<String>,
+    pub allowed_domains: Vec<String>,
     pub health: crate::config::HealthConfig,
     cursor: AtomicUsize,
 }
@@ -125,9 +128,33 @@ impl Pool {
             balance: config.balance,
             priority: config.priority,
             authorization: config.api_key.as_ref().map(|k| format!("Bearer {k}")),
+            allowed_groups: config.allowed_groups.clone(),
+            allowed_domains: config.allowed_domains.clone(),
             health: config.health.clone(),
             cursor: AtomicUsize::new(0),
         }
+    }
+
+    /// Whether `principal` may use this pool: it must meet every rule the pool sets (a group
+    /// in `allowed_groups`, a username domain in `allowed_domains`). Unrestricted pools admit
+    /// anyone the auth plugins let through.
+    pub fn permits(&self, principal: Option<&Principal>) -> bool {
+        if self.allowed_groups.is_empty() && self.allowed_domains.is_empty() {
+            return true;
+        }
+        let Some(p) = principal else {
+            return false;
+        };
+        let group_ok = self.allowed_groups.is_empty()
+            || p.groups.iter().any(|g| self.allowed_groups.contains(g));
+        let domain = p.username.rsplit_once('@').map(|(_, d)| d);
+        let domain_ok = self.allowed_domains.is_empty()
+            || domain.is_some_and(|d| {
+                self.allowed_domains
+                    .iter()
+                    .any(|a| a.eq_ignore_ascii_case(d))
+            });
+        group_ok && domain_ok
     }
 
     pub fn healthy_count(&self) -> usize {

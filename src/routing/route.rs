@@ -45,6 +45,7 @@ pub enum Route<'a> {
         target: Option<Target<'a>>,
     },
     ListEndpoints,
+    Whoami,
     Health,
     NotFound,
 }
@@ -55,6 +56,7 @@ impl Route<'_> {
             Route::Inference { api, .. } => api.route_name(),
             Route::Models { .. } => "models",
             Route::ListEndpoints => "list_endpoints",
+            Route::Whoami => "whoami",
             Route::Health => "health",
             Route::NotFound => "not_found",
         }
@@ -78,6 +80,7 @@ pub fn match_route<'a>(base_path: &str, path: &'a str) -> Route<'a> {
     match rest {
         "/health" => return Route::Health,
         "/list-endpoints" => return Route::ListEndpoints,
+        "/whoami" => return Route::Whoami,
         _ => {}
     }
     if let Some(route) = match_v1(rest, None) {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::errors;
-use gateway_plugin_api::ApiError;
+use gateway_plugin_api::{ApiError, Principal};
 
 use super::pool::Pool;
 use super::route::Target;
@@ -34,19 +34,31 @@ impl ModelTable {
         ModelTable { pools, by_model }
     }
 
-    /// Chooses the pool for `model`: among those that serve it (and match `target`), pools
-    /// with a healthy backend first, then lower `priority`, then fewer requests in flight.
-    pub fn resolve(&self, model: &str, target: Option<Target<'_>>) -> Result<Arc<Pool>, ApiError> {
+    /// Chooses the pool for `model`: among those that serve it, match `target` and admit
+    /// `principal`, pools with a healthy backend first, then lower `priority`, then fewer
+    /// requests in flight. A model served only by pools the principal may not use is 403.
+    pub fn resolve(
+        &self,
+        model: &str,
+        target: Option<Target<'_>>,
+        principal: Option<&Principal>,
+    ) -> Result<Arc<Pool>, ApiError> {
         let serving = self
             .by_model
             .get(model)
             .ok_or_else(|| errors::model_not_found(model, None))?;
-        serving
+        let mut matching = serving
             .iter()
             .filter(|p| target.is_none_or(|t| p.cluster == t.cluster && p.framework == t.framework))
+            .peekable();
+        if matching.peek().is_none() {
+            return Err(errors::model_not_found(model, target));
+        }
+        matching
+            .filter(|p| p.permits(principal))
             .min_by_key(|p| (p.healthy_count() == 0, p.priority, p.inflight()))
             .cloned()
-            .ok_or_else(|| errors::model_not_found(model, target))
+            .ok_or_else(|| errors::model_forbidden(model, principal))
     }
 
     /// Pools matching `target` (all pools when `None`), in configuration order.
@@ -88,9 +100,9 @@ priority = 0
     #[test]
     fn federated_prefers_healthy_then_priority() {
         let t = table();
-        assert_eq!(t.resolve("shared", None).expect("pool").name, "b");
+        assert_eq!(t.resolve("shared", None, None).expect("pool").name, "b");
         t.pools[1].backends[0].eject();
-        assert_eq!(t.resolve("shared", None).expect("pool").name, "a");
+        assert_eq!(t.resolve("shared", None, None).expect("pool").name, "a");
     }
 
     #[test]
@@ -100,7 +112,10 @@ priority = 0
             cluster: "polaris",
             framework: "vllm",
         };
-        assert_eq!(t.resolve("shared", Some(target)).expect("pool").name, "a");
+        assert_eq!(
+            t.resolve("shared", Some(target), None).expect("pool").name,
+            "a"
+        );
         let err = t
             .resolve(
                 "m1",
@@ -108,6 +123,7 @@ priority = 0
                     cluster: "sophia",
                     framework: "vllm",
                 }),
+                None,
             )
             .err()
             .expect("404");
@@ -121,8 +137,60 @@ priority = 0
 
     #[test]
     fn unknown_model_is_404_naming_it() {
-        let err = table().resolve("gpt-17", None).err().expect("404");
+        let err = table().resolve("gpt-17", None, None).err().expect("404");
         assert_eq!(err.status, 404);
         assert!(err.message.contains("gpt-17"));
+    }
+
+    #[test]
+    fn restricted_pools_admit_only_their_groups_and_domains() {
+        let text = r#"
+[[pools]]
+name = "open"
+cluster = "c"
+framework = "vllm"
+models = ["public"]
+backends = ["127.0.0.1:1"]
+
+[[pools]]
+name = "closed"
+cluster = "c"
+framework = "vllm"
+models = ["secret"]
+backends = ["127.0.0.1:2"]
+allowed_groups = ["g-secret"]
+allowed_domains = ["anl.gov"]
+"#;
+        let t = ModelTable::new(&Config::parse(text).expect("config"));
+        let member = Principal {
+            username: "ada@anl.gov".into(),
+            groups: vec!["g-secret".into()],
+            ..Principal::default()
+        };
+        let outsider = Principal {
+            username: "bob@example.org".into(),
+            groups: vec!["g-secret".into()],
+            ..Principal::default()
+        };
+        assert_eq!(
+            t.resolve("secret", None, Some(&member)).expect("pool").name,
+            "closed"
+        );
+        let err = t
+            .resolve("secret", None, Some(&outsider))
+            .err()
+            .expect("403");
+        assert_eq!((err.status, err.code), (403, "permission_denied"));
+        assert!(err.message.contains("bob@example.org"));
+        assert_eq!(
+            t.resolve("secret", None, None).err().map(|e| e.status),
+            Some(403)
+        );
+        assert_eq!(
+            t.resolve("public", None, Some(&outsider))
+                .expect("pool")
+                .name,
+            "open"
+        );
     }
 }

@@ -12,7 +12,7 @@ use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use gateway_plugin_api::{Plugin, PluginFactory, RequestCtx, RequestSummary};
+use gateway_plugin_api::{BuildContext, Plugin, PluginFactory, RequestCtx, RequestSummary};
 use serde::Serialize;
 
 pub struct AccessLogFactory;
@@ -22,7 +22,12 @@ impl PluginFactory for AccessLogFactory {
         "access_log"
     }
 
-    fn build(&self, config: &toml::Table, path: &str) -> Result<Arc<dyn Plugin>, String> {
+    fn build(
+        &self,
+        config: &toml::Table,
+        path: &str,
+        _cx: &BuildContext,
+    ) -> Result<Arc<dyn Plugin>, String> {
         let mut sink = Sink::Stdout;
         for (key, value) in config {
             match (key.as_str(), value) {
@@ -166,7 +171,11 @@ mod tests {
     #[test]
     fn rejects_unknown_keys_with_path() {
         let err = AccessLogFactory
-            .build(&table("kind = \"access_log\"\nfile = \"x\""), "plugins[2]")
+            .build(
+                &table("kind = \"access_log\"\nfile = \"x\""),
+                "plugins[2]",
+                &BuildContext::default(),
+            )
             .err()
             .expect("error");
         assert!(err.starts_with("plugins[2].file:"), "{err}");
@@ -182,7 +191,7 @@ mod tests {
             file.display().to_string()
         );
         let plugin = AccessLogFactory
-            .build(&table(&src), "plugins[0]")
+            .build(&table(&src), "plugins[0]", &BuildContext::default())
             .expect("build");
         let mut ctx = RequestCtx::new("req-1".into(), None);
         ctx.route = "chat_completions";

@@ -38,6 +38,23 @@ impl ApiError {
         self
     }
 
+    /// 401 with `WWW-Authenticate: Bearer`; `message` should say what to do.
+    pub fn unauthorized(code: &'static str, message: String) -> Self {
+        ApiError::new(401, "authentication_error", code, message)
+            .with_header("www-authenticate", "Bearer".into())
+    }
+
+    /// 403: authenticated, but not allowed to use this.
+    pub fn permission_denied(message: String) -> Self {
+        ApiError::new(403, "permission_error", "permission_denied", message)
+    }
+
+    /// 503: the identity provider cannot be reached; not the user's fault, retry later.
+    pub fn auth_unavailable(message: String, retry_after_secs: u64) -> Self {
+        ApiError::new(503, "service_unavailable", "auth_unavailable", message)
+            .with_header("retry-after", retry_after_secs.max(1).to_string())
+    }
+
     /// The JSON body, as OpenAI writes it.
     pub fn body(&self) -> Vec<u8> {
         let body = serde_json::json!({

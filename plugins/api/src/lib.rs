@@ -39,6 +39,12 @@ pub trait Plugin: Send + Sync {
     /// The name used in logs (usually the `kind`).
     fn name(&self) -> &str;
 
+    /// True for plugins that establish [`RequestCtx::principal`]. When any plugin in the chain
+    /// authenticates, the core refuses (401) requests that none of them recognised.
+    fn authenticates(&self) -> bool {
+        false
+    }
+
     /// Runs after the body is read and parsed. `Flow::Respond` ends the request with that error.
     async fn on_request(&self, _head: &RequestHead<'_>, _ctx: &mut RequestCtx) -> Flow {
         Flow::Continue
@@ -86,5 +92,25 @@ pub trait PluginFactory: Send + Sync {
 
     /// Validates `config` (the whole `[[plugins]]` table, `kind` included) and builds the
     /// plugin. `path` is the table's TOML path (e.g. `plugins[0]`); errors must name it.
-    fn build(&self, config: &toml::Table, path: &str) -> Result<Arc<dyn Plugin>, String>;
+    fn build(
+        &self,
+        config: &toml::Table,
+        path: &str,
+        cx: &BuildContext,
+    ) -> Result<Arc<dyn Plugin>, String>;
+}
+
+/// What the core tells a factory about the rest of the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct BuildContext {
+    /// Some pool restricts access by group, so auth plugins must resolve group membership.
+    pub groups_needed: bool,
+}
+
+/// The bearer token of a request, if it sent one.
+pub fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }

@@ -1,0 +1,218 @@
+//! `api_keys`: service accounts with static bearer keys. The config holds only each key's
+//! SHA-256, so a leaked config file does not leak a key.
+//!
+//! ```toml
+//! [[plugins]]
+//! kind = "api_keys"
+//! [[plugins.keys]]
+//! sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"  # printf %s "$KEY" | sha256sum
+//! username = "svc-batch@anl.gov"
+//! groups = ["batch-users"]   # optional
+//! ```
+//! A token whose hash is not listed is left to the next plugin in the chain.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use gateway_plugin_api::{
+    bearer_token, BuildContext, Flow, Plugin, PluginFactory, Principal, RequestCtx, RequestHead,
+};
+use sha2::{Digest, Sha256};
+
+pub struct ApiKeysFactory;
+
+pub struct ApiKeys {
+    by_hash: HashMap<[u8; 32], Arc<Principal>>,
+}
+
+fn string_list(value: &toml::Value, path: &str) -> Result<Vec<String>, String> {
+    let items = value
+        .as_array()
+        .ok_or_else(|| format!("{path}: `{value}` is not a list of strings"))?;
+    items
+        .iter()
+        .map(|v| {
+            v.as_str()
+                .map(str::to_string)
+                .ok_or_else(|| format!("{path}: `{v}` is not a string"))
+        })
+        .collect()
+}
+
+fn key_entry(table: &toml::Value, path: &str) -> Result<([u8; 32], Principal), String> {
+    let table = table
+        .as_table()
+        .ok_or_else(|| format!("{path}: expected a table with sha256 and username"))?;
+    let mut hash = None;
+    let mut principal = Principal {
+        auth_method: "api_key".into(),
+        ..Principal::default()
+    };
+    for (key, value) in table {
+        let at = format!("{path}.{key}");
+        match key.as_str() {
+            "sha256" => {
+                let text = value.as_str().unwrap_or_default();
+                let mut bytes = [0u8; 32];
+                hex::decode_to_slice(text, &mut bytes)
+                    .map_err(|_| format!("{at}: `{value}` is not 64 hex digits (a SHA-256)"))?;
+                hash = Some(bytes);
+            }
+            "username" => match value.as_str() {
+                Some(u) if !u.is_empty() => principal.username = u.to_string(),
+                _ => return Err(format!("{at}: `{value}` must be a non-empty string")),
+            },
+            "id" => match value.as_str() {
+                Some(id) if !id.is_empty() => principal.id = id.to_string(),
+                _ => return Err(format!("{at}: `{value}` must be a non-empty string")),
+            },
+            "name" => principal.name = value.as_str().map(str::to_string),
+            "groups" => principal.groups = string_list(value, &at)?,
+            other => {
+                return Err(format!(
+                    "{path}.{other}: unknown key (known: sha256, username, id, name, groups)"
+                ))
+            }
+        }
+    }
+    let hash = hash.ok_or_else(|| format!("{path}.sha256: missing"))?;
+    if principal.username.is_empty() {
+        return Err(format!("{path}.username: missing"));
+    }
+    if principal.id.is_empty() {
+        principal.id = principal.username.clone();
+    }
+    principal.identity_provider = principal
+        .username
+        .split_once('@')
+        .map(|(_, domain)| domain.to_string());
+    Ok((hash, principal))
+}
+
+impl PluginFactory for ApiKeysFactory {
+    fn kind(&self) -> &'static str {
+        "api_keys"
+    }
+
+    fn build(
+        &self,
+        config: &toml::Table,
+        path: &str,
+        _cx: &BuildContext,
+    ) -> Result<Arc<dyn Plugin>, String> {
+        let mut by_hash = HashMap::new();
+        for (key, value) in config {
+            match key.as_str() {
+                "kind" => {}
+                "keys" => {
+                    let entries = value
+                        .as_array()
+                        .ok_or_else(|| format!("{path}.keys: expected [[{path}.keys]] tables"))?;
+                    for (i, entry) in entries.iter().enumerate() {
+                        let at = format!("{path}.keys[{i}]");
+                        let (hash, principal) = key_entry(entry, &at)?;
+                        if by_hash.insert(hash, Arc::new(principal)).is_some() {
+                            return Err(format!("{at}.sha256: the same key is listed twice"));
+                        }
+                    }
+                }
+                other => {
+                    return Err(format!(
+                        "{path}.{other}: unknown key for plugin `api_keys` (known: kind, keys)"
+                    ))
+                }
+            }
+        }
+        Ok(Arc::new(ApiKeys { by_hash }))
+    }
+}
+
+#[async_trait]
+impl Plugin for ApiKeys {
+    fn name(&self) -> &str {
+        "api_keys"
+    }
+
+    fn authenticates(&self) -> bool {
+        true
+    }
+
+    async fn on_request(&self, head: &RequestHead<'_>, ctx: &mut RequestCtx) -> Flow {
+        if ctx.principal.is_some() {
+            return Flow::Continue;
+        }
+        if let Some(token) = bearer_token(head.headers) {
+            let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+            if let Some(principal) = self.by_hash.get(&hash) {
+                ctx.principal = Some(Principal::clone(principal));
+            }
+        }
+        Flow::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY_HASH: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"; // "test"
+
+    fn build(src: &str) -> Result<Arc<dyn Plugin>, String> {
+        let table: toml::Table = src.parse().expect("toml");
+        ApiKeysFactory.build(&table, "plugins[1]", &BuildContext::default())
+    }
+
+    async fn principal_for(plugin: &Arc<dyn Plugin>, auth: &str) -> Option<Principal> {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("authorization", auth.parse().expect("header"));
+        let (method, uri) = (http::Method::POST, http::Uri::from_static("/"));
+        let head = RequestHead {
+            method: &method,
+            uri: &uri,
+            headers: &headers,
+        };
+        let mut ctx = RequestCtx::new("r".into(), None);
+        assert!(matches!(
+            plugin.on_request(&head, &mut ctx).await,
+            Flow::Continue
+        ));
+        ctx.principal
+    }
+
+    #[tokio::test]
+    async fn recognises_listed_keys_only() {
+        let src = format!("kind = \"api_keys\"\n[[keys]]\nsha256 = \"{KEY_HASH}\"\nusername = \"svc@anl.gov\"\ngroups = [\"g1\"]\n");
+        let plugin = build(&src).expect("build");
+        let p = principal_for(&plugin, "Bearer test")
+            .await
+            .expect("principal");
+        assert_eq!(p.username, "svc@anl.gov");
+        assert_eq!(p.id, "svc@anl.gov");
+        assert_eq!(p.groups, ["g1"]);
+        assert_eq!(p.auth_method, "api_key");
+        assert_eq!(p.identity_provider.as_deref(), Some("anl.gov"));
+        assert!(principal_for(&plugin, "Bearer other").await.is_none());
+        assert!(principal_for(&plugin, "Basic test").await.is_none());
+    }
+
+    #[test]
+    fn config_errors_name_the_path() {
+        let err =
+            build("kind = \"api_keys\"\n[[keys]]\nsha256 = \"abc\"\nusername = \"u\"\n").err();
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.starts_with("plugins[1].keys[0].sha256: `\"abc\"`")),
+            "{err:?}"
+        );
+        let err = build(&format!(
+            "kind = \"api_keys\"\n[[keys]]\nsha256 = \"{KEY_HASH}\"\n"
+        ))
+        .err();
+        assert_eq!(err.as_deref(), Some("plugins[1].keys[0].username: missing"));
+        let err = build("kind = \"api_keys\"\nkey = 1\n").err();
+        assert!(err
+            .as_deref()
+            .is_some_and(|e| e.starts_with("plugins[1].key: unknown key")));
+    }
+}
