@@ -10,6 +10,7 @@ fn factories() -> Vec<Box<dyn PluginFactory>> {
     vec![
         Box::new(plugin_access_log::AccessLogFactory),
         Box::new(plugin_api_keys::ApiKeysFactory),
+        Box::new(plugin_globus_auth::GlobusAuthFactory),
     ]
 }
 

@@ -1,0 +1,142 @@
+//! The `[[plugins]]` table of `kind = "globus_auth"`.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[allow(dead_code, reason = "read by the core to pick this factory")]
+    kind: String,
+    client_id: String,
+    client_secret_file: Option<String>,
+    client_secret_env: Option<String>,
+    introspect_url: Option<String>,
+    token_url: Option<String>,
+    groups_url: Option<String>,
+    required_scope: Option<String>,
+    check_audience: Option<bool>,
+    #[serde(default)]
+    authorized_idp_domains: Vec<String>,
+    #[serde(default)]
+    policies: Vec<String>,
+    #[serde(default)]
+    service_accounts: Vec<String>,
+    cache_ttl: Option<String>,
+    negative_cache_ttl: Option<String>,
+    cache_capacity: Option<u64>,
+    timeout: Option<String>,
+    exp_leeway: Option<String>,
+    retry_after: Option<String>,
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct GlobusConfig {
+    pub client_id: String,
+    pub client_secret: String,
+    pub introspect_url: String,
+    pub token_url: String,
+    pub groups_url: String,
+    pub required_scope: Option<String>,
+    pub check_audience: bool,
+    pub authorized_idp_domains: Vec<String>,
+    pub policies: Vec<String>,
+    pub service_accounts: Vec<String>,
+    pub cache_ttl: Duration,
+    pub negative_cache_ttl: Duration,
+    pub cache_capacity: u64,
+    pub timeout: Duration,
+    pub exp_leeway: Duration,
+    pub retry_after: Duration,
+    /// Some pool restricts by group: resolve memberships through the Groups API.
+    pub fetch_groups: bool,
+}
+
+fn duration(value: &Option<String>, path: &str, key: &str, default: u64) -> Result<Duration, String> {
+    match value {
+        None => Ok(Duration::from_secs(default)),
+        Some(text) => humantime::parse_duration(text)
+            .map_err(|e| format!("{path}.{key}: `{text}` is not a duration like \"60s\" ({e})")),
+    }
+}
+
+fn url(value: Option<String>, path: &str, key: &str, default: &str) -> Result<String, String> {
+    let url = value.unwrap_or_else(|| default.to_string());
+    if url.starts_with("https://") || url.starts_with("http://") {
+        Ok(url)
+    } else {
+        Err(format!("{path}.{key}: `{url}` is not an http(s) URL"))
+    }
+}
+
+fn read_secret(f: &FileConfig, path: &str) -> Result<String, String> {
+    let secret = match (&f.client_secret_file, &f.client_secret_env) {
+        (Some(file), None) => std::fs::read_to_string(file)
+            .map_err(|e| format!("{path}.client_secret_file: cannot read `{file}`: {e}"))?,
+        (None, Some(var)) => std::env::var(var).map_err(|_| {
+            format!("{path}.client_secret_env: environment variable `{var}` is not set")
+        })?,
+        (Some(_), Some(_)) => {
+            return Err(format!(
+                "{path}: set one of client_secret_file and client_secret_env, not both"
+            ))
+        }
+        (None, None) => {
+            return Err(format!(
+                "{path}.client_secret_file: missing; the client secret comes from a file \
+                 (client_secret_file) or an environment variable (client_secret_env), never inline"
+            ))
+        }
+    };
+    let secret = secret.trim().to_string();
+    if secret.is_empty() {
+        return Err(format!("{path}: the client secret is empty"));
+    }
+    Ok(secret)
+}
+
+impl GlobusConfig {
+    pub fn parse(table: &toml::Table, path: &str, fetch_groups: bool) -> Result<Self, String> {
+        let f: FileConfig = toml::Value::Table(table.clone())
+            .try_into()
+            .map_err(|e: toml::de::Error| format!("{path}: {}", e.message()))?;
+        if f.client_id.trim().is_empty() {
+            return Err(format!("{path}.client_id: must not be empty"));
+        }
+        let capacity = f.cache_capacity.unwrap_or(100_000);
+        if capacity == 0 {
+            return Err(format!("{path}.cache_capacity: `0` would disable caching; use at least 1"));
+        }
+        Ok(GlobusConfig {
+            client_secret: read_secret(&f, path)?,
+            introspect_url: url(
+                f.introspect_url,
+                path,
+                "introspect_url",
+                "https://auth.globus.org/v2/oauth2/token/introspect",
+            )?,
+            token_url: url(f.token_url, path, "token_url", "https://auth.globus.org/v2/oauth2/token")?,
+            groups_url: url(
+                f.groups_url,
+                path,
+                "groups_url",
+                "https://groups.api.globus.org/v2/groups/my_groups",
+            )?,
+            required_scope: f.required_scope,
+            check_audience: f.check_audience.unwrap_or(true),
+            authorized_idp_domains: f.authorized_idp_domains,
+            policies: f.policies,
+            service_accounts: f.service_accounts,
+            cache_ttl: duration(&f.cache_ttl, path, "cache_ttl", 600)?,
+            negative_cache_ttl: duration(&f.negative_cache_ttl, path, "negative_cache_ttl", 60)?,
+            cache_capacity: capacity,
+            timeout: duration(&f.timeout, path, "timeout", 5)?,
+            exp_leeway: duration(&f.exp_leeway, path, "exp_leeway", 30)?,
+            retry_after: duration(&f.retry_after, path, "retry_after", 5)?,
+            client_id: f.client_id,
+            fetch_groups,
+        })
+    }
+}
