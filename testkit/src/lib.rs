@@ -9,6 +9,7 @@
 //! Every response carries `x-mock-body-sha256` and `x-mock-body-len` of the request body it
 //! received, so a test can prove a body arrived byte for byte.
 
+pub mod globus;
 mod openai;
 mod openai_stream;
 

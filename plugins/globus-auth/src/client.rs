@@ -51,8 +51,15 @@ impl GlobusClient {
         &self.cfg
     }
 
-    async fn send(&self, what: &str, req: reqwest::RequestBuilder) -> Result<reqwest::Response, Outage> {
-        let resp = req.send().await.map_err(|e| Outage(format!("{what}: {e}")))?;
+    async fn send(
+        &self,
+        what: &str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, Outage> {
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| Outage(format!("{what}: {e}")))?;
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
@@ -100,11 +107,17 @@ impl GlobusClient {
             .json()
             .await
             .map_err(|e| Outage(format!("dependent token grant: unreadable answer: {e}")))?;
-        let Some(groups_token) = tokens.iter().find(|t| t.resource_server == GROUPS_RESOURCE_SERVER) else {
+        let Some(groups_token) = tokens
+            .iter()
+            .find(|t| t.resource_server == GROUPS_RESOURCE_SERVER)
+        else {
             // The user's token carries no consent for the Groups API: no groups, not an outage.
             return Ok(Vec::new());
         };
-        let req = self.http.get(&self.cfg.groups_url).bearer_auth(&groups_token.access_token);
+        let req = self
+            .http
+            .get(&self.cfg.groups_url)
+            .bearer_auth(&groups_token.access_token);
         let groups: Vec<Group> = self
             .send("my_groups", req)
             .await?

@@ -54,7 +54,12 @@ pub struct GlobusConfig {
     pub fetch_groups: bool,
 }
 
-fn duration(value: &Option<String>, path: &str, key: &str, default: u64) -> Result<Duration, String> {
+fn duration(
+    value: &Option<String>,
+    path: &str,
+    key: &str,
+    default: u64,
+) -> Result<Duration, String> {
     match value {
         None => Ok(Duration::from_secs(default)),
         Some(text) => humantime::parse_duration(text)
@@ -107,7 +112,9 @@ impl GlobusConfig {
         }
         let capacity = f.cache_capacity.unwrap_or(100_000);
         if capacity == 0 {
-            return Err(format!("{path}.cache_capacity: `0` would disable caching; use at least 1"));
+            return Err(format!(
+                "{path}.cache_capacity: `0` would disable caching; use at least 1"
+            ));
         }
         Ok(GlobusConfig {
             client_secret: read_secret(&f, path)?,
@@ -117,7 +124,12 @@ impl GlobusConfig {
                 "introspect_url",
                 "https://auth.globus.org/v2/oauth2/token/introspect",
             )?,
-            token_url: url(f.token_url, path, "token_url", "https://auth.globus.org/v2/oauth2/token")?,
+            token_url: url(
+                f.token_url,
+                path,
+                "token_url",
+                "https://auth.globus.org/v2/oauth2/token",
+            )?,
             groups_url: url(
                 f.groups_url,
                 path,

@@ -59,7 +59,12 @@ pub enum Verdict {
 struct VerdictExpiry;
 
 impl moka::Expiry<[u8; 32], Arc<Verdict>> for VerdictExpiry {
-    fn expire_after_create(&self, _: &[u8; 32], value: &Arc<Verdict>, _: Instant) -> Option<Duration> {
+    fn expire_after_create(
+        &self,
+        _: &[u8; 32],
+        value: &Arc<Verdict>,
+        _: Instant,
+    ) -> Option<Duration> {
         Some(match value.as_ref() {
             Verdict::Accepted(_, ttl) | Verdict::Rejected(_, ttl) => *ttl,
         })
@@ -132,7 +137,9 @@ impl Plugin for GlobusAuth {
                     ctx.principal = Some(principal.clone());
                     Flow::Continue
                 }
-                Verdict::Rejected(r, _) => Flow::Respond(ApiError::unauthorized(r.code, r.message.clone())),
+                Verdict::Rejected(r, _) => {
+                    Flow::Respond(ApiError::unauthorized(r.code, r.message.clone()))
+                }
             },
             Err(outage) => {
                 log::warn!(
@@ -142,7 +149,8 @@ impl Plugin for GlobusAuth {
                 );
                 let retry = self.client.config().retry_after.as_secs();
                 Flow::Respond(ApiError::auth_unavailable(
-                    "Globus Auth could not be reached to verify your token; try again shortly.".into(),
+                    "Globus Auth could not be reached to verify your token; try again shortly."
+                        .into(),
                     retry,
                 ))
             }

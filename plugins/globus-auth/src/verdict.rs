@@ -110,10 +110,13 @@ pub fn judge_at(r: &Introspection, cfg: &GlobusConfig, now: i64) -> Result<Accep
     if exp + cfg.exp_leeway.as_secs() as i64 <= now {
         return Err(reject(
             "token_expired",
-            format!("Your access token expired at {}. {GET_TOKEN}", format_time(exp)),
+            format!(
+                "Your access token expired at {}. {GET_TOKEN}",
+                format_time(exp)
+            ),
         ));
     }
-    if cfg.check_audience && !r.aud.iter().any(|a| *a == cfg.client_id) {
+    if cfg.check_audience && !r.aud.contains(&cfg.client_id) {
         return Err(reject(
             "wrong_audience",
             format!(
@@ -134,7 +137,7 @@ pub fn judge_at(r: &Introspection, cfg: &GlobusConfig, now: i64) -> Result<Accep
     }
     let ttl = Duration::from_secs((exp - now).max(1) as u64).min(cfg.cache_ttl);
     let username = r.username.clone().unwrap_or_default();
-    if cfg.service_accounts.iter().any(|s| *s == username) {
+    if cfg.service_accounts.contains(&username) {
         let principal = Principal {
             id: r.sub.clone().unwrap_or_else(|| username.clone()),
             username,
@@ -151,7 +154,10 @@ pub fn judge_at(r: &Introspection, cfg: &GlobusConfig, now: i64) -> Result<Accep
     }
     let identity = choose_identity(r, cfg)?;
     for policy in &cfg.policies {
-        let passed = r.policy_evaluations.get(policy).is_some_and(|p| p.evaluation);
+        let passed = r
+            .policy_evaluations
+            .get(policy)
+            .is_some_and(|p| p.evaluation);
         if !passed {
             return Err(reject(
                 "policy_failed",
@@ -206,7 +212,9 @@ fn choose_identity(r: &Introspection, cfg: &GlobusConfig) -> Result<IdentityDeta
     let authenticated = r.session_info.as_ref().map(|s| &s.authentications);
     let allowed = |d: &IdentityDetail| {
         domain(&d.username).is_some_and(|dom| {
-            cfg.authorized_idp_domains.iter().any(|a| a.eq_ignore_ascii_case(dom))
+            cfg.authorized_idp_domains
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(dom))
         })
     };
     let mut candidates: Vec<&IdentityDetail> = r

@@ -48,18 +48,28 @@ fn accepts_an_active_token_for_us_with_the_primary_identity() {
 fn cache_ttl_never_outlives_the_token() {
     let mut t = token();
     t["exp"] = json!(NOW + 42);
-    assert_eq!(judge_json(t, &cfg("")).expect("accepted").ttl, Duration::from_secs(42));
+    assert_eq!(
+        judge_json(t, &cfg("")).expect("accepted").ttl,
+        Duration::from_secs(42)
+    );
 }
 
 #[test]
 fn refusals_have_their_own_codes() {
     let c = cfg("");
-    assert_eq!(code(judge_json(json!({"active": false}), &c)), "token_inactive");
+    assert_eq!(
+        code(judge_json(json!({"active": false}), &c)),
+        "token_inactive"
+    );
     let mut t = token();
     t["exp"] = json!(NOW - 3600);
-    let r = judge_json(t, &c).err().expect("expired");
+    let r = judge_json(t, &c).expect_err("expired");
     assert_eq!(r.code, "token_expired");
-    assert!(r.message.contains("expired at 2027-01-15T07:00:00Z"), "{}", r.message);
+    assert!(
+        r.message.contains("expired at 2027-01-15T07:00:00Z"),
+        "{}",
+        r.message
+    );
     let mut t = token();
     t["aud"] = json!(["someone-else"]);
     assert_eq!(code(judge_json(t, &c)), "wrong_audience");
@@ -78,7 +88,10 @@ fn expiry_allows_the_configured_leeway() {
 fn audience_check_can_be_turned_off() {
     let mut t = token();
     t["aud"] = json!([]);
-    assert_eq!(code(judge_json(t, &cfg("check_audience = false"))), "accepted");
+    assert_eq!(
+        code(judge_json(t, &cfg("check_audience = false"))),
+        "accepted"
+    );
 }
 
 #[test]
@@ -87,16 +100,36 @@ fn identity_comes_from_an_authenticated_allowed_domain() {
     assert_eq!(a.principal.username, "ada@anl.gov");
     assert_eq!(a.principal.id, "id-anl");
     // gmail is in the identity set but not in this session's authentications.
-    let r = judge_json(token(), &cfg("authorized_idp_domains = [\"gmail.com\", \"uchicago.edu\"]")).err().expect("refused");
+    let r = judge_json(
+        token(),
+        &cfg("authorized_idp_domains = [\"gmail.com\", \"uchicago.edu\"]"),
+    )
+    .expect_err("refused");
     assert_eq!(r.code, "wrong_identity_provider");
-    assert!(r.message.contains("gmail.com, uchicago.edu"), "{}", r.message);
+    assert!(
+        r.message.contains("gmail.com, uchicago.edu"),
+        "{}",
+        r.message
+    );
 }
 
 #[test]
 fn every_configured_policy_must_pass() {
-    assert_eq!(code(judge_json(token(), &cfg("policies = [\"pol-1\"]"))), "accepted");
-    assert_eq!(code(judge_json(token(), &cfg("policies = [\"pol-1\", \"pol-2\"]"))), "policy_failed");
-    assert_eq!(code(judge_json(token(), &cfg("policies = [\"pol-3\"]"))), "policy_failed");
+    assert_eq!(
+        code(judge_json(token(), &cfg("policies = [\"pol-1\"]"))),
+        "accepted"
+    );
+    assert_eq!(
+        code(judge_json(
+            token(),
+            &cfg("policies = [\"pol-1\", \"pol-2\"]")
+        )),
+        "policy_failed"
+    );
+    assert_eq!(
+        code(judge_json(token(), &cfg("policies = [\"pol-3\"]"))),
+        "policy_failed"
+    );
 }
 
 #[test]
@@ -110,11 +143,21 @@ fn service_accounts_skip_session_checks() {
 
 #[test]
 fn config_errors_name_the_path() {
-    let parse = |text: &str| GlobusConfig::parse(&text.parse().expect("toml"), "plugins[3]", false).err().unwrap_or_default();
-    assert!(parse("kind = \"globus_auth\"\nclient_id = \"x\"").starts_with("plugins[3].client_secret_file: missing"));
-    assert!(parse("kind = \"globus_auth\"\nclient_id = \"x\"\nclient_secret_env = \"SURELY_NOT_SET_42\"")
-        .starts_with("plugins[3].client_secret_env: environment variable `SURELY_NOT_SET_42`"));
-    assert!(parse("kind = \"globus_auth\"\nclient_id = \"x\"\nclient_secret = \"inline\"").contains("unknown field `client_secret`"));
+    let parse = |text: &str| {
+        GlobusConfig::parse(&text.parse().expect("toml"), "plugins[3]", false)
+            .err()
+            .unwrap_or_default()
+    };
+    assert!(parse("kind = \"globus_auth\"\nclient_id = \"x\"")
+        .starts_with("plugins[3].client_secret_file: missing"));
+    assert!(parse(
+        "kind = \"globus_auth\"\nclient_id = \"x\"\nclient_secret_env = \"SURELY_NOT_SET_42\""
+    )
+    .starts_with("plugins[3].client_secret_env: environment variable `SURELY_NOT_SET_42`"));
+    assert!(
+        parse("kind = \"globus_auth\"\nclient_id = \"x\"\nclient_secret = \"inline\"")
+            .contains("unknown field `client_secret`")
+    );
     std::env::set_var("VERDICT_TEST_SECRET", "s");
     assert!(parse("kind = \"globus_auth\"\nclient_id = \"x\"\nclient_secret_env = \"VERDICT_TEST_SECRET\"\ncache_ttl = \"long\"")
         .starts_with("plugins[3].cache_ttl: `long`"));

@@ -1,0 +1,273 @@
+//! The `globus_auth` plugin through the real binary against the mock Globus Auth: the check
+//! matrix, caching, single-flight, groups, and outages.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use gateway_testkit::globus::{MockGlobus, TokenSpec};
+use serde_json::Value;
+
+const CLIENT_ID: &str = "6b2a3c4d-0000-4000-8000-00000000beef";
+const SECRET: &str = "resource-server-secret";
+const LLAMA_GROUP: &str = "aaaaaaaa-1111-2222-3333-444444444444";
+const SECRET_MODEL: &str = "meta-llama/Meta-Llama-3-8B-Instruct";
+
+struct Setup {
+    gw: Gateway,
+    globus: MockGlobus,
+    _mock: MockBackend,
+}
+
+/// A gateway with globus_auth (secret from a file) in front of one open and one group-only pool.
+async fn setup(plugin_extra: &str, secret: &str) -> Setup {
+    let globus = MockGlobus::start(CLIENT_ID, SECRET)
+        .await
+        .expect("mock globus");
+    let mock = MockBackend::start(MockConfig {
+        models: vec![MODEL.into(), SECRET_MODEL.into()],
+        ..MockConfig::default()
+    })
+    .await
+    .expect("mock backend");
+    let secret_file = tempfile::NamedTempFile::new().expect("secret file");
+    std::fs::write(secret_file.path(), format!("{secret}\n")).expect("write secret");
+    let (_, secret_path) = secret_file.keep().expect("keep");
+    let plugins = format!(
+        "[[plugins]]\nkind = \"globus_auth\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret_file = \"{}\"\n{}{plugin_extra}\n",
+        secret_path.display(),
+        globus.plugin_urls()
+    );
+    let pools = format!(
+        "{}{}",
+        pool("open", "local", &[MODEL], &[mock.addr.to_string()], ""),
+        pool(
+            "llama",
+            "local",
+            &[SECRET_MODEL],
+            &[mock.addr.to_string()],
+            &format!("allowed_groups = [\"{LLAMA_GROUP}\"]")
+        )
+    );
+    let gw = Gateway::start("", &format!("{plugins}\n{pools}")).await;
+    Setup {
+        gw,
+        globus,
+        _mock: mock,
+    }
+}
+
+async fn chat_as(gw: &Gateway, token: &str, model: &str) -> (u16, Value) {
+    let body = serde_json::json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+    let resp = client()
+        .post(gw.api("/v1/chat/completions"))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .expect("send");
+    let status = resp.status().as_u16();
+    if status == 401 {
+        assert_eq!(resp.headers()["www-authenticate"], "Bearer");
+    }
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+fn code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_check_matrix() {
+    let s = setup("authorized_idp_domains = [\"anl.gov\"]\npolicies = [\"mfa-policy\"]\nservice_accounts = [\"svc@clients.auth.globus.org\"]", SECRET).await;
+    let mut good = TokenSpec::user("ada@anl.gov", CLIENT_ID);
+    good.policies.insert("mfa-policy".into(), true);
+    s.globus.add_token("AgGood", good.clone());
+    let mut expired = good.clone();
+    expired.expires_in = -3600;
+    s.globus.add_token("AgExpired", expired);
+    let mut foreign = good.clone();
+    foreign.aud = vec!["another-resource-server".into()];
+    s.globus.add_token("AgForeign", foreign);
+    let mut no_mfa = good.clone();
+    no_mfa.policies.insert("mfa-policy".into(), false);
+    s.globus.add_token("AgNoMfa", no_mfa);
+    let mut gmail = TokenSpec::user("ada@gmail.com", CLIENT_ID);
+    gmail.policies.insert("mfa-policy".into(), true);
+    s.globus.add_token("AgGmail", gmail);
+    s.globus.add_token(
+        "AgService",
+        TokenSpec::user("svc@clients.auth.globus.org", CLIENT_ID),
+    );
+    let mut inactive = good.clone();
+    inactive.active = false;
+    s.globus.add_token("AgRevoked", inactive);
+
+    assert_eq!(chat_as(&s.gw, "AgGood", MODEL).await.0, 200);
+    assert_eq!(
+        chat_as(&s.gw, "AgService", MODEL).await.0,
+        200,
+        "service accounts skip idp and policy checks"
+    );
+    for (token, want) in [
+        ("AgExpired", "token_expired"),
+        ("AgForeign", "wrong_audience"),
+        ("AgNoMfa", "policy_failed"),
+        ("AgGmail", "wrong_identity_provider"),
+        ("AgRevoked", "token_inactive"),
+        ("AgNeverIssued", "token_inactive"),
+    ] {
+        let (status, body) = chat_as(&s.gw, token, MODEL).await;
+        assert_eq!((status, code(&body)), (401, want), "{token}: {body}");
+        assert_eq!(body["error"]["type"], "authentication_error");
+    }
+    let (_, body) = chat_as(&s.gw, "AgGmail", MODEL).await;
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("anl.gov"));
+    let (_, body) = chat_as(&s.gw, "AgExpired", MODEL).await;
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("expired at"));
+
+    // No token, token hash or secret in any log line.
+    let logs = format!(
+        "{}{}",
+        s.gw.stderr(),
+        std::fs::read_to_string(s.gw.dir.path().join("access.log")).unwrap_or_default()
+    );
+    for needle in ["AgGood", "AgExpired", "AgGmail", SECRET] {
+        assert!(!logs.contains(needle), "{needle} leaked into logs");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn groups_decide_access_and_whoami_shows_them() {
+    let s = setup("", SECRET).await;
+    let mut member = TokenSpec::user("ada@anl.gov", CLIENT_ID);
+    member.groups = vec![LLAMA_GROUP.into(), "other-group".into()];
+    s.globus.add_token("AgMember", member);
+    s.globus
+        .add_token("AgOutsider", TokenSpec::user("bob@uchicago.edu", CLIENT_ID));
+
+    assert_eq!(chat_as(&s.gw, "AgMember", SECRET_MODEL).await.0, 200);
+    let (status, body) = chat_as(&s.gw, "AgOutsider", SECRET_MODEL).await;
+    assert_eq!((status, code(&body)), (403, "permission_denied"));
+    assert_eq!(chat_as(&s.gw, "AgOutsider", MODEL).await.0, 200);
+
+    let me: Value = client()
+        .get(s.gw.api("/whoami"))
+        .bearer_auth("AgMember")
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(me["username"], "ada@anl.gov");
+    assert_eq!(me["auth_method"], "globus");
+    assert_eq!(me["identity_provider"], "anl.gov");
+    assert!(me["groups"]
+        .as_array()
+        .is_some_and(|g| g.iter().any(|x| x == LLAMA_GROUP)));
+    let models: Value = client()
+        .get(s.gw.api("/v1/models"))
+        .bearer_auth("AgOutsider")
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(models["data"].as_array().map(Vec::len), Some(1));
+    // Each token was introspected once and its groups fetched once; the rest came from cache.
+    assert_eq!(s.globus.introspections(), 2);
+    assert_eq!(count(&s.globus.state.stats.group_calls), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_requests_with_one_fresh_token_cause_one_introspection() {
+    let s = setup("", SECRET).await;
+    s.globus
+        .add_token("AgFresh", TokenSpec::user("ada@anl.gov", CLIENT_ID));
+    s.globus.set_latency(Duration::from_millis(300));
+    let url = s.gw.api("/v1/chat/completions");
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+    let requests = (0..200).map(|_| {
+        let req = http
+            .post(&url)
+            .bearer_auth("AgFresh")
+            .json(&chat_body(false));
+        async move { req.send().await.expect("send").status().as_u16() }
+    });
+    let statuses = futures_util::future::join_all(requests).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(s.globus.introspections(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rejections_are_cached_too() {
+    let s = setup("", SECRET).await;
+    for _ in 0..5 {
+        assert_eq!(chat_as(&s.gw, "AgUnknown", MODEL).await.0, 401);
+    }
+    assert_eq!(s.globus.introspections(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outage_keeps_cached_users_and_refuses_new_ones_with_503() {
+    let s = setup("retry_after = \"7s\"", SECRET).await;
+    s.globus
+        .add_token("AgKnown", TokenSpec::user("ada@anl.gov", CLIENT_ID));
+    s.globus
+        .add_token("AgNew", TokenSpec::user("bob@anl.gov", CLIENT_ID));
+    assert_eq!(chat_as(&s.gw, "AgKnown", MODEL).await.0, 200);
+    s.globus.set_outage(true);
+    assert_eq!(
+        chat_as(&s.gw, "AgKnown", MODEL).await.0,
+        200,
+        "cached principal keeps working"
+    );
+    let body = serde_json::json!({"model": MODEL, "messages": []});
+    let resp = client()
+        .post(s.gw.api("/v1/chat/completions"))
+        .bearer_auth("AgNew")
+        .json(&body)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["retry-after"], "7");
+    let err: Value = resp.json().await.expect("json");
+    assert_eq!(code(&err), "auth_unavailable");
+    s.globus.set_outage(false);
+    assert_eq!(
+        chat_as(&s.gw, "AgNew", MODEL).await.0,
+        200,
+        "the outage was not cached as a rejection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_client_credentials_are_an_outage_not_the_users_fault() {
+    let s = setup("", "not-the-secret").await;
+    s.globus
+        .add_token("AgGood", TokenSpec::user("ada@anl.gov", CLIENT_ID));
+    let (status, body) = chat_as(&s.gw, "AgGood", MODEL).await;
+    assert_eq!((status, code(&body)), (503, "auth_unavailable"));
+    assert!(count(&s.globus.state.stats.bad_client_credentials) >= 1);
+    eventually(
+        Duration::from_secs(2),
+        "an operator-facing log line",
+        || s.gw.stderr().contains("client credentials"),
+    )
+    .await;
+    assert!(!s.gw.stderr().contains("not-the-secret"));
+}
