@@ -10,6 +10,7 @@
 //! received, so a test can prove a body arrived byte for byte.
 
 pub mod globus;
+pub mod jwks;
 mod openai;
 mod openai_stream;
 
