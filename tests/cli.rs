@@ -5,6 +5,8 @@ use std::process::Command;
 fn gateway(args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_inference-gateway"))
         .args(args)
+        // conf/facility.toml reads the Globus client secret from the environment.
+        .env("GLOBUS_CLIENT_SECRET", "example-only")
         .output()
         .expect("run");
     let text = format!(

@@ -62,7 +62,10 @@ def start_mock(workdir: Path, name: str, *extra: str) -> Process:
     return Process(args, port, f"mock {name}", log)
 
 
-def start_gateway(workdir: Path, name: str, backends: list[str], server_extra: str = "") -> Process:
+def start_gateway(
+    workdir: Path, name: str, backends: list[str], server_extra: str = "", extra: str = ""
+) -> Process:
+    """A gateway with one pool `local-vllm`; `extra` is appended (more plugins and pools)."""
     port = free_port()
     config = workdir / f"{name}.toml"
     quoted = ", ".join(f'"{b}"' for b in backends)
@@ -85,6 +88,8 @@ backends = [{quoted}]
 [pools.health]
 interval = "200ms"
 unhealthy_threshold = 1
+
+{extra}
 """
     )
     log = open(workdir / f"{name}-gateway.log", "w")
