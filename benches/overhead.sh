@@ -26,24 +26,53 @@ for tool in wrk nginx; do
 done
 [ -x target/release/inference-gateway ] || { echo "build first: cargo build --release --workspace --bins" >&2; exit 1; }
 
-mock_port=18101 gw_port=18102 nginx_port=18103
+mock_port=18101 gw_port=18102 nginx_port=18103 auth_port=18104 globus_port=18105
 target/release/mock-openai --listen 127.0.0.1:$mock_port --tokens 16 --threads 1 >"$work/mock.log" 2>&1 &
 pids+=($!)
+target/release/mock-globus --listen 127.0.0.1:$globus_port --client-id bench-client \
+    --client-secret bench-secret --token AgBenchToken=ada@anl.gov >"$work/globus.log" 2>&1 &
+pids+=($!)
 
+pool="[[pools]]
+name = \"bench\"
+cluster = \"local\"
+framework = \"vllm\"
+models = [\"facebook/opt-125m\"]
+backends = [\"127.0.0.1:$mock_port\"]"
+
+# The plain gateway: no plugins.
 cat >"$work/gateway.toml" <<TOML
 [server]
 listen = ["127.0.0.1:$gw_port"]
 threads = 1
 log_level = "warn"
-[[pools]]
-name = "bench"
-cluster = "local"
-framework = "vllm"
-models = ["facebook/opt-125m"]
-backends = ["127.0.0.1:$mock_port"]
+$pool
+TOML
+# The production shape: Globus auth (token cached after its first use) and the access log.
+cat >"$work/gateway-auth.toml" <<TOML
+[server]
+listen = ["127.0.0.1:$auth_port"]
+threads = 1
+log_level = "warn"
+[[plugins]]
+kind = "access_log"
+path = "$work/access.log"
+[[plugins]]
+kind = "globus_auth"
+client_id = "bench-client"
+client_secret_env = "BENCH_GLOBUS_SECRET"
+introspect_url = "http://127.0.0.1:$globus_port/v2/oauth2/token/introspect"
+token_url = "http://127.0.0.1:$globus_port/v2/oauth2/token"
+groups_url = "http://127.0.0.1:$globus_port/v2/groups/my_groups"
+$pool
 TOML
 target/release/inference-gateway run --config "$work/gateway.toml" >"$work/gw.out" 2>"$work/gw.err" &
-pids+=($!)
+gw_pid=$!
+pids+=($gw_pid)
+BENCH_GLOBUS_SECRET=bench-secret target/release/inference-gateway run --config "$work/gateway-auth.toml" \
+    >"$work/gw-auth.out" 2>"$work/gw-auth.err" &
+auth_pid=$!
+pids+=($auth_pid)
 
 cat >"$work/nginx.conf" <<NGINX
 worker_processes 1;
@@ -68,27 +97,36 @@ http {
 }
 NGINX
 nginx -c "$work/nginx.conf" -g 'daemon off;' &
-pids+=($!)
+nginx_master=$!
+pids+=($nginx_master)
 
 cat >"$work/post.lua" <<'LUA'
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer bench-token"
+wrk.headers["Authorization"] = "Bearer AgBenchToken"
 wrk.body = '{"model":"facebook/opt-125m","messages":[{"role":"user","content":"Explain the concept of Globus Compute in simple terms."}],"max_tokens":16}'
 LUA
 
-for port in $mock_port $gw_port $nginx_port; do
+for port in $mock_port $gw_port $nginx_port $auth_port $globus_port; do
     for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
 done
 
-# run NAME URL: prints "NAME rps p50_ms p99_ms"
+nginx_worker=$(pgrep -P "$nginx_master" | head -1)
+
+# CPU ticks (user + system) a process has used so far.
+cpu_ticks() { [ -n "${1:-}" ] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
+
+# run NAME URL [PID]: prints "NAME rps p50_ms p99_ms non2xx cpu_us_per_request"
 run() {
-    local name=$1 url=$2
-    wrk -t1 -c5 -d2s -s "$work/post.lua" "$url" >/dev/null   # warm keep-alive pools
+    local name=$1 url=$2 pid=${3:-}
+    wrk -t1 -c5 -d2s -s "$work/post.lua" "$url" >/dev/null   # warm keep-alive pools and caches
+    local before; before=$(cpu_ticks "$pid")
     wrk -t1 -c"$connections" -d"${duration}s" --latency -s "$work/post.lua" "$url" >"$work/$name.txt"
-    python3 - "$name" "$work/$name.txt" <<'PY'
+    local after; after=$(cpu_ticks "$pid")
+    python3 - "$name" "$work/$name.txt" "$((after - before))" "$(getconf CLK_TCK)" <<'PY'
 import re, sys
 name, text = sys.argv[1], open(sys.argv[2]).read()
+ticks, hz = int(sys.argv[3]), int(sys.argv[4])
 def ms(v):
     n, unit = re.match(r"([\d.]+)(us|ms|s)", v).groups()
     return float(n) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
@@ -96,31 +134,37 @@ rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
 p50 = ms(re.search(r"^\s+50%\s+(\S+)", text, re.M).group(1))
 p99 = ms(re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1))
 errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-print(f"{name} {rps:.0f} {p50:.3f} {p99:.3f} {errors.group(1) if errors else 0}")
+requests = int(re.search(r"(\d+) requests in", text).group(1))
+cpu_us = ticks / hz * 1e6 / requests if ticks else 0
+print(f"{name} {rps:.0f} {p50:.3f} {p99:.3f} {errors.group(1) if errors else 0} {cpu_us:.1f}")
 PY
 }
 
 {
     run direct "http://127.0.0.1:$mock_port/v1/chat/completions"
-    run gateway "http://127.0.0.1:$gw_port/resource_server/v1/chat/completions"
-    run nginx "http://127.0.0.1:$nginx_port/resource_server/v1/chat/completions"
+    run gateway "http://127.0.0.1:$gw_port/resource_server/v1/chat/completions" "$gw_pid"
+    run gw+auth "http://127.0.0.1:$auth_port/resource_server/v1/chat/completions" "$auth_pid"
+    run nginx "http://127.0.0.1:$nginx_port/resource_server/v1/chat/completions" "$nginx_worker"
 } >"$work/results"
 
 python3 - "$work/results" "$out" "$duration" "$connections" <<'PY'
 import json, sys, time
 rows = {}
 for line in open(sys.argv[1]):
-    name, rps, p50, p99, errors = line.split()
-    rows[name] = dict(rps=float(rps), p50_ms=float(p50), p99_ms=float(p99), non_2xx=int(errors))
+    name, rps, p50, p99, errors, cpu = line.split()
+    rows[name] = dict(rps=float(rps), p50_ms=float(p50), p99_ms=float(p99), non_2xx=int(errors), cpu_us_per_req=float(cpu))
 print(f"non-streaming chat, {sys.argv[4]} connections, {sys.argv[3]} s each, 2 cores shared by load generator, proxy and mock")
-print(f"{'target':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+print(f"{'target':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'proxy CPU us/req':>17}")
 for name, r in rows.items():
-    print(f"{name:<8} {r['rps']:>9.0f} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} {r['non_2xx']:>8}")
-g, d, n = rows["gateway"], rows["direct"], rows["nginx"]
+    print(f"{name:<8} {r['rps']:>9.0f} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} {r['non_2xx']:>8} {r['cpu_us_per_req']:>17.1f}")
+g, a, d, n = rows["gateway"], rows["gw+auth"], rows["direct"], rows["nginx"]
 ratios = {
     "gateway/direct throughput": g["rps"] / d["rps"],
     "gateway/nginx throughput": g["rps"] / n["rps"],
+    "gateway+auth+log/direct throughput": a["rps"] / d["rps"],
+    "gateway+auth+log/nginx throughput": a["rps"] / n["rps"],
     "gateway p50 added ms (vs direct)": g["p50_ms"] - d["p50_ms"],
+    "gateway+auth+log p50 added ms (vs direct)": a["p50_ms"] - d["p50_ms"],
     "nginx p50 added ms (vs direct)": n["p50_ms"] - d["p50_ms"],
 }
 for k, v in ratios.items():

@@ -85,8 +85,17 @@ pub struct MockGlobus {
 }
 
 impl MockGlobus {
+    /// Binds 127.0.0.1 on a free port.
     pub async fn start(client_id: &str, client_secret: &str) -> std::io::Result<MockGlobus> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
+        MockGlobus::serve(listener, client_id, client_secret)
+    }
+
+    pub fn serve(
+        listener: TcpListener,
+        client_id: &str,
+        client_secret: &str,
+    ) -> std::io::Result<MockGlobus> {
         let addr = listener.local_addr()?;
         let state = Arc::new(GlobusState {
             client_id: client_id.into(),

@@ -104,6 +104,12 @@ impl GlobusAuth {
         Ok(Arc::new(verdict))
     }
 
+    /// Entries in the verdict cache (after pending evictions), for tests and metrics.
+    pub async fn cached_entries(&self) -> u64 {
+        self.cache.run_pending_tasks().await;
+        self.cache.entry_count()
+    }
+
     /// The cached or freshly established verdict for `token`.
     pub async fn check(&self, token: &str) -> Result<Arc<Verdict>, Arc<Outage>> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();

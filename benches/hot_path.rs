@@ -1,0 +1,119 @@
+//! Micro benchmarks of per-request work on the gateway's hot path:
+//! the `model`/`stream` extraction from request bodies, and the auth plugins' cached paths.
+//!
+//!   cargo bench --bench hot_path
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use gateway_plugin_api::{BuildContext, Plugin, PluginFactory, RequestCtx, RequestHead};
+use gateway_testkit::globus::{MockGlobus, TokenSpec};
+use inference_gateway::proxy::parse_routing_fields;
+
+/// A chat request of about `size` bytes, `model` last as the OpenAI SDK writes it.
+fn chat_body(size: usize) -> Vec<u8> {
+    let filler = "lorem ipsum dolor sit amet ".repeat(size / 27 + 1);
+    let body = serde_json::json!({
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": &filler[..size.saturating_sub(200)]},
+        ],
+        "max_tokens": 200, "temperature": 0.7, "stream": true, "model": "meta-llama/Meta-Llama-3-8B-Instruct",
+    });
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+fn model_extraction(c: &mut Criterion) {
+    let mut group = c.benchmark_group("parse_routing_fields");
+    for size in [1 << 10, 64 << 10, 1 << 20] {
+        let body = chat_body(size);
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(size), &body, |b, body| {
+            b.iter(|| parse_routing_fields(black_box(body)).map(|f| f.stream))
+        });
+    }
+    group.finish();
+}
+
+fn build(factory: &dyn PluginFactory, toml_text: &str) -> Arc<dyn Plugin> {
+    let table: toml::Table = toml_text.parse().unwrap_or_default();
+    match factory.build(&table, "plugins[0]", &BuildContext::default()) {
+        Ok(plugin) => plugin,
+        Err(e) => panic!("bench plugin config: {e}"),
+    }
+}
+
+fn auth_cached(c: &mut Criterion) {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => panic!("runtime: {e}"),
+    };
+    let globus = match runtime.block_on(MockGlobus::start("bench-client", "bench-secret")) {
+        Ok(g) => g,
+        Err(e) => panic!("mock globus: {e}"),
+    };
+    globus.add_token(
+        "AgBenchToken",
+        TokenSpec::user("ada@anl.gov", "bench-client"),
+    );
+    std::env::set_var("BENCH_GLOBUS_SECRET", "bench-secret");
+    let globus_plugin = build(
+        &plugin_globus_auth::GlobusAuthFactory,
+        &format!(
+            "kind = \"globus_auth\"\nclient_id = \"bench-client\"\nclient_secret_env = \"BENCH_GLOBUS_SECRET\"\n{}",
+            globus.plugin_urls()
+        ),
+    );
+    let api_keys_plugin = build(
+        &plugin_api_keys::ApiKeysFactory,
+        "kind = \"api_keys\"\n[[keys]]\nsha256 = \"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"\nusername = \"svc@anl.gov\"\n",
+    );
+    let cases = [
+        ("globus_auth", globus_plugin, "Bearer AgBenchToken"),
+        ("api_keys", api_keys_plugin, "Bearer test"),
+    ];
+    let mut group = c.benchmark_group("auth_on_request_cached");
+    for (name, plugin, authorization) in cases {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            "authorization",
+            http::HeaderValue::from_static(authorization),
+        );
+        let (method, uri) = (
+            http::Method::POST,
+            http::Uri::from_static("/resource_server/v1/chat/completions"),
+        );
+        let head = RequestHead {
+            method: &method,
+            uri: &uri,
+            headers: &headers,
+        };
+        let mut ctx = RequestCtx::new("bench".into(), None);
+        // Warm the cache: the first call introspects.
+        runtime.block_on(plugin.on_request(&head, &mut ctx));
+        assert!(
+            ctx.principal.is_some(),
+            "{name} must accept the bench token"
+        );
+        group.bench_function(name, |b| {
+            b.to_async(&runtime).iter(|| {
+                let plugin = plugin.clone();
+                let mut ctx = RequestCtx::new(String::new(), None);
+                async move {
+                    plugin.on_request(&head, &mut ctx).await;
+                    ctx.principal.is_some()
+                }
+            })
+        });
+    }
+    group.finish();
+    assert_eq!(
+        globus.introspections(),
+        1,
+        "the benchmark measured cache hits only"
+    );
+}
+
+criterion_group!(benches, model_extraction, auth_cached);
+criterion_main!(benches);

@@ -1,0 +1,61 @@
+//! The verdict cache against the mock Globus Auth: bounded under a flood of random tokens,
+//! and single-flight for one token.
+
+use std::time::Duration;
+
+use gateway_testkit::globus::{MockGlobus, TokenSpec};
+use plugin_globus_auth::{GlobusAuth, GlobusConfig, Verdict};
+
+async fn plugin(globus: &MockGlobus, extra: &str) -> GlobusAuth {
+    std::env::set_var("CACHE_TEST_SECRET", "s3cret");
+    let text = format!(
+        "kind = \"globus_auth\"\nclient_id = \"rs-client\"\nclient_secret_env = \"CACHE_TEST_SECRET\"\n{}{extra}",
+        globus.plugin_urls()
+    );
+    let cfg =
+        GlobusConfig::parse(&text.parse().expect("toml"), "plugins[0]", false).expect("config");
+    GlobusAuth::new(cfg).expect("plugin")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_random_tokens_stays_within_capacity() {
+    let globus = MockGlobus::start("rs-client", "s3cret")
+        .await
+        .expect("mock");
+    let auth = plugin(&globus, "cache_capacity = 32\n").await;
+    for i in 0..500 {
+        let verdict = auth.check(&format!("AgRandom{i}")).await.expect("answer");
+        assert!(matches!(verdict.as_ref(), Verdict::Rejected(..)));
+    }
+    assert!(
+        auth.cached_entries().await <= 32,
+        "cache grew past its capacity"
+    );
+    assert_eq!(globus.introspections(), 500);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_checks_of_one_token_share_one_introspection() {
+    let globus = MockGlobus::start("rs-client", "s3cret")
+        .await
+        .expect("mock");
+    globus.add_token("AgOne", TokenSpec::user("ada@anl.gov", "rs-client"));
+    globus.set_latency(Duration::from_millis(200));
+    let auth = std::sync::Arc::new(plugin(&globus, "").await);
+    let checks = (0..100).map(|_| {
+        let auth = auth.clone();
+        tokio::spawn(async move { auth.check("AgOne").await.is_ok() })
+    });
+    for ok in futures_join(checks).await {
+        assert!(ok);
+    }
+    assert_eq!(globus.introspections(), 1);
+}
+
+async fn futures_join<T>(handles: impl Iterator<Item = tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.expect("task"));
+    }
+    out
+}
