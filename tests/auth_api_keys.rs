@@ -168,11 +168,7 @@ async fn whoami_shows_the_principal() {
     assert_eq!(me["groups"], serde_json::json!(["llama-users"]));
     assert_eq!(me["auth_method"], "api_key");
     assert_eq!(me["identity_provider"], "anl.gov");
-    let log = gw.access_log();
-    let line = log
-        .iter()
-        .find(|l| l["route"] == "whoami")
-        .expect("access line");
+    let line = gw.access_line(|l| l["route"] == "whoami").await;
     assert_eq!(line["user"], "ada@anl.gov");
     let text = std::fs::read_to_string(gw.dir.path().join("access.log")).expect("log");
     assert!(!text.contains("key-ada"), "no token in the access log");

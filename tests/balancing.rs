@@ -82,6 +82,14 @@ async fn down_slow_and_healthy_backends_under_least_requests() {
         to_slow <= 40 && to_slow < to_fast,
         "slow got {to_slow}, fast got {to_fast}"
     );
+    eventually(Duration::from_secs(5), "80 access lines", || {
+        gw.access_log()
+            .iter()
+            .filter(|l| l["route"] == "chat_completions")
+            .count()
+            == 80
+    })
+    .await;
     let log = gw.access_log();
     assert!(
         log.iter().all(|l| l["backend"] != down.as_str()),
@@ -117,6 +125,14 @@ async fn refused_connections_are_retried_on_another_backend_and_ejected() {
             .expect("send");
         assert_eq!(resp.status(), 200);
     }
+    eventually(Duration::from_secs(5), "6 access lines", || {
+        gw.access_log()
+            .iter()
+            .filter(|l| l["route"] == "chat_completions")
+            .count()
+            == 6
+    })
+    .await;
     let log = gw.access_log();
     let attempts: u64 = log
         .iter()

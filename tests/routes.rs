@@ -279,11 +279,7 @@ async fn client_token_never_reaches_the_backend_and_request_ids_flow() {
         .to_string();
     assert_ne!(id, "bad id with spaces");
     assert_eq!(id.len(), 32);
-    let log = gw.access_log();
-    let line = log
-        .iter()
-        .find(|l| l["request_id"] == id.as_str())
-        .expect("access line");
+    let line = gw.access_line(|l| l["request_id"] == id.as_str()).await;
     assert_eq!(line["pool"], "keyed");
     assert_eq!(line["status"], 200);
     assert_eq!(line["model"], MODEL);

@@ -176,3 +176,30 @@ async fn a_backend_reset_mid_stream_reaches_the_client_as_a_cut_stream() {
         .expect("send");
     assert_eq!(resp.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_in_flight_streams_finish() {
+    let config = MockConfig {
+        token_gap: Duration::from_millis(150),
+        tokens: 10,
+        ..MockConfig::default()
+    };
+    let (mut gw, mock) = with_mock(config, "shutdown_grace_period = \"3s\"").await;
+    let resp = stream_request(&gw).send().await.expect("send");
+    let mut body = resp.bytes_stream();
+    let mut text = String::new();
+    let first = body.next().await.expect("first chunk").expect("ok");
+    text.push_str(&String::from_utf8_lossy(&first));
+    gw.terminate();
+    while let Some(chunk) = body.next().await {
+        text.push_str(&String::from_utf8_lossy(
+            &chunk.expect("the stream is not cut"),
+        ));
+    }
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    assert_eq!(count(&mock.stats().streams_completed), 1);
+    assert!(
+        gw.wait_exit(Duration::from_secs(15)).await,
+        "the gateway exits after the grace period"
+    );
+}

@@ -86,6 +86,43 @@ impl Gateway {
             .collect()
     }
 
+    /// The first access-log line matching `pick`, waiting for it: lines are written after the
+    /// response has gone out, so a client can see the answer before the line exists.
+    pub async fn access_line(
+        &self,
+        pick: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(line) = self.access_log().into_iter().find(|l| pick(l)) {
+                return line;
+            }
+            assert!(Instant::now() < deadline, "no matching access-log line");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Sends SIGTERM (graceful shutdown) to the gateway process.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits up to `limit` for the process to exit; true if it did.
+    pub async fn wait_exit(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("gateway.toml")
     }
