@@ -67,6 +67,9 @@ async fn usage_chunk_passes_through() {
         .await
         .expect("text");
     assert!(text.contains(r#""usage":{"completion_tokens":8"#), "{text}");
+    let line = gw.access_line(|l| l["route"] == "chat_completions").await;
+    assert_eq!(line["completion_tokens"], 8);
+    assert_eq!(line["tokens_estimated"], false);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -76,6 +76,7 @@ pub async fn read_body(
 pub struct RoutingFields<'a> {
     pub model: Cow<'a, str>,
     pub stream: bool,
+    pub max_tokens: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -84,6 +85,10 @@ struct Fields<'a> {
     model: Option<BorrowedStr<'a>>,
     #[serde(default)]
     stream: Option<bool>,
+    #[serde(default)]
+    max_tokens: Option<u64>,
+    #[serde(default)]
+    max_completion_tokens: Option<u64>,
 }
 
 /// A string that borrows from the body unless it has escapes. (serde's own `Cow<str>`
@@ -119,6 +124,7 @@ pub fn parse_routing_fields(body: &[u8]) -> Result<RoutingFields<'_>, ApiError> 
         Some(BorrowedStr(model)) if !model.is_empty() => Ok(RoutingFields {
             model,
             stream: fields.stream.unwrap_or(false),
+            max_tokens: fields.max_completion_tokens.or(fields.max_tokens),
         }),
         _ => Err(errors::missing_model()),
     }

@@ -14,6 +14,7 @@ use pingora_core::protocols::http::ServerSession;
 use pingora_error::{Error, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
 
+use super::usage::UsageObserver;
 use super::Gateway;
 use crate::errors;
 use crate::routing::pool::InflightGuard;
@@ -101,6 +102,8 @@ impl Gateway {
         };
         self.downstream_header(&mut response, ctx);
         done.status = response.status.as_u16();
+        let content_type = response.headers.get("content-type").map(|v| v.as_bytes());
+        let mut usage = UsageObserver::new(content_type);
         if let Err(e) = session.write_response_header(Box::new(response)).await {
             log::debug!(request_id = ctx.request_id.as_str(); "client went away before the header: {e}");
             done.client_aborted = true;
@@ -108,8 +111,11 @@ impl Gateway {
             return Ok(());
         }
 
-        let upstream_done = self.stream_body(session, &mut upstream, ctx, done).await;
+        let upstream_done = self
+            .stream_body(session, &mut upstream, ctx, &mut usage, done)
+            .await;
         done.truncated = !upstream_done;
+        ctx.usage = usage.finish(ctx.body_bytes);
         if upstream_done {
             if let Err(e) = session.finish_body().await {
                 log::debug!(request_id = ctx.request_id.as_str(); "finishing response: {e}");
@@ -270,6 +276,7 @@ impl Gateway {
         session: &mut ServerSession,
         upstream: &mut UpstreamSession,
         ctx: &mut RequestCtx,
+        usage: &mut UsageObserver,
         done: &mut Forwarded,
     ) -> bool {
         let mut watch_client = true;
@@ -278,6 +285,7 @@ impl Gateway {
                 biased;
                 chunk = upstream.read_response_body() => match chunk {
                     Ok(Some(chunk)) => {
+                        usage.observe(&chunk);
                         for plugin in self.plugins.iter() {
                             plugin.on_response_chunk(&chunk, false, ctx);
                         }

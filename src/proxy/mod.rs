@@ -8,6 +8,7 @@ mod body;
 mod forward;
 mod local;
 mod respond;
+mod usage;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -172,6 +173,8 @@ impl Gateway {
         let fields = parse_routing_fields(&body)?;
         ctx.model = Some(fields.model.into_owned());
         ctx.stream = fields.stream && api != Api::Embeddings;
+        ctx.max_tokens = fields.max_tokens;
+        ctx.body_bytes = body.len() as u64;
         self.run_on_request(session, ctx).await?;
         let model = ctx.model.as_deref().unwrap_or_default();
         let pool = self.table.resolve(model, target, ctx.principal.as_ref())?;

@@ -24,11 +24,14 @@ pub struct Principal {
     pub auth_method: String,
 }
 
-/// Token counts reported by the backend.
+/// Token counts reported by the backend (or estimated, see `Usage::estimated`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// True when the backend reported no usage and the core estimated it (prompt: body
+    /// bytes / 4; completion: streamed content events).
+    pub estimated: bool,
 }
 
 /// Per-request state, created by the core when the request header arrives.
@@ -44,6 +47,10 @@ pub struct RequestCtx {
     pub model: Option<String>,
     /// The `stream` field of the request body.
     pub stream: bool,
+    /// `max_tokens` (or `max_completion_tokens`) of the request body, when set.
+    pub max_tokens: Option<u64>,
+    /// Size of the request body in bytes (a basis for prompt-size estimates).
+    pub body_bytes: u64,
     /// Cluster and framework named in the path (`/{cluster}/{framework}/v1/...`), if any.
     pub cluster: Option<String>,
     pub framework: Option<String>,
@@ -65,6 +72,8 @@ impl RequestCtx {
             route: "unknown",
             model: None,
             stream: false,
+            max_tokens: None,
+            body_bytes: 0,
             cluster: None,
             framework: None,
             pool: None,
