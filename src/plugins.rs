@@ -12,6 +12,7 @@ fn factories() -> Vec<Box<dyn PluginFactory>> {
         Box::new(plugin_api_keys::ApiKeysFactory),
         Box::new(plugin_globus_auth::GlobusAuthFactory),
         Box::new(plugin_jwt_auth::JwtAuthFactory),
+        Box::new(plugin_rate_limits::RateLimitsFactory),
     ]
 }
 

@@ -1,0 +1,417 @@
+//! The plugin: builds the checks for a request, answers 429, adds OpenAI's rate-limit
+//! headers, and settles tokens and concurrency when the request ends.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use gateway_plugin_api::{
+    ApiError, BuildContext, Flow, Headers, Plugin, PluginFactory, RequestCtx, RequestHead,
+    RequestSummary,
+};
+
+use crate::config::{Backend, LimitsConfig, OnRedisError, ScopeLimits};
+use crate::gcra::Verdict;
+use crate::store::memory::{system_clock, Clock, MemoryStore};
+use crate::store::redis::RedisStore;
+use crate::store::{Check, Decision, Kind, Store, CONCURRENCY_SUFFIX};
+
+pub struct RateLimitsFactory;
+
+impl PluginFactory for RateLimitsFactory {
+    fn kind(&self) -> &'static str {
+        "rate_limits"
+    }
+
+    fn build(
+        &self,
+        config: &toml::Table,
+        path: &str,
+        _cx: &BuildContext,
+    ) -> Result<Arc<dyn Plugin>, String> {
+        Ok(Arc::new(RateLimits::new(
+            LimitsConfig::parse(config, path)?,
+            system_clock(),
+        )))
+    }
+}
+
+/// The Redis side: connected lazily and in the background, so a Redis that is down at
+/// start or mid-run never delays a request by more than the configured timeout.
+struct RedisSide {
+    url: String,
+    timeout: Duration,
+    on_error: OnRedisError,
+    store: tokio::sync::RwLock<Option<Arc<RedisStore>>>,
+    last_attempt: Mutex<Option<Instant>>,
+    /// Set while Redis is failing, so the outage is logged once, and its end once.
+    failing: AtomicBool,
+}
+
+pub struct RateLimits {
+    cfg: LimitsConfig,
+    memory: Arc<MemoryStore>,
+    redis: Option<Arc<RedisSide>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    User,
+    UserModel,
+    Model,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum What {
+    Requests,
+    Tokens,
+    Concurrent,
+}
+
+/// What was admitted, kept in the request context until the request ends.
+#[derive(Clone)]
+struct Admission {
+    store: Arc<dyn Store>,
+    /// (key, limit) of each tokens-per-minute check, charged `reserved` up front.
+    token_keys: Vec<(String, u64)>,
+    reserved: u64,
+    concurrency_keys: Vec<String>,
+    /// Tightest (limit, remaining, reset seconds) of the request and token budgets.
+    requests: Option<(u64, u64, f64)>,
+    tokens: Option<(u64, u64, f64)>,
+}
+
+fn describe(scope: Scope, what: What, user: &str, model: &str, limit: u64) -> String {
+    let what = match what {
+        What::Requests => format!("{limit} requests per minute"),
+        What::Tokens => format!("{limit} tokens per minute"),
+        What::Concurrent => format!("{limit} concurrent requests"),
+    };
+    match scope {
+        Scope::User => format!("{what} for user `{user}`"),
+        Scope::UserModel => format!("{what} for user `{user}` on model `{model}`"),
+        Scope::Model => format!("{what} for model `{model}` (all users)"),
+    }
+}
+
+/// OpenAI's reset format: "20ms", "1.5s", "6m0s".
+fn format_reset(secs: f64) -> String {
+    if secs < 1.0 {
+        format!("{}ms", (secs * 1000.0).ceil() as u64)
+    } else if secs < 60.0 {
+        let text = format!("{secs:.1}");
+        format!("{}s", text.trim_end_matches(".0"))
+    } else {
+        format!(
+            "{}m{}s",
+            (secs / 60.0).floor() as u64,
+            (secs % 60.0).round() as u64
+        )
+    }
+}
+
+fn tighter(
+    current: Option<(u64, u64, f64)>,
+    candidate: (u64, u64, f64),
+) -> Option<(u64, u64, f64)> {
+    match current {
+        Some(c) if c.1 <= candidate.1 => Some(c),
+        _ => Some(candidate),
+    }
+}
+
+impl RateLimits {
+    pub fn new(cfg: LimitsConfig, clock: Clock) -> RateLimits {
+        let redis = match &cfg.backend {
+            Backend::Memory => None,
+            Backend::Redis {
+                url,
+                timeout,
+                on_error,
+            } => Some(Arc::new(RedisSide {
+                url: url.clone(),
+                timeout: *timeout,
+                on_error: *on_error,
+                store: tokio::sync::RwLock::new(None),
+                last_attempt: Mutex::new(None),
+                failing: AtomicBool::new(false),
+            })),
+        };
+        RateLimits {
+            memory: Arc::new(MemoryStore::new(clock)),
+            cfg,
+            redis,
+        }
+    }
+
+    /// The checks for one request, with what each one is about (for the 429 message).
+    fn checks(
+        &self,
+        ctx: &RequestCtx,
+        model: &str,
+    ) -> (Vec<Check>, Vec<(Scope, What)>, String, u64) {
+        let principal = ctx.principal.as_ref();
+        let user = match principal {
+            Some(p) if !p.id.is_empty() => p.id.clone(),
+            Some(p) => p.username.clone(),
+            None => ctx
+                .client_addr
+                .map(|a| a.ip().to_string())
+                .unwrap_or_else(|| "anonymous".into()),
+        };
+        let shown = principal
+            .map(|p| p.username.clone())
+            .unwrap_or_else(|| user.clone());
+        let groups = principal.map(|p| p.groups.as_slice()).unwrap_or_default();
+        let limits = self
+            .cfg
+            .effective(model, principal.map(|p| p.username.as_str()), groups);
+        let reserve = ctx.body_bytes / 4 + ctx.max_tokens.unwrap_or(self.cfg.default_max_tokens);
+        let prefix = &self.cfg.key_prefix;
+        let mut checks = Vec::new();
+        let mut about = Vec::new();
+        let mut add = |scope: Scope, subject: String, l: &ScopeLimits| {
+            let mut push = |what: What, limit: Option<u64>, suffix: &str, kind: Kind, cost: u64| {
+                if let Some(limit) = limit {
+                    checks.push(Check {
+                        key: format!("{subject}{suffix}"),
+                        kind,
+                        limit,
+                        cost,
+                    });
+                    about.push((scope, what));
+                }
+            };
+            push(What::Requests, l.requests_per_minute, ":rpm", Kind::Rate, 1);
+            push(
+                What::Tokens,
+                l.tokens_per_minute,
+                ":tpm",
+                Kind::Rate,
+                reserve,
+            );
+            push(
+                What::Concurrent,
+                l.max_concurrent,
+                CONCURRENCY_SUFFIX,
+                Kind::Concurrency,
+                1,
+            );
+        };
+        add(Scope::User, format!("{prefix}:u:{user}"), &limits.user);
+        add(
+            Scope::UserModel,
+            format!("{prefix}:um:{user}|{model}"),
+            &limits.user_model,
+        );
+        add(Scope::Model, format!("{prefix}:m:{model}"), &limits.model);
+        (checks, about, shown, reserve)
+    }
+
+    /// Runs the checks on Redis, or on the local store when Redis is off, down, or not used.
+    async fn acquire(
+        &self,
+        checks: &[Check],
+        request_id: &str,
+    ) -> Result<(Decision, Arc<dyn Store>), ApiError> {
+        let local: Arc<dyn Store> = self.memory.clone();
+        let Some(redis) = &self.redis else {
+            return self
+                .memory
+                .acquire(checks)
+                .await
+                .map(|d| (d, local))
+                .map_err(|e| unavailable(&e.0));
+        };
+        let connected = redis.store.read().await.clone();
+        let error = match connected {
+            Some(store) => match store.acquire(checks).await {
+                Ok(decision) => {
+                    if redis.failing.swap(false, Ordering::Relaxed) {
+                        log::warn!(target: "rate_limits", "Redis at {} is reachable again; shared limits resume", redis.url);
+                    }
+                    return Ok((decision, store));
+                }
+                Err(e) => e.0,
+            },
+            None => {
+                redis.connect_in_background();
+                "not connected yet".to_string()
+            }
+        };
+        if !redis.failing.swap(true, Ordering::Relaxed) {
+            log::warn!(
+                target: "rate_limits",
+                request_id = request_id;
+                "Redis at {} is unreachable ({error}); {}",
+                redis.url,
+                match redis.on_error {
+                    OnRedisError::FailOpen => "falling back to this replica's own limits",
+                    OnRedisError::FailClosed => "refusing limited requests (fail_closed)",
+                }
+            );
+        }
+        match redis.on_error {
+            OnRedisError::FailOpen => self
+                .memory
+                .acquire(checks)
+                .await
+                .map(|d| (d, local))
+                .map_err(|e| unavailable(&e.0)),
+            OnRedisError::FailClosed => Err(unavailable(&error)),
+        }
+    }
+}
+
+fn unavailable(detail: &str) -> ApiError {
+    log::debug!(target: "rate_limits", "limiter unavailable: {detail}");
+    ApiError::new(
+        503,
+        "service_unavailable",
+        "rate_limiter_unavailable",
+        "The rate limiter is unavailable; try again shortly.".into(),
+    )
+    .with_header("retry-after", "1".into())
+}
+
+impl RedisSide {
+    /// Starts one connection attempt unless one started within the last second.
+    fn connect_in_background(self: &Arc<Self>) {
+        {
+            let Ok(mut last) = self.last_attempt.lock() else {
+                return;
+            };
+            if last.is_some_and(|at| at.elapsed() < Duration::from_secs(1)) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let side = self.clone();
+        tokio::spawn(async move {
+            match RedisStore::connect(&side.url, side.timeout).await {
+                Ok(store) => *side.store.write().await = Some(Arc::new(store)),
+                Err(e) => {
+                    log::debug!(target: "rate_limits", "connecting to Redis at {}: {}", side.url, e.0)
+                }
+            }
+        });
+    }
+}
+
+#[async_trait]
+impl Plugin for RateLimits {
+    fn name(&self) -> &str {
+        "rate_limits"
+    }
+
+    async fn on_request(&self, _head: &RequestHead<'_>, ctx: &mut RequestCtx) -> Flow {
+        let Some(model) = ctx.model.clone() else {
+            return Flow::Continue;
+        };
+        let (checks, about, user, reserved) = self.checks(ctx, &model);
+        if checks.is_empty() {
+            return Flow::Continue;
+        }
+        let (decision, store) = match self.acquire(&checks, &ctx.request_id).await {
+            Ok(found) => found,
+            Err(e) => return Flow::Respond(e),
+        };
+        let verdicts = match decision {
+            Decision::Refused { index, retry_after } => {
+                let (scope, what) = about[index];
+                let limit = describe(scope, what, &user, &model, checks[index].limit);
+                let wait = retry_after.ceil().max(1.0) as u64;
+                return Flow::Respond(
+                    ApiError::new(
+                        429,
+                        "rate_limit_error",
+                        "rate_limit_exceeded",
+                        format!("Rate limit reached: {limit}. Try again in {wait}s."),
+                    )
+                    .with_header("retry-after", wait.to_string()),
+                );
+            }
+            Decision::Admitted(verdicts) => verdicts,
+        };
+        let mut admission = Admission {
+            store,
+            token_keys: Vec::new(),
+            reserved,
+            concurrency_keys: Vec::new(),
+            requests: None,
+            tokens: None,
+        };
+        for ((check, (_, what)), verdict) in checks.into_iter().zip(about).zip(verdicts) {
+            let Verdict::Admit { remaining, reset } = verdict else {
+                continue;
+            };
+            match what {
+                What::Requests => {
+                    admission.requests =
+                        tighter(admission.requests, (check.limit, remaining, reset))
+                }
+                What::Tokens => {
+                    admission.tokens = tighter(admission.tokens, (check.limit, remaining, reset));
+                    admission.token_keys.push((check.key, check.limit));
+                }
+                What::Concurrent => admission.concurrency_keys.push(check.key),
+            }
+        }
+        ctx.extensions.insert(admission);
+        Flow::Continue
+    }
+
+    fn on_response_header(&self, _status: u16, headers: &mut dyn Headers, ctx: &mut RequestCtx) {
+        let Some(admission) = ctx.extensions.get::<Admission>() else {
+            return;
+        };
+        let mut set = |name: &'static str, value: String| {
+            if let Ok(v) = http::HeaderValue::from_str(&value) {
+                headers.insert(http::HeaderName::from_static(name), v);
+            }
+        };
+        if let Some((limit, remaining, reset)) = admission.requests {
+            set("x-ratelimit-limit-requests", limit.to_string());
+            set("x-ratelimit-remaining-requests", remaining.to_string());
+            set("x-ratelimit-reset-requests", format_reset(reset));
+        }
+        if let Some((limit, remaining, reset)) = admission.tokens {
+            set("x-ratelimit-limit-tokens", limit.to_string());
+            set("x-ratelimit-remaining-tokens", remaining.to_string());
+            set("x-ratelimit-reset-tokens", format_reset(reset));
+        }
+    }
+
+    fn on_done(&self, summary: &RequestSummary, ctx: &RequestCtx) {
+        let Some(admission) = ctx.extensions.get::<Admission>().cloned() else {
+            return;
+        };
+        // Only a successful answer consumes tokens; its usage replaces the reservation.
+        let used = match ctx.usage {
+            Some(u) if (200..300).contains(&summary.status) => {
+                u.prompt_tokens + u.completion_tokens
+            }
+            _ => 0,
+        };
+        let delta = used as i64 - admission.reserved as i64;
+        let request_id = ctx.request_id.clone();
+        tokio::spawn(async move {
+            for (key, limit) in &admission.token_keys {
+                if delta != 0 {
+                    if let Err(e) = admission.store.settle(key, *limit, delta).await {
+                        log::debug!(target: "rate_limits", request_id = request_id.as_str(); "settling tokens: {}", e.0);
+                    }
+                }
+            }
+            for key in &admission.concurrency_keys {
+                if let Err(e) = admission.store.release(key).await {
+                    log::debug!(target: "rate_limits", request_id = request_id.as_str(); "releasing a concurrency slot: {}", e.0);
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests;
