@@ -46,14 +46,17 @@ impl Gateway {
             .stderr(stderr)
             .spawn()
             .expect("spawn gateway");
-        let gateway = Gateway { child, port, dir };
+        let mut gateway = Gateway { child, port, dir };
         gateway.wait_ready().await;
         gateway
     }
 
-    async fn wait_ready(&self) {
+    async fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("gateway exited with {status}; stderr:\n{}", self.stderr());
+            }
             if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
                 .await
                 .is_ok()

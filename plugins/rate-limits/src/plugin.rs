@@ -224,7 +224,12 @@ impl RateLimits {
                 .map(|d| (d, local))
                 .map_err(|e| unavailable(&e.0));
         };
-        let connected = redis.store.read().await.clone();
+        let mut connected = redis.store.read().await.clone();
+        if connected.is_none() && redis.first_attempt() {
+            // The first request connects inline (bounded by the timeout), so a healthy Redis
+            // is used from the start rather than after a spurious fallback.
+            connected = redis.connect().await;
+        }
         let error = match connected {
             Some(store) => match store.acquire(checks).await {
                 Ok(decision) => {
@@ -276,6 +281,32 @@ fn unavailable(detail: &str) -> ApiError {
 }
 
 impl RedisSide {
+    /// True exactly once: for the caller that makes the first connection attempt.
+    fn first_attempt(&self) -> bool {
+        let Ok(mut last) = self.last_attempt.lock() else {
+            return false;
+        };
+        let first = last.is_none();
+        if first {
+            *last = Some(Instant::now());
+        }
+        first
+    }
+
+    async fn connect(&self) -> Option<Arc<RedisStore>> {
+        match RedisStore::connect(&self.url, self.timeout).await {
+            Ok(store) => {
+                let store = Arc::new(store);
+                *self.store.write().await = Some(store.clone());
+                Some(store)
+            }
+            Err(e) => {
+                log::debug!(target: "rate_limits", "connecting to Redis at {}: {}", self.url, e.0);
+                None
+            }
+        }
+    }
+
     /// Starts one connection attempt unless one started within the last second.
     fn connect_in_background(self: &Arc<Self>) {
         {
@@ -289,12 +320,7 @@ impl RedisSide {
         }
         let side = self.clone();
         tokio::spawn(async move {
-            match RedisStore::connect(&side.url, side.timeout).await {
-                Ok(store) => *side.store.write().await = Some(Arc::new(store)),
-                Err(e) => {
-                    log::debug!(target: "rate_limits", "connecting to Redis at {}: {}", side.url, e.0)
-                }
-            }
+            side.connect().await;
         });
     }
 }
