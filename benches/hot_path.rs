@@ -115,5 +115,50 @@ fn auth_cached(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, model_extraction, auth_cached);
+/// The limiter's `on_request` in memory mode: five checks over three scopes, all admitted.
+fn limiter_memory(c: &mut Criterion) {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => panic!("runtime: {e}"),
+    };
+    let plugin = build(
+        &plugin_rate_limits::RateLimitsFactory,
+        "kind = \"rate_limits\"\n[per_user]\nrequests_per_minute = 1000000000\ntokens_per_minute = 1000000000000\n\
+         [per_user_model]\nrequests_per_minute = 1000000000\ntokens_per_minute = 1000000000000\n\
+         [per_model]\nrequests_per_minute = 1000000000\n",
+    );
+    let headers = http::HeaderMap::new();
+    let (method, uri) = (
+        http::Method::POST,
+        http::Uri::from_static("/resource_server/v1/chat/completions"),
+    );
+    let head = RequestHead {
+        method: &method,
+        uri: &uri,
+        headers: &headers,
+    };
+    let principal = gateway_plugin_api::Principal {
+        id: "5f6a7b8c-0000-4000-8000-000000000042".into(),
+        username: "ada@anl.gov".into(),
+        ..Default::default()
+    };
+    c.bench_function("rate_limits_on_request_memory", |b| {
+        b.to_async(&runtime).iter(|| {
+            let plugin = plugin.clone();
+            let mut ctx = RequestCtx::new(String::new(), None);
+            ctx.model = Some("meta-llama/Meta-Llama-3-8B-Instruct".into());
+            ctx.principal = Some(principal.clone());
+            ctx.max_tokens = Some(200);
+            ctx.body_bytes = 1200;
+            async move {
+                matches!(
+                    plugin.on_request(&head, &mut ctx).await,
+                    gateway_plugin_api::Flow::Continue
+                )
+            }
+        })
+    });
+}
+
+criterion_group!(benches, model_extraction, auth_cached, limiter_memory);
 criterion_main!(benches);

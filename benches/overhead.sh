@@ -21,13 +21,16 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
-for tool in wrk nginx; do
-    command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install wrk nginx-light" >&2; exit 1; }
+for tool in wrk nginx redis-server; do
+    command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install wrk nginx-light redis-server" >&2; exit 1; }
 done
 [ -x target/release/inference-gateway ] || { echo "build first: cargo build --release --workspace --bins" >&2; exit 1; }
 
 mock_port=18101 gw_port=18102 nginx_port=18103 auth_port=18104 globus_port=18105
+mem_port=18106 redis_gw_port=18107 redis_port=18108
 target/release/mock-openai --listen 127.0.0.1:$mock_port --tokens 16 --threads 1 >"$work/mock.log" 2>&1 &
+pids+=($!)
+redis-server --port $redis_port --bind 127.0.0.1 --save "" --appendonly no >"$work/redis.log" 2>&1 &
 pids+=($!)
 target/release/mock-globus --listen 127.0.0.1:$globus_port --client-id bench-client \
     --client-secret bench-secret --token AgBenchToken=ada@anl.gov >"$work/globus.log" 2>&1 &
@@ -66,6 +69,36 @@ token_url = "http://127.0.0.1:$globus_port/v2/oauth2/token"
 groups_url = "http://127.0.0.1:$globus_port/v2/groups/my_groups"
 $pool
 TOML
+# Limits that admit everything, so each request pays for five checks but is never refused.
+limits="[plugins.per_user]
+requests_per_minute = 1000000000
+tokens_per_minute = 1000000000000
+[plugins.per_user_model]
+requests_per_minute = 1000000000
+tokens_per_minute = 1000000000000
+[plugins.per_model]
+max_concurrent = 100000"
+for variant in memory redis; do
+    port=$mem_port; [ $variant = redis ] && port=$redis_gw_port
+    cat >"$work/gateway-$variant.toml" <<TOML
+[server]
+listen = ["127.0.0.1:$port"]
+threads = 1
+log_level = "warn"
+[[plugins]]
+kind = "rate_limits"
+backend = "$variant"
+$( [ $variant = redis ] && echo "redis_url = \"redis://127.0.0.1:$redis_port/\"" )
+$limits
+$pool
+TOML
+done
+target/release/inference-gateway run --config "$work/gateway-memory.toml" >"$work/gw-mem.out" 2>"$work/gw-mem.err" &
+mem_pid=$!
+pids+=($mem_pid)
+target/release/inference-gateway run --config "$work/gateway-redis.toml" >"$work/gw-redis.out" 2>"$work/gw-redis.err" &
+redis_gw_pid=$!
+pids+=($redis_gw_pid)
 target/release/inference-gateway run --config "$work/gateway.toml" >"$work/gw.out" 2>"$work/gw.err" &
 gw_pid=$!
 pids+=($gw_pid)
@@ -107,7 +140,7 @@ wrk.headers["Authorization"] = "Bearer AgBenchToken"
 wrk.body = '{"model":"facebook/opt-125m","messages":[{"role":"user","content":"Explain the concept of Globus Compute in simple terms."}],"max_tokens":16}'
 LUA
 
-for port in $mock_port $gw_port $nginx_port $auth_port $globus_port; do
+for port in $mock_port $gw_port $nginx_port $auth_port $globus_port $mem_port $redis_gw_port $redis_port; do
     for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
 done
 
@@ -144,6 +177,8 @@ PY
     run direct "http://127.0.0.1:$mock_port/v1/chat/completions"
     run gateway "http://127.0.0.1:$gw_port/resource_server/v1/chat/completions" "$gw_pid"
     run gw+auth "http://127.0.0.1:$auth_port/resource_server/v1/chat/completions" "$auth_pid"
+    run gw+lim-mem "http://127.0.0.1:$mem_port/resource_server/v1/chat/completions" "$mem_pid"
+    run gw+lim-redis "http://127.0.0.1:$redis_gw_port/resource_server/v1/chat/completions" "$redis_gw_pid"
     run nginx "http://127.0.0.1:$nginx_port/resource_server/v1/chat/completions" "$nginx_worker"
 } >"$work/results"
 
@@ -154,15 +189,18 @@ for line in open(sys.argv[1]):
     name, rps, p50, p99, errors, cpu = line.split()
     rows[name] = dict(rps=float(rps), p50_ms=float(p50), p99_ms=float(p99), non_2xx=int(errors), cpu_us_per_req=float(cpu))
 print(f"non-streaming chat, {sys.argv[4]} connections, {sys.argv[3]} s each, 2 cores shared by load generator, proxy and mock")
-print(f"{'target':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'proxy CPU us/req':>17}")
+print(f"{'target':<12} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'proxy CPU us/req':>17}")
 for name, r in rows.items():
-    print(f"{name:<8} {r['rps']:>9.0f} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} {r['non_2xx']:>8} {r['cpu_us_per_req']:>17.1f}")
+    print(f"{name:<12} {r['rps']:>9.0f} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} {r['non_2xx']:>8} {r['cpu_us_per_req']:>17.1f}")
 g, a, d, n = rows["gateway"], rows["gw+auth"], rows["direct"], rows["nginx"]
 ratios = {
     "gateway/direct throughput": g["rps"] / d["rps"],
     "gateway/nginx throughput": g["rps"] / n["rps"],
     "gateway+auth+log/direct throughput": a["rps"] / d["rps"],
     "gateway+auth+log/nginx throughput": a["rps"] / n["rps"],
+    "limits memory/none throughput": rows["gw+lim-mem"]["rps"] / g["rps"],
+    "limits redis/none throughput": rows["gw+lim-redis"]["rps"] / g["rps"],
+    "limits redis/memory throughput": rows["gw+lim-redis"]["rps"] / rows["gw+lim-mem"]["rps"],
     "gateway p50 added ms (vs direct)": g["p50_ms"] - d["p50_ms"],
     "gateway+auth+log p50 added ms (vs direct)": a["p50_ms"] - d["p50_ms"],
     "nginx p50 added ms (vs direct)": n["p50_ms"] - d["p50_ms"],

@@ -423,17 +423,12 @@ impl Plugin for RateLimits {
         let delta = used as i64 - admission.reserved as i64;
         let request_id = ctx.request_id.clone();
         tokio::spawn(async move {
-            for (key, limit) in &admission.token_keys {
-                if delta != 0 {
-                    if let Err(e) = admission.store.settle(key, *limit, delta).await {
-                        log::debug!(target: "rate_limits", request_id = request_id.as_str(); "settling tokens: {}", e.0);
-                    }
-                }
-            }
-            for key in &admission.concurrency_keys {
-                if let Err(e) = admission.store.release(key).await {
-                    log::debug!(target: "rate_limits", request_id = request_id.as_str(); "releasing a concurrency slot: {}", e.0);
-                }
+            let done = admission
+                .store
+                .finish(&admission.token_keys, delta, &admission.concurrency_keys)
+                .await;
+            if let Err(e) = done {
+                log::debug!(target: "rate_limits", request_id = request_id.as_str(); "settling a request: {}", e.0);
             }
         });
     }

@@ -98,18 +98,24 @@ impl Store for MemoryStore {
         Ok(Decision::Admitted(verdicts))
     }
 
-    async fn settle(&self, key: &str, limit: u64, delta: i64) -> Result<(), StoreError> {
+    async fn finish(
+        &self,
+        budgets: &[(String, u64)],
+        delta: i64,
+        slots: &[String],
+    ) -> Result<(), StoreError> {
         let now = (self.clock)();
         let mut state = self.locked()?;
-        let tat = state.get(key).copied().unwrap_or(now);
-        state.insert(key.to_string(), gcra::settle(tat, now, limit, delta));
-        Ok(())
-    }
-
-    async fn release(&self, key: &str) -> Result<(), StoreError> {
-        let mut state = self.locked()?;
-        if let Some(count) = state.get_mut(key) {
-            *count = (*count - 1.0).max(0.0);
+        if delta != 0 {
+            for (key, limit) in budgets {
+                let tat = state.get(key).copied().unwrap_or(now);
+                state.insert(key.clone(), gcra::settle(tat, now, *limit, delta));
+            }
+        }
+        for key in slots {
+            if let Some(count) = state.get_mut(key) {
+                *count = (*count - 1.0).max(0.0);
+            }
         }
         Ok(())
     }

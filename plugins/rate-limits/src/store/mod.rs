@@ -42,8 +42,12 @@ pub struct StoreError(pub String);
 pub trait Store: Send + Sync {
     /// Applies all checks atomically: all are recorded, or none.
     async fn acquire(&self, checks: &[Check]) -> Result<Decision, StoreError>;
-    /// Moves a per-minute budget by `delta` units (see `gcra::settle`).
-    async fn settle(&self, key: &str, limit: u64, delta: i64) -> Result<(), StoreError>;
-    /// Ends one in-flight request.
-    async fn release(&self, key: &str) -> Result<(), StoreError>;
+    /// Ends a request in one step: moves each `(key, limit)` per-minute budget by `delta`
+    /// units (see `gcra::settle`) and frees one slot of each concurrency key.
+    async fn finish(
+        &self,
+        budgets: &[(String, u64)],
+        delta: i64,
+        slots: &[String],
+    ) -> Result<(), StoreError>;
 }

@@ -52,34 +52,35 @@ end
 return out
 "#;
 
-/// KEYS[1]: a rate key. ARGV: limit, delta.
-const SETTLE: &str = r#"
+/// KEYS: the budgets to settle, then the concurrency keys to release.
+/// ARGV: number of budgets, delta, then each budget's limit.
+const FINISH: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local limit = tonumber(ARGV[1])
+local budgets = tonumber(ARGV[1])
 local delta = tonumber(ARGV[2])
-local period = 60.0 / math.max(limit, 1)
-local tat = tonumber(redis.call('GET', KEYS[1]) or tostring(now))
-local new_tat
-if delta >= 0 then new_tat = math.max(tat, now) + delta * period
-else new_tat = math.max(tat + delta * period, now) end
-local ttl = math.ceil((new_tat - now) * 1000) + 1000
-redis.call('SET', KEYS[1], string.format('%.6f', new_tat), 'PX', ttl)
-return 1
-"#;
-
-/// KEYS[1]: a concurrency key.
-const RELEASE: &str = r#"
-local n = tonumber(redis.call('GET', KEYS[1]) or '0')
-if n > 1 then redis.call('SET', KEYS[1], n - 1, 'EX', 600) else redis.call('DEL', KEYS[1]) end
+for i = 1, budgets do
+  if delta ~= 0 then
+    local period = 60.0 / math.max(tonumber(ARGV[2 + i]), 1)
+    local tat = tonumber(redis.call('GET', KEYS[i]) or tostring(now))
+    local new_tat
+    if delta >= 0 then new_tat = math.max(tat, now) + delta * period
+    else new_tat = math.max(tat + delta * period, now) end
+    local ttl = math.ceil((new_tat - now) * 1000) + 1000
+    redis.call('SET', KEYS[i], string.format('%.6f', new_tat), 'PX', ttl)
+  end
+end
+for i = budgets + 1, #KEYS do
+  local n = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if n > 1 then redis.call('SET', KEYS[i], n - 1, 'EX', 600) else redis.call('DEL', KEYS[i]) end
+end
 return 1
 "#;
 
 pub struct RedisStore {
     connection: ConnectionManager,
     acquire: Script,
-    settle: Script,
-    release: Script,
+    finish: Script,
 }
 
 fn err(e: redis::RedisError) -> StoreError {
@@ -100,8 +101,7 @@ impl RedisStore {
         Ok(RedisStore {
             connection,
             acquire: Script::new(ACQUIRE),
-            settle: Script::new(SETTLE),
-            release: Script::new(RELEASE),
+            finish: Script::new(FINISH),
         })
     }
 }
@@ -157,24 +157,25 @@ impl Store for RedisStore {
         }
     }
 
-    async fn settle(&self, key: &str, limit: u64, delta: i64) -> Result<(), StoreError> {
+    async fn finish(
+        &self,
+        budgets: &[(String, u64)],
+        delta: i64,
+        slots: &[String],
+    ) -> Result<(), StoreError> {
+        if slots.is_empty() && (budgets.is_empty() || delta == 0) {
+            return Ok(());
+        }
+        let mut invocation = self.finish.prepare_invoke();
+        invocation.arg(budgets.len()).arg(delta);
+        for (key, limit) in budgets {
+            invocation.key(key).arg(*limit);
+        }
+        for key in slots {
+            invocation.key(key);
+        }
         let mut connection = self.connection.clone();
-        let _: i64 = self
-            .settle
-            .key(key)
-            .arg(limit)
-            .arg(delta)
-            .invoke_async(&mut connection)
-            .await
-            .map_err(err)?;
-        Ok(())
-    }
-
-    async fn release(&self, key: &str) -> Result<(), StoreError> {
-        let mut connection = self.connection.clone();
-        let _: i64 = self
-            .release
-            .key(key)
+        let _: i64 = invocation
             .invoke_async(&mut connection)
             .await
             .map_err(err)?;
