@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod errors;
 pub mod logging;
+pub mod metrics;
 pub mod plugins;
 pub mod proxy;
 pub mod routing;

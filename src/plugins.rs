@@ -17,10 +17,14 @@ fn factories() -> Vec<Box<dyn PluginFactory>> {
 }
 
 /// Builds the chain in configuration order; an unknown kind names the known ones.
-pub fn build_chain(config: &Config) -> Result<Vec<Arc<dyn Plugin>>, ConfigError> {
+pub fn build_chain(
+    config: &Config,
+    registry: &prometheus::Registry,
+) -> Result<Vec<Arc<dyn Plugin>>, ConfigError> {
     let factories = factories();
     let cx = BuildContext {
         groups_needed: config.pools.iter().any(|p| !p.allowed_groups.is_empty()),
+        registry: registry.clone(),
     };
     let chain = config
         .plugins

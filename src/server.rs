@@ -1,4 +1,5 @@
-//! Assembling Pingora: the gateway service on its listeners and the health checker.
+//! Assembling Pingora: the gateway service on its listeners, the metrics listener, and the
+//! health checker.
 
 use std::sync::Arc;
 
@@ -8,6 +9,7 @@ use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 
 use crate::config::{Config, ConfigError};
+use crate::metrics::{GatewayMetrics, MetricsApp};
 use crate::plugins::build_chain;
 use crate::proxy::Gateway;
 use crate::routing::health::HealthChecker;
@@ -15,13 +17,27 @@ use crate::routing::ModelTable;
 
 /// Validates everything `run` would, without binding sockets: the file and the plugins.
 pub fn check(config: &Config) -> Result<(), ConfigError> {
-    build_chain(config).map(|_| ())
+    build_chain(config, &prometheus::Registry::new()).map(|_| ())
+}
+
+fn metrics_error(e: prometheus::Error) -> ConfigError {
+    ConfigError::Invalid {
+        path: "server.metrics_listen".into(),
+        message: format!("registering metrics failed: {e}"),
+    }
 }
 
 /// Builds the server; `run_forever` on it serves until SIGTERM (graceful) or SIGINT.
 pub fn build(config: Config) -> Result<Server, ConfigError> {
-    let plugins = build_chain(&config)?;
+    let registry = prometheus::Registry::new();
+    let plugins = build_chain(&config, &registry)?;
     let table = Arc::new(ModelTable::new(&config));
+    let metrics = match config.server.metrics_listen {
+        Some(_) => Some(Arc::new(
+            GatewayMetrics::register(&registry, &table.pools).map_err(metrics_error)?,
+        )),
+        None => None,
+    };
 
     let grace = config.server.shutdown_grace_period.as_secs();
     let conf = ServerConf {
@@ -33,16 +49,27 @@ pub fn build(config: Config) -> Result<Server, ConfigError> {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
 
-    let gateway = Gateway::new(config.server.clone(), table.clone(), plugins);
+    let gateway = Gateway::new(
+        config.server.clone(),
+        table.clone(),
+        plugins,
+        metrics.clone(),
+    );
     let mut service = Service::new("inference-gateway".to_string(), gateway);
     for addr in &config.server.listen {
         service.add_tcp(&addr.to_string());
     }
     service.threads = Some(config.server.threads);
     server.add_service(service);
+    if let Some(addr) = config.server.metrics_listen {
+        let mut metrics_service = Service::new("metrics".to_string(), MetricsApp { registry });
+        metrics_service.add_tcp(&addr.to_string());
+        metrics_service.threads = Some(1);
+        server.add_service(metrics_service);
+    }
     server.add_service(background_service(
         "health-checks",
-        HealthChecker::new(table.pools.clone()),
+        HealthChecker::new(table.pools.clone(), metrics),
     ));
     server.bootstrap();
     Ok(server)

@@ -28,6 +28,7 @@ pub struct ServerSection {
     pub max_connect_attempts: Option<usize>,
     pub shutdown_grace_period: Option<String>,
     pub log_level: Option<String>,
+    pub metrics_listen: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

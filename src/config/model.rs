@@ -34,6 +34,8 @@ pub struct ServerConfig {
     pub max_connect_attempts: usize,
     pub shutdown_grace_period: Duration,
     pub log_level: log::LevelFilter,
+    /// Where `GET /metrics` is served; `None` turns metrics off.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -214,7 +216,17 @@ fn server_config(s: &ServerSection) -> Result<ServerConfig, ConfigError> {
             ))
         }
     };
+    let metrics_listen = match s.metrics_listen.as_deref().unwrap_or("127.0.0.1:9464") {
+        "" => None,
+        text => Some(text.parse::<SocketAddr>().map_err(|_| {
+            err(
+                "server.metrics_listen",
+                format!("`{text}` is not an ip:port address (\"\" turns metrics off)"),
+            )
+        })?),
+    };
     Ok(ServerConfig {
+        metrics_listen,
         listen,
         base_path,
         threads,

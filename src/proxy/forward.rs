@@ -17,6 +17,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use super::usage::UsageObserver;
 use super::Gateway;
 use crate::errors;
+use crate::metrics::GatewayMetrics;
 use crate::routing::pool::InflightGuard;
 use crate::routing::{Api, Backend, NoBackend, Pool};
 
@@ -30,6 +31,24 @@ const HOP_BY_HOP: [&str; 7] = [
     "upgrade",
     "expect",
 ];
+
+/// Per-stream timing histograms, observed as chunks pass.
+struct StreamTiming {
+    first_token: prometheus::Histogram,
+    gap: prometheus::Histogram,
+    last: Option<std::time::Instant>,
+}
+
+impl StreamTiming {
+    fn chunk(&mut self, started: std::time::Instant) {
+        let now = std::time::Instant::now();
+        match self.last {
+            None => self.first_token.observe((now - started).as_secs_f64()),
+            Some(last) => self.gap.observe((now - last).as_secs_f64()),
+        }
+        self.last = Some(now);
+    }
+}
 
 /// How the forwarded request went, for `on_done`.
 #[derive(Debug, Default)]
@@ -111,8 +130,17 @@ impl Gateway {
             return Ok(());
         }
 
+        // Streams feed the first-token and inter-chunk histograms (children resolved once).
+        let timing = self.metrics.as_ref().filter(|_| ctx.stream).map(|m| {
+            let model = m.model_label(ctx.model.as_deref());
+            StreamTiming {
+                first_token: m.first_token.with_label_values(&[model, &pool.name]),
+                gap: m.chunk_gap.with_label_values(&[model, &pool.name]),
+                last: None,
+            }
+        });
         let upstream_done = self
-            .stream_body(session, &mut upstream, ctx, &mut usage, done)
+            .stream_body(session, &mut upstream, ctx, &mut usage, timing, done)
             .await;
         done.truncated = !upstream_done;
         ctx.usage = usage.finish(ctx.body_bytes);
@@ -161,6 +189,11 @@ impl Gateway {
             {
                 Ok(s) => s,
                 Err(e) => {
+                    if let Some(m) = &self.metrics {
+                        m.connect_errors
+                            .with_label_values(&[&pool.name, &backend.address])
+                            .inc();
+                    }
                     if backend.eject() {
                         log::warn!(
                             request_id = ctx.request_id.as_str(), pool = pool.name.as_str(),
@@ -172,11 +205,14 @@ impl Gateway {
                     if done.attempts as usize >= self.settings.max_connect_attempts {
                         return Err(errors::backends_refused(&pool.name, done.attempts));
                     }
+                    if let Some(m) = &self.metrics {
+                        m.retries.with_label_values(&[&pool.name]).inc();
+                    }
                     continue;
                 }
             };
             upstream.set_read_timeout(Some(self.settings.upstream_idle_timeout));
-            match send(&mut upstream, header, body).await {
+            match send(&mut upstream, header, body, ctx, self.metrics.as_deref()).await {
                 Ok(()) => {
                     return Ok(Sent {
                         upstream,
@@ -277,6 +313,7 @@ impl Gateway {
         upstream: &mut UpstreamSession,
         ctx: &mut RequestCtx,
         usage: &mut UsageObserver,
+        mut timing: Option<StreamTiming>,
         done: &mut Forwarded,
     ) -> bool {
         let mut watch_client = true;
@@ -286,6 +323,9 @@ impl Gateway {
                 chunk = upstream.read_response_body() => match chunk {
                     Ok(Some(chunk)) => {
                         usage.observe(&chunk);
+                        if let Some(t) = &mut timing {
+                            t.chunk(ctx.started);
+                        }
                         for plugin in self.plugins.iter() {
                             plugin.on_response_chunk(&chunk, false, ctx);
                         }
@@ -329,10 +369,14 @@ impl Gateway {
     }
 }
 
+/// Sends the request and reads the response header. The time until the request is on its
+/// way is the gateway's own overhead (everything after it is the backend's).
 async fn send(
     upstream: &mut UpstreamSession,
     header: &RequestHeader,
     body: &Bytes,
+    ctx: &RequestCtx,
+    metrics: Option<&GatewayMetrics>,
 ) -> pingora_error::Result<()> {
     upstream
         .write_request_header(Box::new(header.clone()))
@@ -341,6 +385,11 @@ async fn send(
         upstream.write_request_body(body.clone(), true).await?;
     }
     upstream.finish_request_body().await?;
+    if let Some(m) = metrics {
+        m.overhead
+            .with_label_values(&[ctx.route])
+            .observe(ctx.started.elapsed().as_secs_f64());
+    }
     upstream.read_response_header().await
 }
 

@@ -45,6 +45,27 @@ pub fn models(
     json!({ "object": "list", "data": data })
 }
 
+/// `{base}/{cluster}/jobs`: per model of the cluster, whether it is ready (every backend
+/// healthy), degraded or down, and since when.
+pub fn jobs(table: &ModelTable, cluster: &str) -> Value {
+    let mut models = Vec::new();
+    for pool in table.pools.iter().filter(|p| p.cluster == cluster) {
+        let (status, since) = pool.status();
+        for model in &pool.models {
+            models.push(json!({
+                "model": model,
+                "framework": pool.framework,
+                "pool": pool.name,
+                "status": status.as_str(),
+                "since": since,
+                "backends_healthy": pool.healthy_count(),
+                "backends_total": pool.backends.len(),
+            }));
+        }
+    }
+    json!({ "cluster": cluster, "models": models })
+}
+
 /// clusters → frameworks → models, endpoint paths and backend health.
 pub fn list_endpoints(table: &ModelTable, base_path: &str) -> Value {
     let mut clusters: BTreeMap<&str, BTreeMap<&str, Vec<Value>>> = BTreeMap::new();
@@ -72,6 +93,8 @@ pub fn list_endpoints(table: &ModelTable, base_path: &str) -> Value {
                 "endpoints": endpoints,
                 "backends_total": pool.backends.len(),
                 "backends_healthy": pool.healthy_count(),
+                "status": pool.status().0.as_str(),
+                "status_since": pool.status().1,
             }));
     }
     json!({ "clusters": clusters })

@@ -22,6 +22,7 @@ use pingora_core::server::ShutdownWatch;
 
 use crate::config::ServerConfig;
 use crate::errors;
+use crate::metrics::{status_class, GatewayMetrics};
 use crate::routing::{match_route, Api, ModelTable, Route, Target};
 use forward::Forwarded;
 use respond::Sent;
@@ -36,6 +37,7 @@ pub struct Gateway {
     table: Arc<ModelTable>,
     plugins: Arc<[Arc<dyn Plugin>]>,
     connector: Connector,
+    metrics: Option<Arc<GatewayMetrics>>,
     /// Some plugin authenticates: requests no plugin recognised are refused.
     auth_required: bool,
     /// `created` of every model in `/v1/models`: when this configuration was loaded.
@@ -47,8 +49,10 @@ impl Gateway {
         settings: ServerConfig,
         table: Arc<ModelTable>,
         plugins: Vec<Arc<dyn Plugin>>,
+        metrics: Option<Arc<GatewayMetrics>>,
     ) -> Gateway {
         Gateway {
+            metrics,
             settings,
             table,
             auth_required: plugins.iter().any(|p| p.authenticates()),
@@ -82,6 +86,24 @@ impl Gateway {
                 session.req_header().method.as_str(),
                 route.method(),
             )),
+            Route::Ready => {
+                let ready = self.table.pools.iter().any(|p| p.healthy_count() > 0);
+                let (status, text) = if ready {
+                    (200, "ready")
+                } else {
+                    (503, "no healthy backend")
+                };
+                Ok(self
+                    .reply(session, ctx, status, serde_json::json!({"status": text}))
+                    .await)
+            }
+            Route::Jobs { cluster } => match self.run_on_request(session, ctx).await {
+                Ok(()) => {
+                    let jobs = local::jobs(&self.table, cluster);
+                    Ok(self.reply(session, ctx, 200, jobs).await)
+                }
+                Err(e) => Err(e),
+            },
             Route::Health => Ok(self
                 .reply(session, ctx, 200, serde_json::json!({"status": "ok"}))
                 .await),
@@ -151,7 +173,29 @@ impl Gateway {
         summary.bytes_sent = sent.bytes;
         summary.bytes_received = session.body_bytes_read() as u64;
         summary.duration = ctx.started.elapsed();
+        if let Some(m) = &self.metrics {
+            self.record(m, &summary, ctx);
+        }
         summary
+    }
+
+    fn record(&self, m: &GatewayMetrics, summary: &RequestSummary, ctx: &RequestCtx) {
+        let model = m.model_label(ctx.model.as_deref());
+        let pool = ctx.pool.as_deref().unwrap_or("");
+        m.requests
+            .with_label_values(&[ctx.route, model, pool, status_class(summary.status)])
+            .inc();
+        m.duration
+            .with_label_values(&[ctx.route, model, pool])
+            .observe(summary.duration.as_secs_f64());
+        if let Some(usage) = ctx.usage {
+            m.tokens
+                .with_label_values(&[model, "prompt"])
+                .inc_by(usage.prompt_tokens as f64);
+            m.tokens
+                .with_label_values(&[model, "completion"])
+                .inc_by(usage.completion_tokens as f64);
+        }
     }
 
     async fn inference(

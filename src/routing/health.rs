@@ -10,18 +10,21 @@ use pingora_core::services::background::BackgroundService;
 use pingora_http::RequestHeader;
 
 use super::pool::{Backend, Pool};
+use crate::metrics::GatewayMetrics;
 
 pub struct HealthChecker {
     pools: Vec<Arc<Pool>>,
+    metrics: Option<Arc<GatewayMetrics>>,
     /// Its own connector, never released into: every check opens a fresh connection, so a
     /// pooled keep-alive connection cannot hide a backend that stopped accepting.
     connector: Connector,
 }
 
 impl HealthChecker {
-    pub fn new(pools: Vec<Arc<Pool>>) -> HealthChecker {
+    pub fn new(pools: Vec<Arc<Pool>>, metrics: Option<Arc<GatewayMetrics>>) -> HealthChecker {
         HealthChecker {
             pools,
+            metrics,
             connector: Connector::new(None),
         }
     }
@@ -29,6 +32,11 @@ impl HealthChecker {
     async fn check_pool(&self, pool: &Pool) {
         let checks = pool.backends.iter().map(|backend| async move {
             let result = self.probe(backend, pool).await;
+            if let (Err(_), Some(m)) = (&result, &self.metrics) {
+                m.health_failures
+                    .with_label_values(&[&pool.name, &backend.address])
+                    .inc();
+            }
             let h = &pool.health;
             if let Some(now_healthy) =
                 backend.record_check(result.is_ok(), h.healthy_threshold, h.unhealthy_threshold)
@@ -42,6 +50,8 @@ impl HealthChecker {
             }
         });
         futures_util::future::join_all(checks).await;
+        // Recomputing the status after each round keeps its "since" accurate.
+        pool.status();
     }
 
     async fn probe(&self, backend: &Backend, pool: &Pool) -> Result<(), String> {

@@ -1,7 +1,7 @@
 //! A pool of backends serving the same models, and how one backend is picked from it.
 
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -86,6 +86,37 @@ pub struct Pool {
     pub allowed_domains: Vec<String>,
     pub health: crate::config::HealthConfig,
     cursor: AtomicUsize,
+    /// Last computed [`PoolStatus`] and since when (unix seconds).
+    status: AtomicUsize,
+    status_since: AtomicU64,
+}
+
+/// A pool as users see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolStatus {
+    /// Every backend healthy.
+    Ready,
+    /// Some backends down.
+    Degraded,
+    /// No healthy backend.
+    Down,
+}
+
+impl PoolStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolStatus::Ready => "ready",
+            PoolStatus::Degraded => "degraded",
+            PoolStatus::Down => "down",
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
 }
 
 /// Why no backend could be picked.
@@ -132,6 +163,8 @@ impl Pool {
             allowed_domains: config.allowed_domains.clone(),
             health: config.health.clone(),
             cursor: AtomicUsize::new(0),
+            status: AtomicUsize::new(PoolStatus::Ready as usize),
+            status_since: AtomicU64::new(unix_now()),
         }
     }
 
@@ -155,6 +188,23 @@ impl Pool {
                     .any(|a| a.eq_ignore_ascii_case(d))
             });
         group_ok && domain_ok
+    }
+
+    /// The current status, and since when (unix seconds) it has held.
+    pub fn status(&self) -> (PoolStatus, u64) {
+        let healthy = self.healthy_count();
+        let now = if healthy == self.backends.len() {
+            PoolStatus::Ready
+        } else if healthy == 0 {
+            PoolStatus::Down
+        } else {
+            PoolStatus::Degraded
+        };
+        let before = self.status.swap(now as usize, Ordering::Relaxed);
+        if before != now as usize {
+            self.status_since.store(unix_now(), Ordering::Relaxed);
+        }
+        (now, self.status_since.load(Ordering::Relaxed))
     }
 
     pub fn healthy_count(&self) -> usize {

@@ -46,7 +46,13 @@ pub enum Route<'a> {
     },
     ListEndpoints,
     Whoami,
+    /// `{base}/{cluster}/jobs`: status of the models a cluster serves.
+    Jobs {
+        cluster: &'a str,
+    },
     Health,
+    /// Readiness: the configuration is loaded and some pool has a healthy backend.
+    Ready,
     NotFound,
 }
 
@@ -57,6 +63,8 @@ impl Route<'_> {
             Route::Models { .. } => "models",
             Route::ListEndpoints => "list_endpoints",
             Route::Whoami => "whoami",
+            Route::Jobs { .. } => "jobs",
+            Route::Ready => "ready",
             Route::Health => "health",
             Route::NotFound => "not_found",
         }
@@ -81,10 +89,16 @@ pub fn match_route<'a>(base_path: &str, path: &'a str) -> Route<'a> {
         "/health" => return Route::Health,
         "/list-endpoints" => return Route::ListEndpoints,
         "/whoami" => return Route::Whoami,
+        "/ready" => return Route::Ready,
         _ => {}
     }
     if let Some(route) = match_v1(rest, None) {
         return route;
+    }
+    if let Some(cluster) = rest.strip_prefix('/').and_then(|r| r.strip_suffix("/jobs")) {
+        if !cluster.is_empty() && !cluster.contains('/') {
+            return Route::Jobs { cluster };
+        }
     }
     // `/{cluster}/{framework}/v1/...`
     let mut parts = rest.splitn(4, '/');
@@ -152,6 +166,19 @@ mod tests {
         assert_eq!(
             match_route(BASE, "/resource_server/list-endpoints"),
             Route::ListEndpoints
+        );
+    }
+
+    #[test]
+    fn status_routes() {
+        assert_eq!(
+            match_route(BASE, "/resource_server/polaris/jobs"),
+            Route::Jobs { cluster: "polaris" }
+        );
+        assert_eq!(match_route(BASE, "/resource_server/ready"), Route::Ready);
+        assert_eq!(
+            match_route(BASE, "/resource_server/a/b/jobs"),
+            Route::NotFound
         );
     }
 

@@ -31,8 +31,14 @@ impl Gateway {
     pub async fn start(server_extra: &str, rest: &str) -> Gateway {
         let port = free_port();
         let dir = tempfile::tempdir().expect("tempdir");
+        // Metrics stay off unless a test asks: every gateway would want the same default port.
+        let metrics = if server_extra.contains("metrics_listen") {
+            ""
+        } else {
+            "metrics_listen = \"\"\n"
+        };
         let config = format!(
-            "[server]\nlisten = [\"127.0.0.1:{port}\"]\nthreads = 2\n{server_extra}\n\n[[plugins]]\nkind = \"access_log\"\npath = \"{}\"\n\n{rest}",
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\nthreads = 2\n{metrics}{server_extra}\n\n[[plugins]]\nkind = \"access_log\"\npath = \"{}\"\n\n{rest}",
             dir.path().join("access.log").display()
         );
         let config_path = dir.path().join("gateway.toml");

@@ -73,6 +73,7 @@ def start_gateway(
         f"""
 [server]
 listen = ["127.0.0.1:{port}"]
+metrics_listen = ""
 {server_extra}
 
 [[plugins]]

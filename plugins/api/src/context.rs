@@ -59,6 +59,8 @@ pub struct RequestCtx {
     pub backend: Option<String>,
     pub principal: Option<Principal>,
     pub usage: Option<Usage>,
+    /// What the rate limiter decided (`admitted`, `limited`, `fail_open`), for logs.
+    pub limiter: Option<&'static str>,
     /// Typed per-plugin state.
     pub extensions: http::Extensions,
 }
@@ -80,6 +82,7 @@ impl RequestCtx {
             backend: None,
             principal: None,
             usage: None,
+            limiter: None,
             extensions: http::Extensions::new(),
         }
     }

@@ -23,6 +23,7 @@ use bytes::Bytes;
 
 pub use context::{Principal, RequestCtx, RequestHead, RequestSummary, Usage};
 pub use error::ApiError;
+pub use prometheus;
 
 /// What a plugin wants the core to do after [`Plugin::on_request`].
 #[derive(Debug)]
@@ -101,10 +102,13 @@ pub trait PluginFactory: Send + Sync {
 }
 
 /// What the core tells a factory about the rest of the configuration.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct BuildContext {
     /// Some pool restricts access by group, so auth plugins must resolve group membership.
     pub groups_needed: bool,
+    /// The server's metrics registry: plugins register their own metrics here (names start
+    /// with `igw_`; no label may hold unbounded values such as users or tokens).
+    pub registry: prometheus::Registry,
 }
 
 /// The bearer token of a request, if it sent one.

@@ -45,7 +45,11 @@ impl PluginFactory for GlobusAuthFactory {
         cx: &BuildContext,
     ) -> Result<Arc<dyn Plugin>, String> {
         let cfg = GlobusConfig::parse(config, path, cx.groups_needed)?;
-        Ok(Arc::new(GlobusAuth::new(cfg)?))
+        let metrics = GlobusMetrics::register(&cx.registry)
+            .map_err(|e| format!("{path}: registering metrics: {e}"))?;
+        let mut plugin = GlobusAuth::new(cfg)?;
+        plugin.metrics = Some(metrics);
+        Ok(Arc::new(plugin))
     }
 }
 
@@ -71,9 +75,48 @@ impl moka::Expiry<[u8; 32], Arc<Verdict>> for VerdictExpiry {
     }
 }
 
+/// `igw_globus_*` metrics: cache hits and misses, introspection latency and failures.
+struct GlobusMetrics {
+    checks: prometheus::IntCounterVec,
+    introspection: prometheus::Histogram,
+    failures: prometheus::IntCounter,
+}
+
+impl GlobusMetrics {
+    fn register(registry: &prometheus::Registry) -> prometheus::Result<GlobusMetrics> {
+        let checks = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "igw_globus_auth_checks_total",
+                "Token checks by outcome: hit (cached verdict), miss (introspected), unavailable (Globus down)",
+            ),
+            &["result"],
+        )?;
+        let introspection = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new(
+                "igw_globus_introspection_seconds",
+                "Time to introspect a token (and fetch its groups when needed)",
+            )
+            .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+        )?;
+        let failures = prometheus::IntCounter::new(
+            "igw_globus_errors_total",
+            "Introspections that got no usable answer from Globus",
+        )?;
+        registry.register(Box::new(checks.clone()))?;
+        registry.register(Box::new(introspection.clone()))?;
+        registry.register(Box::new(failures.clone()))?;
+        Ok(GlobusMetrics {
+            checks,
+            introspection,
+            failures,
+        })
+    }
+}
+
 pub struct GlobusAuth {
     client: GlobusClient,
     cache: Cache<[u8; 32], Arc<Verdict>>,
+    metrics: Option<GlobusMetrics>,
 }
 
 impl GlobusAuth {
@@ -85,11 +128,29 @@ impl GlobusAuth {
         Ok(GlobusAuth {
             client: GlobusClient::new(cfg)?,
             cache,
+            metrics: None,
         })
     }
 
     /// Introspects (and, when needed, resolves groups for) a token no cache entry covers.
-    async fn verify(&self, token: &str) -> Result<Arc<Verdict>, Outage> {
+    async fn verify(
+        &self,
+        token: &str,
+        ran: &std::sync::atomic::AtomicBool,
+    ) -> Result<Arc<Verdict>, Outage> {
+        ran.store(true, std::sync::atomic::Ordering::Relaxed);
+        let started = Instant::now();
+        let result = self.introspect_and_judge(token).await;
+        if let Some(m) = &self.metrics {
+            m.introspection.observe(started.elapsed().as_secs_f64());
+            if result.is_err() {
+                m.failures.inc();
+            }
+        }
+        result
+    }
+
+    async fn introspect_and_judge(&self, token: &str) -> Result<Arc<Verdict>, Outage> {
         let cfg = self.client.config();
         let introspection = self.client.introspect(token).await?;
         let verdict = match verdict::judge(&introspection, cfg) {
@@ -113,7 +174,18 @@ impl GlobusAuth {
     /// The cached or freshly established verdict for `token`.
     pub async fn check(&self, token: &str) -> Result<Arc<Verdict>, Arc<Outage>> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        self.cache.try_get_with(key, self.verify(token)).await
+        // Set when this call ran the introspection itself (a miss), not a waiter or a hit.
+        let ran = std::sync::atomic::AtomicBool::new(false);
+        let result = self.cache.try_get_with(key, self.verify(token, &ran)).await;
+        if let Some(m) = &self.metrics {
+            let outcome = match (&result, ran.load(std::sync::atomic::Ordering::Relaxed)) {
+                (Err(_), _) => "unavailable",
+                (Ok(_), true) => "miss",
+                (Ok(_), false) => "hit",
+            };
+            m.checks.with_label_values(&[outcome]).inc();
+        }
+        result
     }
 }
 

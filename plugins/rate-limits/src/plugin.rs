@@ -28,12 +28,14 @@ impl PluginFactory for RateLimitsFactory {
         &self,
         config: &toml::Table,
         path: &str,
-        _cx: &BuildContext,
+        cx: &BuildContext,
     ) -> Result<Arc<dyn Plugin>, String> {
-        Ok(Arc::new(RateLimits::new(
-            LimitsConfig::parse(config, path)?,
-            system_clock(),
-        )))
+        let mut plugin = RateLimits::new(LimitsConfig::parse(config, path)?, system_clock());
+        plugin.metrics = Some(
+            LimitMetrics::register(&cx.registry)
+                .map_err(|e| format!("{path}: registering metrics: {e}"))?,
+        );
+        Ok(Arc::new(plugin))
     }
 }
 
@@ -53,6 +55,43 @@ pub struct RateLimits {
     cfg: LimitsConfig,
     memory: Arc<MemoryStore>,
     redis: Option<Arc<RedisSide>>,
+    metrics: Option<LimitMetrics>,
+}
+
+/// `igw_rate_limit_*` metrics.
+struct LimitMetrics {
+    rejections: prometheus::IntCounterVec,
+    backend_errors: prometheus::IntCounter,
+    /// 1 while Redis is failing and requests use local limits (or are refused).
+    degraded: prometheus::IntGauge,
+}
+
+impl LimitMetrics {
+    fn register(registry: &prometheus::Registry) -> prometheus::Result<LimitMetrics> {
+        let rejections = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "igw_rate_limit_rejections_total",
+                "Requests refused with 429, by the limit that refused them",
+            ),
+            &["scope", "limit"],
+        )?;
+        let backend_errors = prometheus::IntCounter::new(
+            "igw_rate_limit_backend_errors_total",
+            "Limit checks Redis could not answer",
+        )?;
+        let degraded = prometheus::IntGauge::new(
+            "igw_rate_limit_redis_degraded",
+            "1 while Redis is unreachable and limits fall back (fail_open) or refuse (fail_closed)",
+        )?;
+        registry.register(Box::new(rejections.clone()))?;
+        registry.register(Box::new(backend_errors.clone()))?;
+        registry.register(Box::new(degraded.clone()))?;
+        Ok(LimitMetrics {
+            rejections,
+            backend_errors,
+            degraded,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,6 +181,7 @@ impl RateLimits {
             memory: Arc::new(MemoryStore::new(clock)),
             cfg,
             redis,
+            metrics: None,
         }
     }
 
@@ -233,6 +273,9 @@ impl RateLimits {
         let error = match connected {
             Some(store) => match store.acquire(checks).await {
                 Ok(decision) => {
+                    if let Some(m) = &self.metrics {
+                        m.degraded.set(0);
+                    }
                     if redis.failing.swap(false, Ordering::Relaxed) {
                         log::warn!(target: "rate_limits", "Redis at {} is reachable again; shared limits resume", redis.url);
                     }
@@ -245,6 +288,10 @@ impl RateLimits {
                 "not connected yet".to_string()
             }
         };
+        if let Some(m) = &self.metrics {
+            m.backend_errors.inc();
+            m.degraded.set(1);
+        }
         if !redis.failing.swap(true, Ordering::Relaxed) {
             log::warn!(
                 target: "rate_limits",
@@ -346,6 +393,22 @@ impl Plugin for RateLimits {
         let verdicts = match decision {
             Decision::Refused { index, retry_after } => {
                 let (scope, what) = about[index];
+                ctx.limiter = Some("limited");
+                if let Some(m) = &self.metrics {
+                    let scope_label = match scope {
+                        Scope::User => "user",
+                        Scope::UserModel => "user_model",
+                        Scope::Model => "model",
+                    };
+                    let limit_label = match what {
+                        What::Requests => "requests",
+                        What::Tokens => "tokens",
+                        What::Concurrent => "concurrent",
+                    };
+                    m.rejections
+                        .with_label_values(&[scope_label, limit_label])
+                        .inc();
+                }
                 let limit = describe(scope, what, &user, &model, checks[index].limit);
                 let wait = retry_after.ceil().max(1.0) as u64;
                 return Flow::Respond(
@@ -385,6 +448,7 @@ impl Plugin for RateLimits {
             }
         }
         ctx.extensions.insert(admission);
+        ctx.limiter = Some("admitted");
         Flow::Continue
     }
 

@@ -1,0 +1,255 @@
+//! Prometheus metrics, registered into a registry the server owns (no globals) and served
+//! on their own listener. Labels hold only bounded values: routes, configured models and
+//! pools, backends, status classes. A model name a client made up is counted as `other`.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::Response;
+use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::protocols::http::ServerSession;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{
+    exponential_buckets, CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec,
+    Opts, Registry, TextEncoder,
+};
+
+use crate::routing::Pool;
+
+/// Latencies of LLM requests span milliseconds to minutes.
+const REQUEST_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+const FIRST_TOKEN_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
+];
+const GAP_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+];
+
+pub struct GatewayMetrics {
+    pub requests: IntCounterVec,
+    pub duration: HistogramVec,
+    pub first_token: HistogramVec,
+    pub chunk_gap: HistogramVec,
+    pub overhead: HistogramVec,
+    pub tokens: CounterVec,
+    pub connect_errors: IntCounterVec,
+    pub retries: IntCounterVec,
+    pub health_failures: IntCounterVec,
+    known_models: HashSet<String>,
+}
+
+fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: Vec<f64>,
+) -> prometheus::Result<HistogramVec> {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)?;
+    registry.register(Box::new(h.clone()))?;
+    Ok(h)
+}
+
+fn counter(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntCounterVec> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+impl GatewayMetrics {
+    pub fn register(
+        registry: &Registry,
+        pools: &[Arc<Pool>],
+    ) -> prometheus::Result<GatewayMetrics> {
+        let tokens = CounterVec::new(
+            Opts::new(
+                "igw_tokens_total",
+                "Tokens processed, as reported by backends (or estimated)",
+            ),
+            &["model", "kind"],
+        )?;
+        registry.register(Box::new(tokens.clone()))?;
+        registry.register(Box::new(PoolCollector::new(pools.to_vec())?))?;
+        Ok(GatewayMetrics {
+            requests: counter(
+                registry,
+                "igw_requests_total",
+                "Requests by route, model, pool and status class",
+                &["route", "model", "pool", "status"],
+            )?,
+            duration: histogram(
+                registry,
+                "igw_request_duration_seconds",
+                "Time from request header to the end of the response",
+                &["route", "model", "pool"],
+                REQUEST_BUCKETS.to_vec(),
+            )?,
+            first_token: histogram(
+                registry,
+                "igw_time_to_first_token_seconds",
+                "Streaming: time from request header to the first response body bytes",
+                &["model", "pool"],
+                FIRST_TOKEN_BUCKETS.to_vec(),
+            )?,
+            chunk_gap: histogram(
+                registry,
+                "igw_inter_chunk_gap_seconds",
+                "Streaming: gap between consecutive response chunks",
+                &["model", "pool"],
+                GAP_BUCKETS.to_vec(),
+            )?,
+            overhead: histogram(
+                registry,
+                "igw_gateway_overhead_seconds",
+                "Time the gateway spends before the request is sent upstream (body read, plugins, routing, connect)",
+                &["route"],
+                exponential_buckets(0.00005, 2.0, 14)?,
+            )?,
+            tokens,
+            connect_errors: counter(
+                registry,
+                "igw_upstream_connect_errors_total",
+                "Refused or failed connections to backends",
+                &["pool", "backend"],
+            )?,
+            retries: counter(
+                registry,
+                "igw_upstream_retries_total",
+                "Requests retried on another backend after a connect failure",
+                &["pool"],
+            )?,
+            health_failures: counter(
+                registry,
+                "igw_health_check_failures_total",
+                "Failed active health checks",
+                &["pool", "backend"],
+            )?,
+            known_models: pools.iter().flat_map(|p| p.models.iter().cloned()).collect(),
+        })
+    }
+
+    /// The model label: configured models by name, anything a client made up as `other`.
+    pub fn model_label<'a>(&self, model: Option<&'a str>) -> &'a str {
+        match model {
+            Some(m) if self.known_models.contains(m) => m,
+            Some(_) => "other",
+            None => "",
+        }
+    }
+}
+
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "none",
+    }
+}
+
+/// Pool state read at scrape time (no cost on the request path): in-flight requests and
+/// backend health.
+struct PoolCollector {
+    pools: Vec<Arc<Pool>>,
+    descs: Vec<Desc>,
+}
+
+impl PoolCollector {
+    fn new(pools: Vec<Arc<Pool>>) -> prometheus::Result<PoolCollector> {
+        let mut descs = Vec::new();
+        for g in Self::gauges()? {
+            descs.extend(g.desc().into_iter().cloned());
+        }
+        Ok(PoolCollector { pools, descs })
+    }
+
+    fn gauges() -> prometheus::Result<[GaugeVec; 3]> {
+        Ok([
+            GaugeVec::new(
+                Opts::new("igw_pool_inflight_requests", "Requests in flight per pool"),
+                &["pool"],
+            )?,
+            GaugeVec::new(
+                Opts::new(
+                    "igw_backend_healthy",
+                    "1 when the backend passes health checks, else 0",
+                ),
+                &["pool", "backend"],
+            )?,
+            GaugeVec::new(
+                Opts::new("igw_pool_healthy_backends", "Healthy backends per pool"),
+                &["pool"],
+            )?,
+        ])
+    }
+}
+
+impl Collector for PoolCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let Ok([inflight, healthy, healthy_count]) = Self::gauges() else {
+            return Vec::new();
+        };
+        for pool in &self.pools {
+            inflight
+                .with_label_values(&[&pool.name])
+                .set(pool.inflight() as f64);
+            healthy_count
+                .with_label_values(&[&pool.name])
+                .set(pool.healthy_count() as f64);
+            for b in &pool.backends {
+                let up = if b.is_healthy() { 1.0 } else { 0.0 };
+                healthy.with_label_values(&[&pool.name, &b.address]).set(up);
+            }
+        }
+        [inflight, healthy, healthy_count]
+            .iter()
+            .flat_map(|g| g.collect())
+            .collect()
+    }
+}
+
+/// `GET /metrics` on the metrics listener.
+pub struct MetricsApp {
+    pub registry: Registry,
+}
+
+#[async_trait]
+impl ServeHttp for MetricsApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let path = session.req_header().uri.path();
+        let (status, content_type, body) = if path == "/metrics" {
+            let mut body = Vec::new();
+            match TextEncoder::new().encode(&self.registry.gather(), &mut body) {
+                Ok(()) => (200, TextEncoder::new().format_type().to_string(), body),
+                Err(e) => (500, "text/plain".to_string(), e.to_string().into_bytes()),
+            }
+        } else {
+            (
+                404,
+                "text/plain".to_string(),
+                b"metrics are at /metrics\n".to_vec(),
+            )
+        };
+        Response::builder()
+            .status(status)
+            .header("content-type", content_type)
+            .header("content-length", body.len())
+            .body(body)
+            .unwrap_or_default()
+    }
+}

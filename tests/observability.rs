@@ -1,0 +1,226 @@
+//! Metrics, access-log fields, readiness and model status, through the real binary.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+/// The value of the first sample line starting with `prefix` (name and labels).
+fn sample(metrics: &str, prefix: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+async fn scrape(port: u16) -> String {
+    client()
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("text")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_known_traffic() {
+    let mock = MockBackend::start(MockConfig::default())
+        .await
+        .expect("mock");
+    let metrics_port = free_port();
+    let pools = pool(
+        "local-vllm",
+        "local",
+        &[MODEL],
+        &[mock.addr.to_string()],
+        "",
+    );
+    let gw = Gateway::start(
+        &format!("metrics_listen = \"127.0.0.1:{metrics_port}\""),
+        &pools,
+    )
+    .await;
+    let http = client();
+    for _ in 0..2 {
+        let resp = http
+            .post(gw.api("/v1/chat/completions"))
+            .json(&chat_body(false))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), 200);
+    }
+    // A stream whose first token comes after 400 ms, then 5 more 100 ms apart.
+    let mut body = chat_body(true);
+    body["stream_options"] = serde_json::json!({"include_usage": true});
+    let text = http
+        .post(gw.api("/v1/chat/completions"))
+        .header("x-mock-first-token-ms", "400")
+        .header("x-mock-token-gap-ms", "100")
+        .header("x-mock-tokens", "6")
+        .json(&body)
+        .send()
+        .await
+        .expect("send")
+        .text()
+        .await
+        .expect("text");
+    assert!(text.ends_with("data: [DONE]\n\n"));
+    let bogus = serde_json::json!({"model": "made-up-model-12345", "messages": []});
+    assert_eq!(
+        http.post(gw.api("/v1/chat/completions"))
+            .json(&bogus)
+            .send()
+            .await
+            .expect("send")
+            .status(),
+        404
+    );
+
+    // The request metrics are recorded as each request ends; give the last one a moment.
+    let mut m = String::new();
+    for _ in 0..50 {
+        m = scrape(metrics_port).await;
+        if sample(&m, "igw_requests_total{model=\"other\"").is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ok = "igw_requests_total{model=\"facebook/opt-125m\",pool=\"local-vllm\",route=\"chat_completions\",status=\"2xx\"}";
+    assert_eq!(sample(&m, ok), Some(3.0), "{m}");
+    let unknown =
+        "igw_requests_total{model=\"other\",pool=\"\",route=\"chat_completions\",status=\"4xx\"}";
+    assert_eq!(
+        sample(&m, unknown),
+        Some(1.0),
+        "a made-up model is not a label value"
+    );
+    assert!(!m.contains("made-up-model"));
+    let ttft = |le: &str| {
+        sample(&m, &format!("igw_time_to_first_token_seconds_bucket{{model=\"facebook/opt-125m\",pool=\"local-vllm\",le=\"{le}\"}}"))
+    };
+    assert_eq!(
+        ttft("0.3"),
+        Some(0.0),
+        "first token at ~400 ms is not under 300 ms"
+    );
+    assert_eq!(ttft("0.5"), Some(1.0), "... and is under 500 ms");
+    let gaps_under_200ms = sample(&m, "igw_inter_chunk_gap_seconds_bucket{model=\"facebook/opt-125m\",pool=\"local-vllm\",le=\"0.2\"}");
+    assert!(gaps_under_200ms.unwrap_or_default() >= 5.0, "{m}");
+    assert_eq!(
+        sample(
+            &m,
+            "igw_tokens_total{kind=\"completion\",model=\"facebook/opt-125m\"}"
+        ),
+        Some(8.0 + 8.0 + 6.0)
+    );
+    let backend = format!(
+        "igw_backend_healthy{{backend=\"{}\",pool=\"local-vllm\"}}",
+        mock.addr
+    );
+    assert_eq!(sample(&m, &backend), Some(1.0));
+    assert_eq!(
+        sample(&m, "igw_pool_inflight_requests{pool=\"local-vllm\"}"),
+        Some(0.0)
+    );
+    assert!(
+        sample(
+            &m,
+            "igw_gateway_overhead_seconds_count{route=\"chat_completions\"}"
+        )
+        .unwrap_or_default()
+            >= 3.0
+    );
+
+    // Access-log lines parse as JSON and hold the fields operators filter on.
+    let line = gw.access_line(|l| l["stream"] == true).await;
+    for key in [
+        "request_id",
+        "route",
+        "model",
+        "pool",
+        "backend",
+        "status",
+        "duration_ms",
+        "first_byte_ms",
+        "prompt_tokens",
+        "completion_tokens",
+        "limiter",
+        "error_code",
+        "user",
+        "identity_provider",
+    ] {
+        assert!(line.get(key).is_some(), "access log lacks {key}: {line}");
+    }
+    assert_eq!(line["completion_tokens"], 6);
+    assert!(line["first_byte_ms"].as_f64().unwrap_or_default() >= 400.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_and_model_status_follow_health() {
+    let mock = MockBackend::start(MockConfig::default())
+        .await
+        .expect("mock");
+    let pools = pool(
+        "local-vllm",
+        "polaris",
+        &[MODEL],
+        &[mock.addr.to_string()],
+        FAST_HEALTH,
+    );
+    let gw = Gateway::start("", &pools).await;
+    let http = client();
+    let jobs = || async {
+        http.get(gw.api("/polaris/jobs"))
+            .send()
+            .await
+            .expect("send")
+            .json::<Value>()
+            .await
+            .expect("json")
+    };
+    assert_eq!(
+        http.get(gw.api("/ready"))
+            .send()
+            .await
+            .expect("send")
+            .status(),
+        200
+    );
+    let status = jobs().await;
+    assert_eq!(status["models"][0]["model"], MODEL);
+    assert_eq!(status["models"][0]["status"], "ready");
+    mock.set_fault(Fault::Unhealthy);
+    let mut down = Value::Null;
+    for _ in 0..100 {
+        down = jobs().await;
+        if down["models"][0]["status"] == "down" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    assert_eq!(down["models"][0]["status"], "down", "{down}");
+    assert!(down["models"][0]["since"].as_u64().is_some());
+    assert_eq!(
+        http.get(gw.api("/ready"))
+            .send()
+            .await
+            .expect("send")
+            .status(),
+        503
+    );
+    assert_eq!(
+        http.get(gw.api("/health"))
+            .send()
+            .await
+            .expect("send")
+            .status(),
+        200,
+        "liveness stays up"
+    );
+}
