@@ -27,7 +27,7 @@ done
 [ -x target/release/inference-gateway ] || { echo "build first: cargo build --release --workspace --bins" >&2; exit 1; }
 
 mock_port=18101 gw_port=18102 nginx_port=18103 auth_port=18104 globus_port=18105
-mem_port=18106 redis_gw_port=18107 redis_port=18108
+mem_port=18106 redis_gw_port=18107 redis_port=18108 metrics_gw_port=18109
 target/release/mock-openai --listen 127.0.0.1:$mock_port --tokens 16 --threads 1 >"$work/mock.log" 2>&1 &
 pids+=($!)
 redis-server --port $redis_port --bind 127.0.0.1 --save "" --appendonly no >"$work/redis.log" 2>&1 &
@@ -43,12 +43,22 @@ framework = \"vllm\"
 models = [\"facebook/opt-125m\"]
 backends = [\"127.0.0.1:$mock_port\"]"
 
-# The plain gateway: no plugins.
+# The plain gateway: no plugins, no metrics.
 cat >"$work/gateway.toml" <<TOML
 [server]
 listen = ["127.0.0.1:$gw_port"]
 threads = 1
 log_level = "warn"
+metrics_listen = ""
+$pool
+TOML
+# The same with metrics on (scraped once at the end, as Prometheus would).
+cat >"$work/gateway-metrics.toml" <<TOML
+[server]
+listen = ["127.0.0.1:$metrics_gw_port"]
+threads = 1
+log_level = "warn"
+metrics_listen = "127.0.0.1:18110"
 $pool
 TOML
 # The production shape: Globus auth (token cached after its first use) and the access log.
@@ -57,6 +67,7 @@ cat >"$work/gateway-auth.toml" <<TOML
 listen = ["127.0.0.1:$auth_port"]
 threads = 1
 log_level = "warn"
+metrics_listen = "127.0.0.1:18111"
 [[plugins]]
 kind = "access_log"
 path = "$work/access.log"
@@ -85,6 +96,7 @@ for variant in memory redis; do
 listen = ["127.0.0.1:$port"]
 threads = 1
 log_level = "warn"
+metrics_listen = ""
 [[plugins]]
 kind = "rate_limits"
 backend = "$variant"
@@ -99,6 +111,9 @@ pids+=($mem_pid)
 target/release/inference-gateway run --config "$work/gateway-redis.toml" >"$work/gw-redis.out" 2>"$work/gw-redis.err" &
 redis_gw_pid=$!
 pids+=($redis_gw_pid)
+target/release/inference-gateway run --config "$work/gateway-metrics.toml" >"$work/gw-metrics.out" 2>"$work/gw-metrics.err" &
+metrics_pid=$!
+pids+=($metrics_pid)
 target/release/inference-gateway run --config "$work/gateway.toml" >"$work/gw.out" 2>"$work/gw.err" &
 gw_pid=$!
 pids+=($gw_pid)
@@ -140,7 +155,7 @@ wrk.headers["Authorization"] = "Bearer AgBenchToken"
 wrk.body = '{"model":"facebook/opt-125m","messages":[{"role":"user","content":"Explain the concept of Globus Compute in simple terms."}],"max_tokens":16}'
 LUA
 
-for port in $mock_port $gw_port $nginx_port $auth_port $globus_port $mem_port $redis_gw_port $redis_port; do
+for port in $mock_port $gw_port $nginx_port $auth_port $globus_port $mem_port $redis_gw_port $redis_port $metrics_gw_port; do
     for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
 done
 
@@ -176,6 +191,7 @@ PY
 {
     run direct "http://127.0.0.1:$mock_port/v1/chat/completions"
     run gateway "http://127.0.0.1:$gw_port/resource_server/v1/chat/completions" "$gw_pid"
+    run gw+metrics "http://127.0.0.1:$metrics_gw_port/resource_server/v1/chat/completions" "$metrics_pid"
     run gw+auth "http://127.0.0.1:$auth_port/resource_server/v1/chat/completions" "$auth_pid"
     run gw+lim-mem "http://127.0.0.1:$mem_port/resource_server/v1/chat/completions" "$mem_pid"
     run gw+lim-redis "http://127.0.0.1:$redis_gw_port/resource_server/v1/chat/completions" "$redis_gw_pid"
@@ -198,6 +214,7 @@ ratios = {
     "gateway/nginx throughput": g["rps"] / n["rps"],
     "gateway+auth+log/direct throughput": a["rps"] / d["rps"],
     "gateway+auth+log/nginx throughput": a["rps"] / n["rps"],
+    "metrics on/off throughput": rows["gw+metrics"]["rps"] / g["rps"],
     "limits memory/none throughput": rows["gw+lim-mem"]["rps"] / g["rps"],
     "limits redis/none throughput": rows["gw+lim-redis"]["rps"] / g["rps"],
     "limits redis/memory throughput": rows["gw+lim-redis"]["rps"] / rows["gw+lim-mem"]["rps"],

@@ -22,6 +22,10 @@ struct Setup {
 
 /// A gateway with globus_auth (secret from a file) in front of one open and one group-only pool.
 async fn setup(plugin_extra: &str, secret: &str) -> Setup {
+    setup_with_server(plugin_extra, secret, "").await
+}
+
+async fn setup_with_server(plugin_extra: &str, secret: &str, server_extra: &str) -> Setup {
     let globus = MockGlobus::start(CLIENT_ID, SECRET)
         .await
         .expect("mock globus");
@@ -50,7 +54,7 @@ async fn setup(plugin_extra: &str, secret: &str) -> Setup {
             &format!("allowed_groups = [\"{LLAMA_GROUP}\"]")
         )
     );
-    let gw = Gateway::start("", &format!("{plugins}\n{pools}")).await;
+    let gw = Gateway::start(server_extra, &format!("{plugins}\n{pools}")).await;
     Setup {
         gw,
         globus,
@@ -270,4 +274,41 @@ async fn wrong_client_credentials_are_an_outage_not_the_users_fault() {
     )
     .await;
     assert!(!s.gw.stderr().contains("not-the-secret"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cache_hits_and_misses_are_counted() {
+    let port = free_port();
+    let s = setup_with_server(
+        "",
+        SECRET,
+        &format!("metrics_listen = \"127.0.0.1:{port}\""),
+    )
+    .await;
+    s.globus
+        .add_token("AgCounted", TokenSpec::user("ada@anl.gov", CLIENT_ID));
+    for _ in 0..4 {
+        assert_eq!(chat_as(&s.gw, "AgCounted", MODEL).await.0, 200);
+    }
+    let metrics = client()
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("igw_globus_auth_checks_total{result=\"miss\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("igw_globus_auth_checks_total{result=\"hit\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("igw_globus_introspection_seconds_count 1"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("AgCounted"));
 }

@@ -224,3 +224,41 @@ async fn readiness_and_model_status_follow_health() {
         "liveness stays up"
     );
 }
+
+/// Every metric the Grafana dashboard queries is one the code registers.
+#[test]
+fn dashboard_uses_only_registered_metric_names() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut sources = String::new();
+    for dir in ["src", "plugins"] {
+        let mut stack = vec![std::path::PathBuf::from(root).join(dir)];
+        while let Some(path) = stack.pop() {
+            for entry in std::fs::read_dir(&path).expect("dir").flatten() {
+                let p = entry.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.extension().is_some_and(|e| e == "rs") {
+                    sources.push_str(&std::fs::read_to_string(&p).unwrap_or_default());
+                }
+            }
+        }
+    }
+    let dashboard = std::fs::read_to_string(format!("{root}/packaging/grafana-dashboard.json"))
+        .expect("dashboard");
+    let mut checked = 0;
+    for (i, _) in dashboard.match_indices("igw_") {
+        let name: String = dashboard[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        let base = ["_bucket", "_count", "_sum"]
+            .iter()
+            .fold(name.clone(), |n, s| n.trim_end_matches(s).to_string());
+        assert!(
+            sources.contains(&format!("\"{base}\"")),
+            "the dashboard queries {name}, which nothing registers"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 14);
+}
