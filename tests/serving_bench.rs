@@ -1,0 +1,144 @@
+//! The serving benchmark (`serving-bench`) as the usage guide runs it, against the real
+//! gateway in front of the mock backend.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+fn bench(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_serving-bench"))
+        .args(args)
+        .output()
+        .expect("run serving-bench");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_usage_guide_command_reports_latencies_and_throughput() {
+    let config = MockConfig {
+        token_gap: Duration::from_millis(2),
+        tokens: 32,
+        ..MockConfig::default()
+    };
+    let (gw, _mock) = with_mock(config, "").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("sharegpt.json");
+    let results = dir.path().join("benchmark_results.jsonl");
+    let (ok, text) = bench(&[
+        "make-dataset",
+        "--num",
+        "30",
+        "--output",
+        data.to_str().expect("utf8"),
+    ]);
+    assert!(ok, "{text}");
+    let url = gw.api("/v1/chat/completions");
+    let common = [
+        "--backend",
+        "vllm",
+        "--model",
+        MODEL,
+        "--base-url",
+        &url,
+        "--dataset-name",
+        "sharegpt",
+        "--dataset-path",
+        data.to_str().expect("utf8"),
+        "--output-file",
+        results.to_str().expect("utf8"),
+        "--num-prompts",
+        "24",
+        "--quiet",
+    ];
+    let (ok, text) = tokio::task::spawn_blocking({
+        let args: Vec<String> = common
+            .iter()
+            .map(|s| s.to_string())
+            .chain([
+                "--request-rate".into(),
+                "100".into(),
+                "--max-concurrency".into(),
+                "8".into(),
+            ])
+            .collect();
+        move || bench(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await
+    .expect("join");
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("Serving Benchmark Result") && text.contains("P99 TTFT (ms):"),
+        "{text}"
+    );
+    let (ok, text) = tokio::task::spawn_blocking({
+        let args: Vec<String> = common
+            .iter()
+            .map(|s| s.to_string())
+            .chain(["--disable-stream".into()])
+            .collect();
+        move || bench(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await
+    .expect("join");
+    assert!(ok, "{text}");
+
+    let records: Vec<Value> = std::fs::read_to_string(&results)
+        .expect("results")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSONL"))
+        .collect();
+    assert_eq!(records.len(), 2, "one record appended per run");
+    for r in &records {
+        assert_eq!(r["completed"], 24, "{r}");
+        assert_eq!(r["failed"], 0);
+        assert!(r["request_throughput"].as_f64().unwrap_or_default() > 0.0);
+        assert!(r["output_throughput"].as_f64().unwrap_or_default() > 0.0);
+        assert!(
+            r["p99_e2el_ms"].as_f64().unwrap_or_default()
+                >= r["median_e2el_ms"].as_f64().unwrap_or_default()
+        );
+    }
+    let streamed = &records[0];
+    assert_eq!(streamed["stream"], true);
+    assert!(
+        streamed["mean_itl_ms"].as_f64().unwrap_or_default() >= 1.0,
+        "tokens 2 ms apart: {streamed}"
+    );
+    assert!(
+        streamed["mean_ttft_ms"].as_f64().unwrap_or_default()
+            < streamed["mean_e2el_ms"].as_f64().unwrap_or_default()
+    );
+}
+
+#[test]
+fn bad_arguments_are_refused_clearly() {
+    let (ok, text) = bench(&[
+        "--base-url",
+        "http://127.0.0.1:9/v1/completions",
+        "--model",
+        "m",
+        "--request-rate",
+        "fast",
+        "--dataset-name",
+        "random",
+    ]);
+    assert!(!ok);
+    assert!(text.contains("--request-rate `fast`"), "{text}");
+    let (ok, text) = bench(&[
+        "--base-url",
+        "http://127.0.0.1:9/v1/completions",
+        "--model",
+        "m",
+    ]);
+    assert!(!ok);
+    assert!(text.contains("--dataset-path is required"), "{text}");
+}
