@@ -160,5 +160,53 @@ fn limiter_memory(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, model_extraction, auth_cached, limiter_memory);
+/// The usage observer on a realistic SSE stream: vLLM-style chunks of one event each.
+fn sse_observer(c: &mut Criterion) {
+    use inference_gateway::proxy::usage::UsageObserver;
+    let event = bytes::Bytes::from_static(
+        b"data: {\"id\":\"cmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1795747973,\"model\":\"meta-llama/Meta-Llama-3-8B-Instruct\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" token\"},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\n",
+    );
+    let mut observer = UsageObserver::new(Some(b"text/event-stream"));
+    let mut group = c.benchmark_group("sse_observer");
+    group.throughput(Throughput::Bytes(event.len() as u64));
+    group.bench_function("per_chunk", |b| {
+        b.iter(|| observer.observe(black_box(&event)))
+    });
+    group.finish();
+}
+
+/// Choosing a backend among 8 with least_requests, and a pool for a model among 4 pools.
+fn pool_selection(c: &mut Criterion) {
+    use inference_gateway::config::Config;
+    use inference_gateway::routing::ModelTable;
+    let mut text = String::new();
+    for p in 0..4 {
+        let backends: Vec<String> = (0..8)
+            .map(|b| format!("\"127.0.0.1:{}\"", 10000 + p * 10 + b))
+            .collect();
+        text.push_str(&format!(
+            "[[pools]]\nname = \"p{p}\"\ncluster = \"c{p}\"\nframework = \"vllm\"\nmodels = [\"m\", \"only{p}\"]\nbackends = [{}]\npriority = {p}\n",
+            backends.join(", ")
+        ));
+    }
+    let table = match Config::parse(&text) {
+        Ok(config) => ModelTable::new(&config),
+        Err(e) => panic!("bench config: {e}"),
+    };
+    c.bench_function("resolve_pool_and_select_backend", |b| {
+        b.iter(|| {
+            let pool = table.resolve(black_box("m"), None, None).ok();
+            pool.and_then(|p| p.select(&[], 42).ok())
+        })
+    });
+}
+
+criterion_group!(
+    benches,
+    model_extraction,
+    auth_cached,
+    limiter_memory,
+    sse_observer,
+    pool_selection
+);
 criterion_main!(benches);

@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
-# Gateway overhead benchmark: the same wrk load, in one run, against
-#   1. the mock backend directly,
-#   2. inference-gateway in front of it,
-#   3. nginx proxy_pass in front of it (the plain-proxy baseline),
-# and prints throughput, latency percentiles and ratios. Everything listens on 127.0.0.1.
+# Gateway overhead benchmark (throughput): the same wrk load (non-streaming chat, keep-alive,
+# fixed connections), in one run, against
+#   direct        the mock backend itself
+#   gateway       inference-gateway, no plugins, metrics off
+#   gw+metrics    ... with the Prometheus listener on
+#   gw+all        ... with globus_auth (mock Globus, cached token), rate_limits (memory),
+#                 access_log and metrics: the production shape
+#   gw+lim-mem    ... with rate_limits only (memory)
+#   gw+lim-redis  ... with rate_limits only (a local redis-server)
+#   nginx         nginx proxy_pass, the plain-proxy baseline
+# and prints req/s, p50/p99 latency, the proxy's CPU per request, and ratios. Everything
+# listens on 127.0.0.1. Latency at a fixed rate, streaming and memory: benches/latency.sh.
 #
 #   benches/overhead.sh [duration_seconds=10] [connections=32]
 #
-# Needs: a release build (cargo build --release --workspace --bins), wrk and nginx
-# (apt-get install wrk nginx-light). Results go to stdout and bench-results/.
+# Needs: a release build (cargo build --release --workspace --bins), wrk, nginx and
+# redis-server (apt-get install wrk nginx-light redis-server). Results go to stdout and
+# bench-results/overhead.jsonl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -61,7 +69,17 @@ log_level = "warn"
 metrics_listen = "127.0.0.1:18110"
 $pool
 TOML
-# The production shape: Globus auth (token cached after its first use) and the access log.
+# Limits that admit everything, so each request pays for five checks but is never refused.
+limits="[plugins.per_user]
+requests_per_minute = 1000000000
+tokens_per_minute = 1000000000000
+[plugins.per_user_model]
+requests_per_minute = 1000000000
+tokens_per_minute = 1000000000000
+[plugins.per_model]
+max_concurrent = 100000"
+# The production shape: Globus auth (token cached after its first use), rate limits (memory),
+# metrics and the access log.
 cat >"$work/gateway-auth.toml" <<TOML
 [server]
 listen = ["127.0.0.1:$auth_port"]
@@ -78,17 +96,11 @@ client_secret_env = "BENCH_GLOBUS_SECRET"
 introspect_url = "http://127.0.0.1:$globus_port/v2/oauth2/token/introspect"
 token_url = "http://127.0.0.1:$globus_port/v2/oauth2/token"
 groups_url = "http://127.0.0.1:$globus_port/v2/groups/my_groups"
+[[plugins]]
+kind = "rate_limits"
+$limits
 $pool
 TOML
-# Limits that admit everything, so each request pays for five checks but is never refused.
-limits="[plugins.per_user]
-requests_per_minute = 1000000000
-tokens_per_minute = 1000000000000
-[plugins.per_user_model]
-requests_per_minute = 1000000000
-tokens_per_minute = 1000000000000
-[plugins.per_model]
-max_concurrent = 100000"
 for variant in memory redis; do
     port=$mem_port; [ $variant = redis ] && port=$redis_gw_port
     cat >"$work/gateway-$variant.toml" <<TOML
@@ -192,7 +204,7 @@ PY
     run direct "http://127.0.0.1:$mock_port/v1/chat/completions"
     run gateway "http://127.0.0.1:$gw_port/resource_server/v1/chat/completions" "$gw_pid"
     run gw+metrics "http://127.0.0.1:$metrics_gw_port/resource_server/v1/chat/completions" "$metrics_pid"
-    run gw+auth "http://127.0.0.1:$auth_port/resource_server/v1/chat/completions" "$auth_pid"
+    run gw+all "http://127.0.0.1:$auth_port/resource_server/v1/chat/completions" "$auth_pid"
     run gw+lim-mem "http://127.0.0.1:$mem_port/resource_server/v1/chat/completions" "$mem_pid"
     run gw+lim-redis "http://127.0.0.1:$redis_gw_port/resource_server/v1/chat/completions" "$redis_gw_pid"
     run nginx "http://127.0.0.1:$nginx_port/resource_server/v1/chat/completions" "$nginx_worker"
@@ -208,18 +220,18 @@ print(f"non-streaming chat, {sys.argv[4]} connections, {sys.argv[3]} s each, 2 c
 print(f"{'target':<12} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'proxy CPU us/req':>17}")
 for name, r in rows.items():
     print(f"{name:<12} {r['rps']:>9.0f} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} {r['non_2xx']:>8} {r['cpu_us_per_req']:>17.1f}")
-g, a, d, n = rows["gateway"], rows["gw+auth"], rows["direct"], rows["nginx"]
+g, a, d, n = rows["gateway"], rows["gw+all"], rows["direct"], rows["nginx"]
 ratios = {
     "gateway/direct throughput": g["rps"] / d["rps"],
     "gateway/nginx throughput": g["rps"] / n["rps"],
-    "gateway+auth+log/direct throughput": a["rps"] / d["rps"],
-    "gateway+auth+log/nginx throughput": a["rps"] / n["rps"],
+    "gateway+all/direct throughput": a["rps"] / d["rps"],
+    "gateway+all/nginx throughput": a["rps"] / n["rps"],
     "metrics on/off throughput": rows["gw+metrics"]["rps"] / g["rps"],
     "limits memory/none throughput": rows["gw+lim-mem"]["rps"] / g["rps"],
     "limits redis/none throughput": rows["gw+lim-redis"]["rps"] / g["rps"],
     "limits redis/memory throughput": rows["gw+lim-redis"]["rps"] / rows["gw+lim-mem"]["rps"],
     "gateway p50 added ms (vs direct)": g["p50_ms"] - d["p50_ms"],
-    "gateway+auth+log p50 added ms (vs direct)": a["p50_ms"] - d["p50_ms"],
+    "gateway+all p50 added ms (vs direct)": a["p50_ms"] - d["p50_ms"],
     "nginx p50 added ms (vs direct)": n["p50_ms"] - d["p50_ms"],
 }
 for k, v in ratios.items():

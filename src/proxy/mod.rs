@@ -8,7 +8,7 @@ mod body;
 mod forward;
 mod local;
 mod respond;
-mod usage;
+pub mod usage;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
