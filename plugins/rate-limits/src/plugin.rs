@@ -456,25 +456,27 @@ impl Plugin for RateLimits {
         let Some(admission) = ctx.extensions.get::<Admission>() else {
             return;
         };
-        let mut set = |name: &'static str, value: String| {
-            if let Ok(v) = http::HeaderValue::from_str(&value) {
-                headers.insert(http::HeaderName::from_static(name), v);
-            }
+        let mut set = |name: &'static str, value: http::HeaderValue| {
+            headers.insert(http::HeaderName::from_static(name), value);
+        };
+        let reset_value = |secs: f64| {
+            http::HeaderValue::from_str(&format_reset(secs))
+                .unwrap_or(http::HeaderValue::from_static("0s"))
         };
         if let Some((limit, remaining, reset)) = admission.requests {
-            set("x-ratelimit-limit-requests", limit.to_string());
-            set("x-ratelimit-remaining-requests", remaining.to_string());
-            set("x-ratelimit-reset-requests", format_reset(reset));
+            set("x-ratelimit-limit-requests", limit.into());
+            set("x-ratelimit-remaining-requests", remaining.into());
+            set("x-ratelimit-reset-requests", reset_value(reset));
         }
         if let Some((limit, remaining, reset)) = admission.tokens {
-            set("x-ratelimit-limit-tokens", limit.to_string());
-            set("x-ratelimit-remaining-tokens", remaining.to_string());
-            set("x-ratelimit-reset-tokens", format_reset(reset));
+            set("x-ratelimit-limit-tokens", limit.into());
+            set("x-ratelimit-remaining-tokens", remaining.into());
+            set("x-ratelimit-reset-tokens", reset_value(reset));
         }
     }
 
     fn on_done(&self, summary: &RequestSummary, ctx: &RequestCtx) {
-        let Some(admission) = ctx.extensions.get::<Admission>().cloned() else {
+        let Some(admission) = ctx.extensions.get::<Admission>() else {
             return;
         };
         // Only a successful answer consumes tokens; its usage replaces the reservation.
@@ -485,6 +487,14 @@ impl Plugin for RateLimits {
             _ => 0,
         };
         let delta = used as i64 - admission.reserved as i64;
+        let (budgets, slots) = (&admission.token_keys, &admission.concurrency_keys);
+        if let Some(done) = admission.store.finish_now(budgets, delta, slots) {
+            if let Err(e) = done {
+                log::debug!(target: "rate_limits", request_id = ctx.request_id.as_str(); "settling a request: {}", e.0);
+            }
+            return;
+        }
+        let admission = admission.clone();
         let request_id = ctx.request_id.clone();
         tokio::spawn(async move {
             let done = admission

@@ -93,12 +93,38 @@ impl Store for MemoryStore {
             updates.push(next);
         }
         for (check, next) in checks.iter().zip(updates) {
-            state.insert(check.key.clone(), next);
+            // Known keys are updated in place: no key copy on the hot path.
+            match state.get_mut(&check.key) {
+                Some(value) => *value = next,
+                None => {
+                    state.insert(check.key.clone(), next);
+                }
+            }
         }
         Ok(Decision::Admitted(verdicts))
     }
 
+    fn finish_now(
+        &self,
+        budgets: &[(String, u64)],
+        delta: i64,
+        slots: &[String],
+    ) -> Option<Result<(), StoreError>> {
+        Some(self.finish_locked(budgets, delta, slots))
+    }
+
     async fn finish(
+        &self,
+        budgets: &[(String, u64)],
+        delta: i64,
+        slots: &[String],
+    ) -> Result<(), StoreError> {
+        self.finish_locked(budgets, delta, slots)
+    }
+}
+
+impl MemoryStore {
+    fn finish_locked(
         &self,
         budgets: &[(String, u64)],
         delta: i64,

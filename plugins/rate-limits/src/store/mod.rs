@@ -50,4 +50,15 @@ pub trait Store: Send + Sync {
         delta: i64,
         slots: &[String],
     ) -> Result<(), StoreError>;
+
+    /// `finish` without waiting, for stores that never wait (memory); `None` means the
+    /// caller must run `finish` in a task.
+    fn finish_now(
+        &self,
+        _budgets: &[(String, u64)],
+        _delta: i64,
+        _slots: &[String],
+    ) -> Option<Result<(), StoreError>> {
+        None
+    }
 }
