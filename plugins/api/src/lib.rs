@@ -13,6 +13,7 @@
 //!
 //! Local routes (health, models, ...) run only `on_request` (for auth) and `on_done`.
 
+pub mod config;
 mod context;
 mod error;
 

@@ -50,13 +50,14 @@ fn duration(
     value: &Option<String>,
     path: &str,
     key: &str,
-    default: u64,
+    default_secs: u64,
 ) -> Result<Duration, String> {
-    match value {
-        None => Ok(Duration::from_secs(default)),
-        Some(text) => humantime::parse_duration(text)
-            .map_err(|e| format!("{path}.{key}: `{text}` is not a duration like \"60s\" ({e})")),
-    }
+    gateway_plugin_api::config::duration(
+        value.as_deref(),
+        path,
+        key,
+        Duration::from_secs(default_secs),
+    )
 }
 
 fn static_key(file: &str, path: &str) -> Result<DecodingKey, String> {

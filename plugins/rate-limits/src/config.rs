@@ -127,12 +127,12 @@ impl LimitsConfig {
                 {
                     return Err(format!("{path}.redis_url: `{url}` is not a redis:// URL"));
                 }
-                let timeout = match &f.redis_timeout {
-                    None => Duration::from_millis(250),
-                    Some(t) => humantime_like(t).ok_or_else(|| {
-                        format!("{path}.redis_timeout: `{t}` is not a duration like \"250ms\"")
-                    })?,
-                };
+                let timeout = gateway_plugin_api::config::duration(
+                    f.redis_timeout.as_deref(),
+                    path,
+                    "redis_timeout",
+                    Duration::from_millis(250),
+                )?;
                 let on_error = match f.on_redis_error.as_deref().unwrap_or("fail_open") {
                     "fail_open" => OnRedisError::FailOpen,
                     "fail_closed" => OnRedisError::FailClosed,
@@ -206,18 +206,5 @@ impl LimitsConfig {
             }
         }
         limits
-    }
-}
-
-/// "250ms", "1s", "2m" (the few forms a timeout needs).
-fn humantime_like(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit())?);
-    let n: u64 = number.parse().ok()?;
-    match unit {
-        "ms" => Some(Duration::from_millis(n)),
-        "s" => Some(Duration::from_secs(n)),
-        "m" => Some(Duration::from_secs(n * 60)),
-        _ => None,
     }
 }
