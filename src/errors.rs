@@ -107,6 +107,16 @@ pub fn backends_refused(pool: &str, attempts: u32) -> ApiError {
     )
 }
 
+pub fn gateway_overloaded() -> ApiError {
+    ApiError::new(
+        503,
+        "service_unavailable",
+        "gateway_overloaded",
+        "The gateway has no connection left to reach a backend; try again shortly.".into(),
+    )
+    .with_header("retry-after", "1".into())
+}
+
 pub fn upstream_failed(pool: &str) -> ApiError {
     ApiError::new(
         502,

@@ -188,6 +188,15 @@ impl Gateway {
             let (mut upstream, reused) = match self.connector.get_http_session(&backend.peer).await
             {
                 Ok(s) => s,
+                Err(e) if !backend_at_fault(&e) => {
+                    // Out of sockets or ports here: not the backend's fault, so nothing is
+                    // ejected, and another backend would fail the same way.
+                    log::error!(
+                        request_id = ctx.request_id.as_str(), pool = pool.name.as_str();
+                        "cannot open a connection to a backend (raise LimitNOFILE?): {e}"
+                    );
+                    return Err(errors::gateway_overloaded());
+                }
                 Err(e) => {
                     if let Some(m) = &self.metrics {
                         m.connect_errors
@@ -402,6 +411,28 @@ async fn send(
     upstream.read_response_header().await
 }
 
+/// Whether a failed connect speaks of the backend (refused, unreachable, too slow) rather
+/// than of this host (no file descriptor or port left to make a socket with).
+fn backend_at_fault(e: &Error) -> bool {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        match err.etype() {
+            ErrorType::SocketError | ErrorType::BindError => return false,
+            ErrorType::ConnectRefused | ErrorType::ConnectTimedout | ErrorType::ConnectNoRoute => {
+                return true
+            }
+            _ => {}
+        }
+        // Pingora chains causes as boxed errors (`BError`), sometimes as bare ones.
+        current = err.cause.as_deref().and_then(|c| {
+            c.downcast_ref::<Box<Error>>()
+                .map(|b| b.as_ref())
+                .or_else(|| c.downcast_ref::<Error>())
+        });
+    }
+    true
+}
+
 /// Errors that mean a reused keep-alive connection was already dead when we picked it.
 fn is_stale_connection(e: &Error) -> bool {
     matches!(
@@ -421,4 +452,29 @@ fn affinity_key(ctx: &RequestCtx) -> u64 {
         (None, None) => {}
     }
     hasher.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_socket_exhaustion_is_not_the_backends_fault() {
+        let local = Error::because(
+            ErrorType::InternalError,
+            "Fail to connect",
+            Error::explain(
+                ErrorType::SocketError,
+                "failed to create socket: Too many open files",
+            ),
+        );
+        assert!(!backend_at_fault(&local));
+        assert!(backend_at_fault(&Error::new(ErrorType::ConnectRefused)));
+        let wrapped = Error::because(
+            ErrorType::InternalError,
+            "connect",
+            Error::new(ErrorType::ConnectTimedout),
+        );
+        assert!(backend_at_fault(&wrapped));
+    }
 }
