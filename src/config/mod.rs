@@ -10,7 +10,6 @@ use std::path::Path;
 pub use model::{
     BackendConfig, Balance, Config, HealthConfig, PluginConfig, PoolConfig, ServerConfig,
 };
-pub use units::{parse_duration, parse_size};
 
 /// Why a configuration was refused. Every variant names the file or the TOML path.
 #[derive(Debug)]

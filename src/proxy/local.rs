@@ -70,6 +70,7 @@ pub fn jobs(table: &ModelTable, cluster: &str) -> Value {
 pub fn list_endpoints(table: &ModelTable, base_path: &str) -> Value {
     let mut clusters: BTreeMap<&str, BTreeMap<&str, Vec<Value>>> = BTreeMap::new();
     for pool in &table.pools {
+        let (status, since) = pool.status();
         let endpoints: serde_json::Map<String, Value> = Api::ALL
             .into_iter()
             .map(|api| {
@@ -93,8 +94,8 @@ pub fn list_endpoints(table: &ModelTable, base_path: &str) -> Value {
                 "endpoints": endpoints,
                 "backends_total": pool.backends.len(),
                 "backends_healthy": pool.healthy_count(),
-                "status": pool.status().0.as_str(),
-                "status_since": pool.status().1,
+                "status": status.as_str(),
+                "status_since": since,
             }));
     }
     json!({ "clusters": clusters })

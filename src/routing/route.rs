@@ -35,6 +35,13 @@ pub struct Target<'a> {
     pub framework: &'a str,
 }
 
+impl Target<'_> {
+    /// Whether a pool tagged `cluster`/`framework` is in this target; `None` targets all.
+    pub fn admits(target: Option<Target<'_>>, cluster: &str, framework: &str) -> bool {
+        target.is_none_or(|t| t.cluster == cluster && t.framework == framework)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route<'a> {
     Inference {

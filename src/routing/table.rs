@@ -49,7 +49,7 @@ impl ModelTable {
             .ok_or_else(|| errors::model_not_found(model, None))?;
         let mut matching = serving
             .iter()
-            .filter(|p| target.is_none_or(|t| p.cluster == t.cluster && p.framework == t.framework))
+            .filter(|p| Target::admits(target, &p.cluster, &p.framework))
             .peekable();
         if matching.peek().is_none() {
             return Err(errors::model_not_found(model, target));
@@ -66,9 +66,9 @@ impl ModelTable {
         &'a self,
         target: Option<Target<'a>>,
     ) -> impl Iterator<Item = &'a Arc<Pool>> + 'a {
-        self.pools.iter().filter(move |p| {
-            target.is_none_or(|t| p.cluster == t.cluster && p.framework == t.framework)
-        })
+        self.pools
+            .iter()
+            .filter(move |p| Target::admits(target, &p.cluster, &p.framework))
     }
 }
 

@@ -161,12 +161,6 @@ impl MockBackend {
         }
     }
 
-    pub fn update(&self, change: impl FnOnce(&mut MockConfig)) {
-        if let Ok(mut c) = self.state.config.lock() {
-            change(&mut c);
-        }
-    }
-
     pub fn stats(&self) -> &MockStats {
         &self.state.stats
     }

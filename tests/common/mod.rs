@@ -6,7 +6,6 @@
     reason = "each test file uses a different part of the harness"
 )]
 
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -130,10 +129,6 @@ impl Gateway {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         false
-    }
-
-    pub fn config_path(&self) -> PathBuf {
-        self.dir.path().join("gateway.toml")
     }
 }
 

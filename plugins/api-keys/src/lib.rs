@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use gateway_plugin_api::{
-    bearer_token, BuildContext, Flow, Plugin, PluginFactory, Principal, RequestCtx, RequestHead,
+    unclaimed_token, BuildContext, Flow, Plugin, PluginFactory, Principal, RequestCtx, RequestHead,
 };
 use sha2::{Digest, Sha256};
 
@@ -139,10 +139,7 @@ impl Plugin for ApiKeys {
     }
 
     async fn on_request(&self, head: &RequestHead<'_>, ctx: &mut RequestCtx) -> Flow {
-        if ctx.principal.is_some() {
-            return Flow::Continue;
-        }
-        if let Some(token) = bearer_token(head.headers) {
+        if let Some(token) = unclaimed_token(head, ctx) {
             let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
             if let Some(principal) = self.by_hash.get(&hash) {
                 ctx.principal = Some(Principal::clone(principal));

@@ -112,6 +112,15 @@ pub struct BuildContext {
     pub registry: prometheus::Registry,
 }
 
+/// The token an auth plugin should judge: the bearer token, unless an earlier plugin in the
+/// chain already recognised the request (the first that recognises a token decides).
+pub fn unclaimed_token<'a>(head: &RequestHead<'a>, ctx: &RequestCtx) -> Option<&'a str> {
+    match ctx.principal {
+        Some(_) => None,
+        None => bearer_token(head.headers),
+    }
+}
+
 /// The bearer token of a request, if it sent one.
 pub fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
     let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use gateway_plugin_api::{
-    bearer_token, ApiError, BuildContext, Flow, Plugin, PluginFactory, Principal, RequestCtx,
+    unclaimed_token, ApiError, BuildContext, Flow, Plugin, PluginFactory, Principal, RequestCtx,
     RequestHead,
 };
 use moka::future::Cache;
@@ -200,10 +200,7 @@ impl Plugin for GlobusAuth {
     }
 
     async fn on_request(&self, head: &RequestHead<'_>, ctx: &mut RequestCtx) -> Flow {
-        if ctx.principal.is_some() {
-            return Flow::Continue;
-        }
-        let Some(token) = bearer_token(head.headers) else {
+        let Some(token) = unclaimed_token(head, ctx) else {
             return Flow::Continue;
         };
         if token.split('.').count() == 3 {

@@ -21,7 +21,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use async_trait::async_trait;
 use base64::Engine;
 use gateway_plugin_api::{
-    bearer_token, ApiError, BuildContext, Flow, Plugin, PluginFactory, Principal, RequestCtx,
+    unclaimed_token, ApiError, BuildContext, Flow, Plugin, PluginFactory, Principal, RequestCtx,
     RequestHead,
 };
 use jsonwebtoken::errors::ErrorKind;
@@ -218,10 +218,7 @@ impl Plugin for JwtAuth {
     }
 
     async fn on_request(&self, head: &RequestHead<'_>, ctx: &mut RequestCtx) -> Flow {
-        if ctx.principal.is_some() {
-            return Flow::Continue;
-        }
-        let Some(token) = bearer_token(head.headers) else {
+        let Some(token) = unclaimed_token(head, ctx) else {
             return Flow::Continue;
         };
         let Some(peeked) = peek_claims(token) else {

@@ -46,14 +46,6 @@ impl MemoryStore {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.state.lock().map(|s| s.len()).unwrap_or_default()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     fn locked(&self) -> Result<std::sync::MutexGuard<'_, HashMap<String, f64>>, StoreError> {
         self.state
             .lock()
