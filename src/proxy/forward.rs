@@ -281,10 +281,12 @@ impl Gateway {
         }
         // The body goes upstream whole, so it is framed by its length. Pingora's header
         // inserts cost a few thousand instructions each: skip the ones already right.
-        let declared = client.headers.get("content-length").map(|v| v.as_bytes());
-        if header.remove_header("transfer-encoding").is_some()
-            || declared != Some(body_len.to_string().as_bytes())
-        {
+        let declared = client
+            .headers
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if header.remove_header("transfer-encoding").is_some() || declared != Some(body_len) {
             header
                 .insert_header("content-length", body_len.to_string())
                 .map_err(bad)?;
