@@ -5,6 +5,7 @@ use inference_gateway::cli::{Cli, Command};
 use inference_gateway::config::Config;
 use inference_gateway::{logging, server};
 
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {

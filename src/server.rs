@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::Server;
 use pingora_core::services::background::background_service;
@@ -57,7 +58,11 @@ pub fn build(config: Config) -> Result<Server, ConfigError> {
     );
     let mut service = Service::new("inference-gateway".to_string(), gateway);
     for addr in &config.server.listen {
-        service.add_tcp(&addr.to_string());
+        // No L4 read buffer: without TLS it only adds a copy, and Pingora's default is
+        // 64 KiB per client connection, most of the memory of an open stream.
+        let listener = ListenerConfig::tcp(addr.to_string())
+            .l4_buffer(L4BufferSettings::default().read(0));
+        service.add_listener(listener);
     }
     service.threads = Some(config.server.threads);
     server.add_service(service);

@@ -143,6 +143,12 @@ impl MockBackend {
         let (stop, stopped) = oneshot::channel::<()>();
         let app = router(state.clone());
         tokio::spawn(async move {
+            // vLLM's server (uvicorn on asyncio) sets TCP_NODELAY; without it, Nagle's
+            // algorithm holds the first token behind the header and merges token pairs,
+            // which distorts the direct baseline of every streaming measurement.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             let serve = axum::serve(listener, app).with_graceful_shutdown(async {
                 let _ = stopped.await;
             });
