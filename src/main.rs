@@ -5,6 +5,11 @@ use inference_gateway::cli::{Cli, Command};
 use inference_gateway::config::Config;
 use inference_gateway::{logging, server};
 
+// jemalloc's thread caches make the many small allocations of a proxied request cheaper than
+// glibc's malloc: callgrind counts 12 % fewer instructions per request with every feature on
+// (benches/README.md). Resident memory per open stream is the same with either.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

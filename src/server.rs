@@ -60,8 +60,8 @@ pub fn build(config: Config) -> Result<Server, ConfigError> {
     for addr in &config.server.listen {
         // No L4 read buffer: without TLS it only adds a copy, and Pingora's default is
         // 64 KiB per client connection, most of the memory of an open stream.
-        let listener = ListenerConfig::tcp(addr.to_string())
-            .l4_buffer(L4BufferSettings::default().read(0));
+        let listener =
+            ListenerConfig::tcp(addr.to_string()).l4_buffer(L4BufferSettings::default().read(0));
         service.add_listener(listener);
     }
     service.threads = Some(config.server.threads);

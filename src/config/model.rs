@@ -336,7 +336,15 @@ fn pool_config(i: usize, p: &PoolSection) -> Result<PoolConfig, ConfigError> {
     let api_key = match &p.api_key_env {
         None => None,
         Some(var) => match std::env::var(var) {
-            Ok(key) if !key.is_empty() => Some(key),
+            Ok(key) if !key.is_empty() => {
+                if http::HeaderValue::from_str(&key).is_err() {
+                    return Err(err(
+                        at("api_key_env"),
+                        format!("environment variable `{var}` holds a control character or newline, which an Authorization header cannot carry"),
+                    ));
+                }
+                Some(key)
+            }
             _ => {
                 return Err(err(
                     at("api_key_env"),

@@ -81,6 +81,19 @@ fn errors_name_the_toml_path_and_the_bad_value() {
 }
 
 #[test]
+fn a_pool_key_that_cannot_be_a_header_is_refused_without_echoing_it() {
+    std::env::set_var("CONFIG_TEST_KEY_WITH_NEWLINE", "sk-secret\ninjected: 1");
+    let got = error_of(&format!(
+        "{POOL}api_key_env = \"CONFIG_TEST_KEY_WITH_NEWLINE\"\n"
+    ));
+    assert!(
+        got.starts_with("pools[0].api_key_env: environment variable `CONFIG_TEST_KEY_WITH_NEWLINE` holds a control character"),
+        "{got}"
+    );
+    assert!(!got.contains("sk-secret"), "{got}");
+}
+
+#[test]
 fn unknown_keys_are_refused_with_their_path() {
     let got = error_of(&format!("[server]\nlisten_on = [\"127.0.0.1:1\"]\n{POOL}"));
     assert!(

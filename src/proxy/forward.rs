@@ -8,7 +8,8 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use gateway_plugin_api::{ApiError, Headers, RequestCtx};
+use gateway_plugin_api::{ApiError, RequestCtx};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use pingora_core::protocols::http::client::HttpSession as UpstreamSession;
 use pingora_core::protocols::http::ServerSession;
 use pingora_error::{Error, ErrorType};
@@ -22,15 +23,17 @@ use crate::routing::pool::InflightGuard;
 use crate::routing::{Api, Backend, NoBackend, Pool};
 
 /// Headers that describe one hop, not the message; never forwarded either way.
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-    "expect",
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+    header::EXPECT,
 ];
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 
 /// Per-stream timing histograms, observed as chunks pass.
 struct StreamTiming {
@@ -71,29 +74,6 @@ struct Sent {
     _inflight: InflightGuard,
 }
 
-/// Pingora's header types, seen through the plugin API's [`Headers`].
-struct RequestHeaders<'a>(&'a mut RequestHeader);
-struct ResponseHeaders<'a>(&'a mut ResponseHeader);
-
-macro_rules! impl_headers {
-    ($wrapper:ident) => {
-        impl Headers for $wrapper<'_> {
-            fn get(&self, name: &str) -> Option<&http::HeaderValue> {
-                self.0.headers.get(name)
-            }
-            fn insert(&mut self, name: http::HeaderName, value: http::HeaderValue) {
-                // Only fails for names over 64 KiB, which `HeaderName` cannot hold.
-                let _ = self.0.insert_header(name, value);
-            }
-            fn remove(&mut self, name: &str) {
-                self.0.remove_header(name);
-            }
-        }
-    };
-}
-impl_headers!(RequestHeaders);
-impl_headers!(ResponseHeaders);
-
 impl Gateway {
     /// Forwards the request; `Err` means nothing was sent to the client yet and the caller
     /// answers with that error.
@@ -114,13 +94,15 @@ impl Gateway {
             .connect_and_send(session.req_header(), api, &body, ctx, pool, done)
             .await?;
 
-        let mut response = match upstream.response_header() {
-            Some(h) => h.clone(),
+        let response = match upstream.response_header() {
+            Some(h) => self.downstream_header(h, ctx)?,
             None => return Err(errors::upstream_failed(&pool.name)),
         };
-        self.downstream_header(&mut response, ctx);
         done.status = response.status.as_u16();
-        let content_type = response.headers.get("content-type").map(|v| v.as_bytes());
+        let content_type = response
+            .headers
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.as_bytes());
         let mut usage = UsageObserver::new(content_type);
         if let Err(e) = session.write_response_header(Box::new(response)).await {
             log::debug!(request_id = ctx.request_id.as_str(); "client went away before the header: {e}");
@@ -256,6 +238,10 @@ impl Gateway {
     }
 
     /// The client's header, minus what must not travel upstream.
+    ///
+    /// Edited as plain `http` parts: Pingora's header type keeps each name's case in a second
+    /// map, and every insert through it costs a few thousand instructions (case copy, name
+    /// re-parse, two map updates). Header-name case means nothing to HTTP/1.1 backends.
     fn upstream_header(
         &self,
         client: &RequestHeader,
@@ -264,67 +250,60 @@ impl Gateway {
         api: Api,
         body_len: usize,
     ) -> Result<RequestHeader, ApiError> {
-        let mut header = client.clone();
-        let bad = |e: Box<Error>| errors::internal(&e.to_string());
+        let mut parts = client.as_owned_parts();
         // Backends serve the plain OpenAI paths: drop the base path and cluster/framework.
-        let uri = match client.uri.query() {
+        parts.uri = match client.uri.query() {
             None => http::Uri::from_static(api.path()),
             Some(query) => format!("{}?{query}", api.path())
                 .parse()
                 .map_err(|e: http::uri::InvalidUri| errors::internal(&e.to_string()))?,
         };
-        header.set_uri(uri);
+        let headers = &mut parts.headers;
         // The client's token is for the gateway; the backend gets the pool's own key or none.
-        header.remove_header("authorization");
-        for name in HOP_BY_HOP {
-            header.remove_header(name);
-        }
-        // The body goes upstream whole, so it is framed by its length. Pingora's header
-        // inserts cost a few thousand instructions each: skip the ones already right.
-        let declared = client
-            .headers
-            .get("content-length")
+        headers.remove(header::AUTHORIZATION);
+        remove_hop_by_hop(headers);
+        // The body goes upstream whole, so it is framed by its length.
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok());
-        if header.remove_header("transfer-encoding").is_some() || declared != Some(body_len) {
-            header
-                .insert_header("content-length", body_len.to_string())
-                .map_err(bad)?;
+        if headers.remove(header::TRANSFER_ENCODING).is_some() || declared != Some(body_len) {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body_len));
         }
-        let sent_id = client.headers.get("x-request-id").map(|v| v.as_bytes());
-        if sent_id != Some(ctx.request_id.as_bytes()) {
-            header
-                .insert_header("x-request-id", ctx.request_id.as_str())
-                .map_err(bad)?;
+        if headers.get(X_REQUEST_ID).map(|v| v.as_bytes()) != Some(ctx.request_id.as_bytes()) {
+            headers.insert(X_REQUEST_ID, request_id_value(ctx)?);
         }
         if let Some(auth) = &pool.authorization {
-            header
-                .insert_header("authorization", auth.as_str())
-                .map_err(bad)?;
+            headers.insert(header::AUTHORIZATION, auth.clone());
         }
         for plugin in self.plugins.iter() {
-            plugin.on_upstream_request(&mut RequestHeaders(&mut header), ctx);
+            plugin.on_upstream_request(headers, ctx);
         }
-        Ok(header)
+        Ok(RequestHeader::from(parts))
     }
 
-    fn downstream_header(&self, response: &mut ResponseHeader, ctx: &mut RequestCtx) {
-        for name in HOP_BY_HOP {
-            response.remove_header(name);
-        }
-        let _ = response.insert_header("x-request-id", ctx.request_id.as_str());
-        let is_sse = response
-            .headers
-            .get("content-type")
+    /// The backend's response header as the client gets it (plain parts, as above).
+    fn downstream_header(
+        &self,
+        upstream: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<ResponseHeader, ApiError> {
+        let mut parts = upstream.as_owned_parts();
+        let headers = &mut parts.headers;
+        remove_hop_by_hop(headers);
+        headers.insert(X_REQUEST_ID, request_id_value(ctx)?);
+        let is_sse = headers
+            .get(header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
         if is_sse {
             // Tell an nginx or tunnel in front of us not to buffer the stream either.
-            let _ = response.insert_header("x-accel-buffering", "no");
+            headers.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
         }
-        let status = response.status.as_u16();
+        let status = parts.status.as_u16();
         for plugin in self.plugins.iter() {
-            plugin.on_response_header(status, &mut ResponseHeaders(response), ctx);
+            plugin.on_response_header(status, headers, ctx);
         }
+        Ok(ResponseHeader::from(parts))
     }
 
     /// Passes body chunks through as they arrive while watching the client connection.
@@ -411,6 +390,18 @@ async fn send(
             .observe(ctx.started.elapsed().as_secs_f64());
     }
     upstream.read_response_header().await
+}
+
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// The request id as a header value; ids we generate are always valid, a client's was
+/// already a header value.
+fn request_id_value(ctx: &RequestCtx) -> Result<HeaderValue, ApiError> {
+    HeaderValue::from_str(&ctx.request_id).map_err(|e| errors::internal(&e.to_string()))
 }
 
 /// Whether a failed connect speaks of the backend (refused, unreachable, too slow) rather

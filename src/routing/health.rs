@@ -68,7 +68,7 @@ impl HealthChecker {
             req.insert_header("user-agent", "inference-gateway-health")
                 .map_err(|e| e.to_string())?;
             if let Some(auth) = &pool.authorization {
-                req.insert_header("authorization", auth.as_str())
+                req.insert_header("authorization", auth.clone())
                     .map_err(|e| e.to_string())?;
             }
             session

@@ -81,7 +81,7 @@ pub struct Pool {
     pub balance: Balance,
     pub priority: i64,
     /// `Bearer <key>` for the backend, when the pool has its own key.
-    pub authorization: Option<String>,
+    pub authorization: Option<http::HeaderValue>,
     pub allowed_groups: Vec<String>,
     pub allowed_domains: Vec<String>,
     pub health: crate::config::HealthConfig,
@@ -158,7 +158,12 @@ impl Pool {
             backends,
             balance: config.balance,
             priority: config.priority,
-            authorization: config.api_key.as_ref().map(|k| format!("Bearer {k}")),
+            authorization: config.api_key.as_ref().and_then(|k| {
+                // Checked when the config was read; sensitive keeps it out of debug output.
+                let mut value = http::HeaderValue::from_str(&format!("Bearer {k}")).ok()?;
+                value.set_sensitive(true);
+                Some(value)
+            }),
             allowed_groups: config.allowed_groups.clone(),
             allowed_domains: config.allowed_domains.clone(),
             health: config.health.clone(),
