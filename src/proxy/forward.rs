@@ -86,12 +86,13 @@ impl Gateway {
         body: Bytes,
         done: &mut Forwarded,
     ) -> Result<(), ApiError> {
+        // Boxed: connecting nests Pingora's connector futures, the largest state of a request;
+        // inline, every open stream would carry that size for its whole life.
         let Sent {
             mut upstream,
             backend,
             _inflight,
-        } = self
-            .connect_and_send(session.req_header(), api, &body, ctx, pool, done)
+        } = Box::pin(self.connect_and_send(session.req_header(), api, &body, ctx, pool, done))
             .await?;
 
         let response = match upstream.response_header() {
