@@ -9,6 +9,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -64,38 +65,6 @@ pub struct AccessLog {
     sink: Sink,
 }
 
-/// One access-log line. Field names are a stable interface for log pipelines.
-#[derive(Serialize)]
-struct Line<'a> {
-    ts: f64,
-    kind: &'static str,
-    request_id: &'a str,
-    route: &'static str,
-    status: u16,
-    model: Option<&'a str>,
-    cluster: Option<&'a str>,
-    framework: Option<&'a str>,
-    pool: Option<&'a str>,
-    backend: Option<&'a str>,
-    stream: bool,
-    user: Option<&'a str>,
-    identity_provider: Option<&'a str>,
-    auth_method: Option<&'a str>,
-    client: Option<String>,
-    duration_ms: f64,
-    first_byte_ms: Option<f64>,
-    bytes_in: u64,
-    bytes_out: u64,
-    upstream_attempts: u32,
-    prompt_tokens: Option<u64>,
-    completion_tokens: Option<u64>,
-    tokens_estimated: Option<bool>,
-    limiter: Option<&'static str>,
-    error_code: Option<&'static str>,
-    client_aborted: bool,
-    truncated: bool,
-}
-
 impl AccessLog {
     fn write(&self, line: &[u8]) -> io::Result<()> {
         match &self.sink {
@@ -123,44 +92,121 @@ impl Plugin for AccessLog {
 
     fn on_done(&self, summary: &RequestSummary, ctx: &RequestCtx) {
         let principal = ctx.principal.as_ref();
-        let line = Line {
-            ts: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or_default(),
-            kind: "access",
-            request_id: &ctx.request_id,
-            route: ctx.route,
-            status: summary.status,
-            model: ctx.model.as_deref(),
-            cluster: ctx.cluster.as_deref(),
-            framework: ctx.framework.as_deref(),
-            pool: ctx.pool.as_deref(),
-            backend: ctx.backend.as_deref(),
-            stream: ctx.stream,
-            user: principal.map(|p| p.username.as_str()),
-            identity_provider: principal.and_then(|p| p.identity_provider.as_deref()),
-            auth_method: principal.map(|p| p.auth_method.as_str()),
-            client: ctx.client_addr.map(|a| a.ip().to_string()),
-            duration_ms: millis(summary.duration),
-            first_byte_ms: summary.first_byte.map(millis),
-            bytes_in: summary.bytes_received,
-            bytes_out: summary.bytes_sent,
-            upstream_attempts: summary.upstream_attempts,
-            prompt_tokens: ctx.usage.map(|u| u.prompt_tokens),
-            completion_tokens: ctx.usage.map(|u| u.completion_tokens),
-            tokens_estimated: ctx.usage.map(|u| u.estimated),
-            limiter: ctx.limiter,
-            error_code: summary.error_code,
-            client_aborted: summary.client_aborted,
-            truncated: summary.truncated,
-        };
-        let Ok(mut bytes) = serde_json::to_vec(&line) else {
-            return;
-        };
-        bytes.push(b'\n');
+        let ts = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or_default();
+        // Field names are a stable interface for log pipelines.
+        let mut line = JsonLine::new();
+        line.number("ts", ts);
+        line.string("kind", Some("access"));
+        line.string("request_id", Some(&ctx.request_id));
+        line.string("route", Some(ctx.route));
+        line.number("status", summary.status);
+        line.string("model", ctx.model.as_deref());
+        line.string("cluster", ctx.cluster.as_deref());
+        line.string("framework", ctx.framework.as_deref());
+        line.string("pool", ctx.pool.as_deref());
+        line.string("backend", ctx.backend.as_deref());
+        line.boolean("stream", Some(ctx.stream));
+        line.string("user", principal.map(|p| p.username.as_str()));
+        line.string(
+            "identity_provider",
+            principal.and_then(|p| p.identity_provider.as_deref()),
+        );
+        line.string("auth_method", principal.map(|p| p.auth_method.as_str()));
+        line.ip("client", ctx.client_addr.map(|a| a.ip()));
+        line.number("duration_ms", millis(summary.duration));
+        line.number("first_byte_ms", summary.first_byte.map(millis));
+        line.number("bytes_in", summary.bytes_received);
+        line.number("bytes_out", summary.bytes_sent);
+        line.number("upstream_attempts", summary.upstream_attempts);
+        line.number("prompt_tokens", ctx.usage.map(|u| u.prompt_tokens));
+        line.number("completion_tokens", ctx.usage.map(|u| u.completion_tokens));
+        line.boolean("tokens_estimated", ctx.usage.map(|u| u.estimated));
+        line.string("limiter", ctx.limiter);
+        line.string("error_code", summary.error_code);
+        line.boolean("client_aborted", Some(summary.client_aborted));
+        line.boolean("truncated", Some(summary.truncated));
         // A full disk or closed stdout must not fail the request; there is nowhere to report it.
-        let _ = self.write(&bytes);
+        let _ = self.write(&line.finish());
+    }
+}
+
+/// One JSON object written field by field. Keys are literals of this file (nothing to
+/// escape); values go through serde_json, so strings are escaped exactly as serde would.
+/// Under half the instructions of serializing a derived struct: the access log was 10 % of a
+/// request's instructions with every feature on (benches/README.md).
+struct JsonLine(Vec<u8>);
+
+impl JsonLine {
+    fn new() -> JsonLine {
+        let mut buf = Vec::with_capacity(640);
+        buf.push(b'{');
+        JsonLine(buf)
+    }
+
+    fn key(&mut self, key: &str) {
+        if self.0.len() > 1 {
+            self.0.push(b',');
+        }
+        self.0.push(b'"');
+        self.0.extend_from_slice(key.as_bytes());
+        self.0.extend_from_slice(b"\":");
+    }
+
+    fn value(&mut self, value: impl Serialize) {
+        // Writing into a Vec cannot fail, and these types always serialize.
+        let _ = serde_json::to_writer(&mut self.0, &value);
+    }
+
+    fn string(&mut self, key: &str, value: Option<&str>) {
+        self.key(key);
+        self.value(value);
+    }
+
+    fn number(&mut self, key: &str, value: impl Serialize) {
+        self.key(key);
+        self.value(value);
+    }
+
+    fn boolean(&mut self, key: &str, value: Option<bool>) {
+        self.key(key);
+        self.0.extend_from_slice(match value {
+            Some(true) => b"true",
+            Some(false) => b"false",
+            None => b"null",
+        });
+    }
+
+    /// IPv4 by hand (`Display` for addresses costs ~1.5k instructions), IPv6 by `Display`.
+    fn ip(&mut self, key: &str, ip: Option<IpAddr>) {
+        self.key(key);
+        match ip {
+            None => self.0.extend_from_slice(b"null"),
+            Some(IpAddr::V4(v4)) => {
+                self.0.push(b'"');
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        self.0.push(b'.');
+                    }
+                    if octet >= 100 {
+                        self.0.push(b'0' + octet / 100);
+                    }
+                    if octet >= 10 {
+                        self.0.push(b'0' + octet / 10 % 10);
+                    }
+                    self.0.push(b'0' + octet % 10);
+                }
+                self.0.push(b'"');
+            }
+            Some(v6) => self.value(v6.to_string()),
+        }
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.0.extend_from_slice(b"}\n");
+        self.0
     }
 }
 
@@ -216,6 +262,59 @@ mod tests {
         assert_eq!(lines[0]["request_id"], "req-1");
         assert_eq!(lines[0]["model"], "m");
         assert_eq!(lines[0]["bytes_out"], 42);
+        // Every field is on every line, null when unknown: the set is the interface.
+        let keys: Vec<&str> = lines[0]
+            .as_object()
+            .map(|o| o.keys().map(|k| k.as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(keys.len(), 27, "{keys:?}");
+        assert!(lines[0]["user"].is_null() && lines[0]["client"].is_null());
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    fn line_of(build: impl FnOnce(&mut JsonLine)) -> serde_json::Value {
+        let mut line = JsonLine::new();
+        build(&mut line);
+        let bytes = line.finish();
+        assert_eq!(bytes.last(), Some(&b'\n'));
+        serde_json::from_slice(&bytes).expect("valid JSON")
+    }
+
+    #[test]
+    fn values_are_escaped_and_typed_like_serde() {
+        let v = line_of(|l| {
+            l.string("model", Some("a\"b\\c\n\u{1}é"));
+            l.string("pool", None);
+            l.number("ts", 1795754953.594_f64);
+            l.number("first_byte_ms", None::<f64>);
+            l.number("bytes_in", u64::MAX);
+            l.boolean("stream", Some(true));
+            l.boolean("tokens_estimated", None);
+        });
+        assert_eq!(v["model"], "a\"b\\c\n\u{1}é");
+        assert!(v["pool"].is_null() && v["first_byte_ms"].is_null());
+        assert_eq!(v["ts"], 1795754953.594);
+        assert_eq!(v["bytes_in"], u64::MAX);
+        assert_eq!(v["stream"], true);
+        assert!(v["tokens_estimated"].is_null());
+        assert_eq!(v.as_object().map(|o| o.len()), Some(7));
+    }
+
+    #[test]
+    fn client_addresses_print_as_display_does() {
+        let cases = [
+            "0.0.0.0",
+            "9.10.99.100",
+            "127.0.0.1",
+            "255.254.200.101",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+        ];
+        for text in cases {
+            let ip: IpAddr = text.parse().expect("ip");
+            let v = line_of(|l| l.ip("client", Some(ip)));
+            assert_eq!(v["client"], ip.to_string(), "{text}");
+        }
+        assert!(line_of(|l| l.ip("client", None))["client"].is_null());
     }
 }
