@@ -274,3 +274,21 @@ fn config_errors_name_the_path() {
             .starts_with("plugins[1].overrides[0]: set at least one")
     );
 }
+
+#[test]
+fn reset_times_use_openais_format() {
+    let cases = [
+        (0.0, "0ms"),
+        (0.0201, "21ms"),
+        (0.999, "999ms"),
+        (1.0, "1s"),
+        (1.45, "1.5s"),
+        (12.04, "12s"),
+        (59.96, "60s"),
+        (60.0, "1m0s"),
+        (361.2, "6m1s"),
+    ];
+    for (secs, want) in cases {
+        assert_eq!(super::format_reset(secs), want, "{secs}");
+    }
+}

@@ -22,9 +22,15 @@ pub fn system_clock() -> Clock {
     })
 }
 
+/// Keys hashed with foldhash: seeded per process like std's SipHash (keys hold user-chosen
+/// model names, so the hash must not be predictable) at a seventh of its cost (callgrind:
+/// ~35 instead of ~244 instructions a key). A request hashes its five keys twice: check all,
+/// then commit all.
+type KeyMap = HashMap<String, f64, foldhash::fast::RandomState>;
+
 pub struct MemoryStore {
     /// GCRA `tat` for rate keys, the in-flight count for concurrency keys.
-    state: Mutex<HashMap<String, f64>>,
+    state: Mutex<KeyMap>,
     clock: Clock,
     acquisitions: AtomicU64,
 }
@@ -40,13 +46,13 @@ const PRUNE_EVERY: u64 = 4096;
 impl MemoryStore {
     pub fn new(clock: Clock) -> MemoryStore {
         MemoryStore {
-            state: Mutex::new(HashMap::new()),
+            state: Mutex::new(KeyMap::default()),
             clock,
             acquisitions: AtomicU64::new(0),
         }
     }
 
-    fn locked(&self) -> Result<std::sync::MutexGuard<'_, HashMap<String, f64>>, StoreError> {
+    fn locked(&self) -> Result<std::sync::MutexGuard<'_, KeyMap>, StoreError> {
         self.state
             .lock()
             .map_err(|_| StoreError("limit state lock poisoned".into()))
