@@ -65,8 +65,8 @@ pub trait Plugin: Send + Sync {
     fn on_done(&self, _summary: &RequestSummary, _ctx: &RequestCtx) {}
 }
 
-/// A header block a plugin may edit (the core's header types keep header-name case, so they
-/// are not a plain `http::HeaderMap`).
+/// A header block a plugin may edit. The core hands plugins an `http::HeaderMap`; the trait
+/// keeps plugins independent of how the core stores a header block.
 pub trait Headers {
     fn get(&self, name: &str) -> Option<&http::HeaderValue>;
     fn insert(&mut self, name: http::HeaderName, value: http::HeaderValue);
