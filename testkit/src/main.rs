@@ -41,7 +41,18 @@ fn main() -> std::io::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(&args.listen).await?;
+        // uvicorn's (vLLM's server) default backlog; tokio's default is 1024, which a burst
+        // of new connections from the gateway overflows into resets.
+        let addr: std::net::SocketAddr = args.listen.parse().map_err(|e| {
+            std::io::Error::other(format!("--listen `{}`: {e} (want IP:port)", args.listen))
+        })?;
+        let socket = match addr {
+            std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        let listener = socket.listen(2048)?;
         let config = MockConfig {
             models: args.models,
             first_token_delay: Duration::from_millis(args.first_token_ms),
