@@ -94,6 +94,9 @@ impl Gateway {
             _inflight,
         } = Box::pin(self.connect_and_send(session.req_header(), api, &body, ctx, pool, done))
             .await?;
+        // Sent in full and never retried from here on: a long prompt must not stay in memory
+        // for the whole life of its stream.
+        drop(body);
 
         let response = match upstream.response_header() {
             Some(h) => self.downstream_header(h, ctx)?,
