@@ -4,10 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v cmake >/dev/null; then
-    # Pingora's zlib-ng build needs cmake.
+# Pingora's zlib-ng build needs cmake; jemalloc's build needs make.
+need=()
+command -v cmake >/dev/null || need+=(cmake)
+command -v make >/dev/null || need+=(make)
+if [ ${#need[@]} -gt 0 ]; then
     sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
-    $sudo apt-get update -qq && $sudo apt-get install -y -qq cmake
+    $sudo apt-get update -qq && $sudo apt-get install -y -qq "${need[@]}"
 fi
 cargo build --release --workspace --bins
 
