@@ -249,6 +249,9 @@ async fn client_token_never_reaches_the_backend_and_request_ids_flow() {
         .post(gw.api("/v1/chat/completions"))
         .bearer_auth("users-globus-token")
         .header("x-request-id", "abc-123")
+        // A header the client marks as hop-by-hop stops at the gateway.
+        .header("connection", "keep-alive, x-trace-hop")
+        .header("x-trace-hop", "1")
         .json(&chat_body(false))
         .send()
         .await
@@ -264,6 +267,8 @@ async fn client_token_never_reaches_the_backend_and_request_ids_flow() {
         .expect("headers");
     assert_eq!(seen["authorization"], "Bearer pool-secret");
     assert_eq!(seen["x-request-id"], "abc-123");
+    assert!(!seen.contains_key("x-trace-hop"), "{seen:?}");
+    assert!(seen.contains_key("host"), "{seen:?}");
 
     // An insane request id is replaced, not forwarded.
     let resp = http

@@ -396,8 +396,27 @@ async fn send(
     upstream.read_response_header().await
 }
 
+/// Removes the fixed hop-by-hop headers and every header the sender's `Connection` header
+/// names as one (RFC 9110 §7.6.1), except those the gateway re-frames or must keep: a client
+/// cannot strip `Host`, and the message length is set by the gateway on the way up and
+/// checked by Pingora on the way down.
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    for name in &HOP_BY_HOP {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .filter(|name| {
+            ![
+                header::HOST,
+                header::CONTENT_LENGTH,
+                header::TRANSFER_ENCODING,
+            ]
+            .contains(name)
+        })
+        .collect();
+    for name in HOP_BY_HOP.iter().chain(&named) {
         headers.remove(name);
     }
 }
@@ -454,6 +473,29 @@ fn affinity_key(ctx: &RequestCtx) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn headers_named_by_connection_are_hop_by_hop_but_framing_and_host_stay() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "keep-alive, X-Trace-Hop , host"),
+            ("connection", "content-length,transfer-encoding, bad name"),
+            ("keep-alive", "timeout=5"),
+            ("x-trace-hop", "1"),
+            ("host", "gw.example"),
+            ("content-length", "12"),
+            ("x-kept", "yes"),
+        ] {
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        remove_hop_by_hop(&mut headers);
+        let mut left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["content-length", "host", "x-kept"]);
+    }
 
     #[test]
     fn local_socket_exhaustion_is_not_the_backends_fault() {
