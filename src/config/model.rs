@@ -340,7 +340,7 @@ fn pool_config(i: usize, p: &PoolSection) -> Result<PoolConfig, ConfigError> {
                 if http::HeaderValue::from_str(&key).is_err() {
                     return Err(err(
                         at("api_key_env"),
-                        format!("environment variable `{var}` holds a control character or newline, which an Authorization header cannot carry"),
+                        format!("environment variable `{var}` holds characters an Authorization header cannot carry (only visible ASCII and spaces)"),
                     ));
                 }
                 Some(key)

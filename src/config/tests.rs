@@ -87,7 +87,7 @@ fn a_pool_key_that_cannot_be_a_header_is_refused_without_echoing_it() {
         "{POOL}api_key_env = \"CONFIG_TEST_KEY_WITH_NEWLINE\"\n"
     ));
     assert!(
-        got.starts_with("pools[0].api_key_env: environment variable `CONFIG_TEST_KEY_WITH_NEWLINE` holds a control character"),
+        got.starts_with("pools[0].api_key_env: environment variable `CONFIG_TEST_KEY_WITH_NEWLINE` holds characters an Authorization header cannot carry"),
         "{got}"
     );
     assert!(!got.contains("sk-secret"), "{got}");
