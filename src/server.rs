@@ -1,11 +1,13 @@
 //! Assembling Pingora: the gateway service on its listeners, the metrics listener, and the
 //! health checker.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::ServerConf;
-use pingora_core::server::Server;
+use pingora_core::server::{ExecutionPhase, Server};
 use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 
@@ -29,6 +31,8 @@ fn metrics_error(e: prometheus::Error) -> ConfigError {
 }
 
 /// Builds the server; `run_forever` on it serves until SIGTERM (graceful) or SIGINT.
+/// After SIGTERM the process exits as soon as no client connection is left, and at the
+/// latest when the grace period ends.
 pub fn build(config: Config) -> Result<Server, ConfigError> {
     let registry = prometheus::Registry::new();
     let plugins = build_chain(&config, &registry)?;
@@ -56,6 +60,7 @@ pub fn build(config: Config) -> Result<Server, ConfigError> {
         plugins,
         metrics.clone(),
     );
+    let connections = gateway.connections();
     let mut service = Service::new("inference-gateway".to_string(), gateway);
     for addr in &config.server.listen {
         // No L4 read buffer: without TLS it only adds a copy, and Pingora's default is
@@ -77,5 +82,36 @@ pub fn build(config: Config) -> Result<Server, ConfigError> {
         HealthChecker::new(table.pools.clone(), metrics),
     ));
     server.bootstrap();
+    exit_when_drained(&server, connections);
     Ok(server)
+}
+
+/// Pingora sleeps through the whole grace period after SIGTERM, even with nothing in flight,
+/// so every restart took `shutdown_grace_period`. Once the grace period starts, the listeners
+/// are closed and idle keep-alive connections close themselves (`process_new_http`); when no
+/// connection is left on two checks in a row, nothing can still be answering, and the
+/// process exits. Log lines are written unbuffered, so nothing is lost.
+fn exit_when_drained(server: &Server, connections: Arc<AtomicUsize>) {
+    let mut phases = server.watch_execution_phase();
+    std::thread::spawn(move || {
+        loop {
+            match phases.blocking_recv() {
+                Ok(ExecutionPhase::ShutdownGracePeriod) => break,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+        let mut idle_checks = 0;
+        loop {
+            let open = connections.load(Ordering::SeqCst);
+            idle_checks = if open == 0 { idle_checks + 1 } else { 0 };
+            if idle_checks >= 2 {
+                log::info!(
+                    "shutdown: every connection has finished; exiting before the grace period ends"
+                );
+                std::process::exit(0);
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    });
 }

@@ -187,7 +187,7 @@ async fn sigterm_lets_in_flight_streams_finish() {
         tokens: 10,
         ..MockConfig::default()
     };
-    let (mut gw, mock) = with_mock(config, "shutdown_grace_period = \"3s\"").await;
+    let (mut gw, mock) = with_mock(config, "shutdown_grace_period = \"30s\"").await;
     let resp = stream_request(&gw).send().await.expect("send");
     let mut body = resp.bytes_stream();
     let mut text = String::new();
@@ -201,8 +201,31 @@ async fn sigterm_lets_in_flight_streams_finish() {
     }
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
     assert_eq!(count(&mock.stats().streams_completed), 1);
+    // The stream was the last connection: the gateway exits now, not after the 30 s grace.
     assert!(
-        gw.wait_exit(Duration::from_secs(15)).await,
-        "the gateway exits after the grace period"
+        gw.wait_exit(Duration::from_secs(5)).await,
+        "the gateway exits once its last stream has ended"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_on_an_idle_gateway_exits_at_once_even_with_keep_alive_clients() {
+    let (mut gw, _mock) = with_mock(MockConfig::default(), "shutdown_grace_period = \"30s\"").await;
+    // The client keeps its connection open in its pool after this answer.
+    let http = client();
+    let resp = http
+        .post(gw.api("/v1/chat/completions"))
+        .json(&chat_body(false))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 200);
+    let started = Instant::now();
+    gw.terminate();
+    assert!(
+        gw.wait_exit(Duration::from_secs(5)).await,
+        "an idle gateway exits without waiting out its grace period"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    drop(http);
 }

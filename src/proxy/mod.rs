@@ -10,6 +10,7 @@ mod local;
 mod respond;
 pub mod usage;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -42,6 +43,25 @@ pub struct Gateway {
     auth_required: bool,
     /// `created` of every model in `/v1/models`: when this configuration was loaded.
     loaded_at: u64,
+    /// Client connections inside `process_new_http`, idle keep-alive ones included: the
+    /// server exits early once this is zero after SIGTERM (see `server::exit_when_drained`).
+    connections: Arc<AtomicUsize>,
+}
+
+/// Counts one connection in `Gateway::connections` while it lives.
+struct Counted(Arc<AtomicUsize>);
+
+impl Counted {
+    fn new(counter: &Arc<AtomicUsize>) -> Counted {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Counted(counter.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Gateway {
@@ -62,7 +82,13 @@ impl Gateway {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or_default(),
+            connections: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// How many client connections are being served or kept alive right now.
+    pub fn connections(&self) -> Arc<AtomicUsize> {
+        self.connections.clone()
     }
 
     /// Handles one request; the summary is what `on_done` sees.
@@ -286,7 +312,16 @@ impl HttpServerApp for Gateway {
         mut session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        match session.read_request().await {
+        let _counted = Counted::new(&self.connections);
+        let mut stopping = shutdown.clone();
+        let read = tokio::select! {
+            biased;
+            read = session.read_request() => read,
+            // Shutting down: an idle keep-alive connection is closed, as nginx does, so that
+            // the drain can end. A request already on the wire was read by the branch above.
+            _ = stopping.wait_for(|stop| *stop) => return None,
+        };
+        match read {
             Ok(true) => {}
             // The client closed an idle keep-alive connection, or sent garbage.
             Ok(false) => return None,
