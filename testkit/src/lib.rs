@@ -143,9 +143,8 @@ impl MockBackend {
         let (stop, stopped) = oneshot::channel::<()>();
         let app = router(state.clone());
         tokio::spawn(async move {
-            // vLLM's server (uvicorn on asyncio) sets TCP_NODELAY; without it, Nagle's
-            // algorithm holds the first token behind the header and merges token pairs,
-            // which distorts the direct baseline of every streaming measurement.
+            // vLLM's server (uvicorn on asyncio) sets TCP_NODELAY, so small SSE events leave
+            // as they are written; the mock behaves the same way.
             let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
                 let _ = tcp.set_nodelay(true);
             });
