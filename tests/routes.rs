@@ -252,6 +252,9 @@ async fn client_token_never_reaches_the_backend_and_request_ids_flow() {
         // A header the client marks as hop-by-hop stops at the gateway.
         .header("connection", "keep-alive, x-trace-hop")
         .header("x-trace-hop", "1")
+        // Repeated headers travel as they came, every value in order.
+        .header("x-multi", "a")
+        .header("x-multi", "b")
         .json(&chat_body(false))
         .send()
         .await
@@ -268,6 +271,12 @@ async fn client_token_never_reaches_the_backend_and_request_ids_flow() {
     assert_eq!(seen["authorization"], "Bearer pool-secret");
     assert_eq!(seen["x-request-id"], "abc-123");
     assert!(!seen.contains_key("x-trace-hop"), "{seen:?}");
+    let multi: Vec<&str> = seen
+        .get_all("x-multi")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    assert_eq!(multi, ["a", "b"]);
     assert!(seen.contains_key("host"), "{seen:?}");
 
     // An insane request id is replaced, not forwarded.
