@@ -22,7 +22,7 @@ pub fn system_clock() -> Clock {
     })
 }
 
-/// Keys hashed with foldhash: seeded per process like std's SipHash (keys hold user-chosen
+/// Keys hashed with foldhash: randomly seeded like std's SipHash (keys hold user-chosen
 /// model names, so the hash must not be predictable) at a seventh of its cost (callgrind:
 /// ~35 instead of ~244 instructions a key). A request hashes its five keys twice: check all,
 /// then commit all.
