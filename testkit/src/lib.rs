@@ -5,9 +5,19 @@
 //!
 //! Behaviour comes from [`MockConfig`] and can be changed per request with headers (the
 //! gateway forwards them untouched): `x-mock-fault` (`status=503`, `hang`, `reset`),
-//! `x-mock-first-token-ms`, `x-mock-token-gap-ms`, `x-mock-tokens`.
+//! `x-mock-first-token-ms`, `x-mock-token-gap-ms`, `x-mock-tokens`, and `x-mock-usage`
+//! (`none`: report no usage at all; `P,C`: report P prompt and C completion tokens).
+//! A request with vLLM's `prompt_logprobs` gets them (and `prompt_token_ids`) after `usage`,
+//! in vLLM's order.
 //! Every response carries `x-mock-body-sha256` and `x-mock-body-len` of the request body it
 //! received, so a test can prove a body arrived byte for byte.
+
+#![allow(
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "the test kit: mocks for tests and benchmarks, never on the gateway's path"
+)]
 
 pub mod globus;
 pub mod jwks;
@@ -95,6 +105,9 @@ pub struct MockStats {
     pub streams_completed: AtomicU64,
     /// Streams whose client (the gateway) went away before the last event.
     pub streams_cancelled: AtomicU64,
+    /// Inference requests whose connection closed before the answer was ready (the handler
+    /// was dropped while it waited), e.g. a hung request whose client left.
+    pub requests_abandoned: AtomicU64,
     /// Headers of the last inference request.
     pub last_headers: Mutex<Option<axum::http::HeaderMap>>,
     /// SHA-256 (hex) and length of the last inference request body.

@@ -1,5 +1,12 @@
 //! `mock-openai`: the test kit's mock vLLM-style backend as a standalone server.
 
+#![allow(
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "the test kit's mock backend, never on the gateway's path"
+)]
+
 use std::time::Duration;
 
 use clap::Parser;

@@ -78,6 +78,48 @@ fn error(status: StatusCode, message: &str) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
+/// What usage a request's answer reports (`x-mock-usage`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageReport {
+    /// The true counts.
+    Real,
+    /// No usage at all (no `usage` field, no usage chunk).
+    Omitted,
+    /// These prompt and completion counts, whatever was generated.
+    Fixed(u64, u64),
+}
+
+fn usage_report(headers: &HeaderMap) -> UsageReport {
+    let Some(value) = headers.get("x-mock-usage").and_then(|v| v.to_str().ok()) else {
+        return UsageReport::Real;
+    };
+    if value == "none" {
+        return UsageReport::Omitted;
+    }
+    let mut parts = value.split(',').map(|p| p.trim().parse::<u64>());
+    match (parts.next(), parts.next()) {
+        (Some(Ok(p)), Some(Ok(c))) => UsageReport::Fixed(p, c),
+        _ => UsageReport::Real,
+    }
+}
+
+/// Counts a request as abandoned when its handler is dropped before it finished.
+struct AbandonGuard<'a> {
+    state: &'a MockState,
+    finished: bool,
+}
+
+impl Drop for AbandonGuard<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.state
+                .stats
+                .requests_abandoned
+                .fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
 /// The request's overrides of the mock's configuration.
 fn effective_config(state: &MockState, headers: &HeaderMap) -> MockConfig {
     let mut config = state.config();
@@ -117,7 +159,12 @@ async fn inference(
         *last = Some(headers.clone());
     }
     let config = effective_config(&state, &headers);
-    let mut response = answer(&state, &config, &body, kind).await;
+    let mut guard = AbandonGuard {
+        state: &state,
+        finished: false,
+    };
+    let mut response = answer(&state, &config, &body, kind, usage_report(&headers)).await;
+    guard.finished = true;
     let h = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&digest) {
         h.insert("x-mock-body-sha256", v);
@@ -126,7 +173,13 @@ async fn inference(
     response
 }
 
-async fn answer(state: &Shared, config: &MockConfig, body: &[u8], kind: Kind) -> Response {
+async fn answer(
+    state: &Shared,
+    config: &MockConfig,
+    body: &[u8],
+    kind: Kind,
+    report: UsageReport,
+) -> Response {
     match config.fault {
         Fault::Status(code) => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -170,6 +223,7 @@ async fn answer(state: &Shared, config: &MockConfig, body: &[u8], kind: Kind) ->
         } else {
             "stop"
         },
+        report,
     };
     if request["stream"].as_bool().unwrap_or(false) {
         let include_usage = request["stream_options"]["include_usage"]
@@ -183,7 +237,16 @@ async fn answer(state: &Shared, config: &MockConfig, body: &[u8], kind: Kind) ->
         );
     }
     tokio::time::sleep(config.first_token_delay + config.token_gap * tokens).await;
-    axum::Json(generation.full()).into_response()
+    let prompt_logprobs = request["prompt_logprobs"].as_u64().is_some();
+    json_response(generation.full_text(prompt_logprobs))
+}
+
+fn json_response(text: String) -> Response {
+    let mut response = Response::new(Body::from(text));
+    response
+        .headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
+    response
 }
 
 fn embeddings(config: &MockConfig, request: &Value, model: &str) -> Response {
@@ -245,6 +308,7 @@ pub struct Generation {
     pub tokens: u32,
     pub prompt_tokens: u32,
     pub finish_reason: &'static str,
+    pub report: UsageReport,
 }
 
 impl Generation {
@@ -253,11 +317,46 @@ impl Generation {
     }
 
     pub fn usage(&self) -> Value {
+        let (prompt, completion) = match self.report {
+            UsageReport::Fixed(p, c) => (p, c),
+            _ => (u64::from(self.prompt_tokens), u64::from(self.tokens)),
+        };
         json!({
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.tokens,
-            "total_tokens": self.prompt_tokens + self.tokens,
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt.saturating_add(completion),
         })
+    }
+
+    /// The whole answer as vLLM writes it: `usage` after the choices (unless omitted), then,
+    /// when asked for, the prompt's logprobs and token ids (about 40 bytes per prompt token,
+    /// at least 8 KiB of them).
+    fn full_text(&self, prompt_logprobs: bool) -> String {
+        let mut full = self.full();
+        if self.report == UsageReport::Omitted {
+            if let Some(object) = full.as_object_mut() {
+                object.remove("usage");
+            }
+        }
+        let mut text = full.to_string();
+        if prompt_logprobs && text.ends_with('}') {
+            text.pop();
+            let entries = (self.prompt_tokens as usize).max(200);
+            let logprobs: Vec<String> = (1..entries)
+                .map(|i| {
+                    format!(
+                        "{{\"{i}\":{{\"logprob\":-1.25,\"rank\":1,\"decoded_token\":\"t{i}\"}}}}"
+                    )
+                })
+                .collect();
+            let ids: Vec<String> = (0..entries).map(|i| i.to_string()).collect();
+            text.push_str(&format!(
+                ",\"prompt_logprobs\":[null,{}],\"prompt_token_ids\":[{}],\"kv_transfer_params\":null}}",
+                logprobs.join(","),
+                ids.join(",")
+            ));
+        }
+        text
     }
 
     fn full(&self) -> Value {

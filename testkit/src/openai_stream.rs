@@ -47,7 +47,7 @@ pub fn stream(
             }
         }
         let mut tail = vec![event(&generation.chunk(None))];
-        if include_usage {
+        if include_usage && generation.report != crate::openai::UsageReport::Omitted {
             tail.push(event(&generation.usage_chunk()));
         }
         tail.push(Bytes::from_static(b"data: [DONE]\n\n"));
