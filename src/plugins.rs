@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use gateway_plugin_api::{BuildContext, Plugin, PluginFactory};
+use gateway_plugin_api::{BuildContext, Phase, Plugin, PluginFactory};
 
 use crate::config::{Config, ConfigError};
 
@@ -16,11 +16,44 @@ fn factories() -> Vec<Box<dyn PluginFactory>> {
     ]
 }
 
-/// Builds the chain in configuration order; an unknown kind names the known ones.
-pub fn build_chain(
-    config: &Config,
-    registry: &prometheus::Registry,
-) -> Result<Vec<Arc<dyn Plugin>>, ConfigError> {
+/// The plugins, grouped by the phase they serve. The phases run in their fixed order
+/// whatever the order of `[[plugins]]`, which only orders plugins within a phase.
+#[derive(Clone, Default)]
+pub struct Chain {
+    /// Every plugin, in phase order: the order the response hooks and `on_done` run in.
+    pub all: Arc<[Arc<dyn Plugin>]>,
+    pub authenticate: Arc<[Arc<dyn Plugin>]>,
+    pub authorize: Arc<[Arc<dyn Plugin>]>,
+    pub admit: Arc<[Arc<dyn Plugin>]>,
+}
+
+impl Chain {
+    pub fn new(mut plugins: Vec<Arc<dyn Plugin>>) -> Chain {
+        // Stable: plugins of one phase keep their configured order.
+        plugins.sort_by_key(|p| p.phase());
+        let of = |phase: Phase| -> Arc<[Arc<dyn Plugin>]> {
+            plugins
+                .iter()
+                .filter(|p| p.phase() == phase)
+                .cloned()
+                .collect()
+        };
+        Chain {
+            authenticate: of(Phase::Authenticate),
+            authorize: of(Phase::Authorize),
+            admit: of(Phase::Admit),
+            all: plugins.into(),
+        }
+    }
+
+    /// Whether some plugin authenticates: then requests none of them recognised get 401.
+    pub fn authenticates(&self) -> bool {
+        !self.authenticate.is_empty()
+    }
+}
+
+/// Builds the chain; an unknown kind names the known ones.
+pub fn build_chain(config: &Config, registry: &prometheus::Registry) -> Result<Chain, ConfigError> {
     let factories = factories();
     let cx = BuildContext {
         groups_needed: config.pools.iter().any(|p| !p.allowed_groups.is_empty()),
@@ -49,8 +82,9 @@ pub fn build_chain(
                 .map_err(|message| ConfigError::Plugin { message })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let chain = Chain::new(chain);
     // A restriction nobody can satisfy is a configuration mistake, not a policy.
-    if !chain.iter().any(|p| p.authenticates()) {
+    if !chain.authenticates() {
         if let Some((i, pool)) = config
             .pools
             .iter()

@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use gateway_plugin_api::{BuildContext, Plugin, PluginFactory, RequestCtx, RequestSummary};
+use gateway_plugin_api::{BuildContext, Phase, Plugin, PluginFactory, RequestCtx, RequestSummary};
 use serde::Serialize;
 
 pub struct AccessLogFactory;
@@ -88,6 +88,10 @@ fn millis(d: std::time::Duration) -> f64 {
 impl Plugin for AccessLog {
     fn name(&self) -> &str {
         "access_log"
+    }
+
+    fn phase(&self) -> Phase {
+        Phase::Observe
     }
 
     fn on_done(&self, summary: &RequestSummary, ctx: &RequestCtx) {

@@ -16,7 +16,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use gateway_plugin_api::{
-    unclaimed_token, BuildContext, Flow, Plugin, PluginFactory, Principal, RequestCtx, RequestHead,
+    bearer_token, Authn, BuildContext, Phase, Plugin, PluginFactory, Principal, RequestCtx,
+    RequestHead,
 };
 use sha2::{Digest, Sha256};
 
@@ -134,18 +135,19 @@ impl Plugin for ApiKeys {
         "api_keys"
     }
 
-    fn authenticates(&self) -> bool {
-        true
+    fn phase(&self) -> Phase {
+        Phase::Authenticate
     }
 
-    async fn on_request(&self, head: &RequestHead<'_>, ctx: &mut RequestCtx) -> Flow {
-        if let Some(token) = unclaimed_token(head, ctx) {
-            let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-            if let Some(principal) = self.by_hash.get(&hash) {
-                ctx.principal = Some(Principal::clone(principal));
-            }
+    async fn authenticate(&self, head: &RequestHead<'_>, _ctx: &RequestCtx) -> Authn {
+        let Some(token) = bearer_token(head.headers) else {
+            return Authn::NotMine;
+        };
+        let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        match self.by_hash.get(&hash) {
+            Some(principal) => Authn::Accepted(Principal::clone(principal)),
+            None => Authn::NotMine,
         }
-        Flow::Continue
     }
 }
 
@@ -169,12 +171,12 @@ mod tests {
             uri: &uri,
             headers: &headers,
         };
-        let mut ctx = RequestCtx::new("r".into(), None);
-        assert!(matches!(
-            plugin.on_request(&head, &mut ctx).await,
-            Flow::Continue
-        ));
-        ctx.principal
+        let ctx = RequestCtx::new("r".into(), None);
+        match plugin.authenticate(&head, &ctx).await {
+            Authn::Accepted(p) => Some(p),
+            Authn::NotMine => None,
+            Authn::Refused(e) => panic!("api keys never refuse: {e}"),
+        }
     }
 
     #[tokio::test]

@@ -47,8 +47,11 @@ pub struct RequestCtx {
     pub model: Option<String>,
     /// The `stream` field of the request body.
     pub stream: bool,
-    /// `max_tokens` (or `max_completion_tokens`) of the request body, when set.
+    /// `max_completion_tokens` (or `max_tokens`) of the request body, when set; the core
+    /// refuses values outside `1..=server.max_tokens_limit` before any plugin sees them.
     pub max_tokens: Option<u64>,
+    /// `n` of the request body (choices to generate), 1 when absent; at most 128.
+    pub choices: u32,
     /// Size of the request body in bytes (a basis for prompt-size estimates).
     pub body_bytes: u64,
     /// Cluster and framework named in the path (`/{cluster}/{framework}/v1/...`), if any.
@@ -75,6 +78,7 @@ impl RequestCtx {
             model: None,
             stream: false,
             max_tokens: None,
+            choices: 1,
             body_bytes: 0,
             cluster: None,
             framework: None,

@@ -1,17 +1,25 @@
 //! The plugin API of inference-gateway.
 //!
-//! A plugin observes and steers requests through a fixed set of hooks. It never touches the
+//! A plugin serves one [`Phase`] of a request and may watch the response. It never touches the
 //! HTTP session: the core writes every response, so a plugin is testable without a server.
-//! The core calls, per proxied request and in `[[plugins]]` order:
+//! The core runs the phases in this order, whatever the order of `[[plugins]]` (that order
+//! only decides among plugins of the same phase):
 //!
-//! 1. [`Plugin::on_request`] once the request body is read and the model is known, before a
-//!    backend is chosen (auth, limits, ACL). The first [`Flow::Respond`] ends the request.
-//! 2. [`Plugin::on_upstream_request`] just before the request goes to the backend.
-//! 3. [`Plugin::on_response_header`] when the backend's response header arrives.
-//! 4. [`Plugin::on_response_chunk`] for every body chunk, synchronously, as it passes through.
-//! 5. [`Plugin::on_done`] once the request has ended, whatever the outcome (metrics, logs).
+//! 1. [`Phase::Authenticate`]: [`Plugin::authenticate`], from the request headers alone,
+//!    before the body is read or `100 Continue` is sent. The first plugin that recognises the
+//!    credential decides; when some plugin authenticates and none recognised it, the core
+//!    answers 401.
+//! 2. The core reads and parses the body, then maps the model to a pool the principal may use
+//!    (404 `model_not_found`, 403 `permission_denied`).
+//! 3. [`Phase::Authorize`]: [`Plugin::authorize`], with the principal, model and pool known.
+//! 4. [`Phase::Admit`]: [`Plugin::admit`] (limits and quotas). Nothing before this phase may
+//!    consume a budget, so refused requests (401, 403, 404, 400) never do.
+//! 5. Forwarding, watched by every plugin: [`Plugin::on_upstream_request`],
+//!    [`Plugin::on_response_header`], [`Plugin::on_response_chunk`] for each body chunk.
+//! 6. [`Plugin::on_done`] once the request has ended, whatever the outcome, for every plugin
+//!    (settling budgets, metrics, logs).
 //!
-//! Local routes (health, models, ...) run only `on_request` (for auth) and `on_done`.
+//! Local routes (models, whoami, list-endpoints, jobs) run only phase 1 and `on_done`.
 
 pub mod config;
 mod context;
@@ -26,29 +34,65 @@ pub use context::{Principal, RequestCtx, RequestHead, RequestSummary, Usage};
 pub use error::ApiError;
 pub use prometheus;
 
-/// What a plugin wants the core to do after [`Plugin::on_request`].
+/// The phase of a request a plugin serves; see the crate documentation for the order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// Establishes who is asking, from the request headers ([`Plugin::authenticate`]).
+    Authenticate,
+    /// Decides whether the principal may make this request ([`Plugin::authorize`]).
+    Authorize,
+    /// Applies budgets: limits, quotas ([`Plugin::admit`]).
+    Admit,
+    /// Only watches the request and its response (the `on_*` hooks).
+    Observe,
+}
+
+/// What an authenticator says about a request's credential.
+#[derive(Debug)]
+pub enum Authn {
+    /// Not a credential this plugin judges (absent, or another kind): the next one tries.
+    NotMine,
+    /// This plugin's kind of credential, and valid: the request is this principal's.
+    Accepted(Principal),
+    /// This plugin's kind of credential, and refused (401), or it cannot be checked now (503).
+    Refused(ApiError),
+}
+
+/// What a plugin wants the core to do after [`Plugin::authorize`] or [`Plugin::admit`].
 #[derive(Debug)]
 pub enum Flow {
-    /// Go on with the next plugin, then the backend.
+    /// Go on with the next plugin, then the next phase.
     Continue,
     /// Stop here and answer the client with this error.
     Respond(ApiError),
 }
 
-/// A request hook set. Every method has a default that does nothing.
+/// A request hook set. Every hook has a default that does nothing; the core calls only the
+/// request hook of the plugin's [`Plugin::phase`], and the response hooks of every plugin.
 #[async_trait]
 pub trait Plugin: Send + Sync {
     /// The name used in logs (usually the `kind`).
     fn name(&self) -> &str;
 
-    /// True for plugins that establish [`RequestCtx::principal`]. When any plugin in the chain
-    /// authenticates, the core refuses (401) requests that none of them recognised.
-    fn authenticates(&self) -> bool {
-        false
+    /// The phase this plugin serves.
+    fn phase(&self) -> Phase;
+
+    /// [`Phase::Authenticate`]: judges the request's credential from its headers. The body has
+    /// not been read: an anonymous client costs the gateway no more than its header.
+    async fn authenticate(&self, _head: &RequestHead<'_>, _ctx: &RequestCtx) -> Authn {
+        Authn::NotMine
     }
 
-    /// Runs after the body is read and parsed. `Flow::Respond` ends the request with that error.
-    async fn on_request(&self, _head: &RequestHead<'_>, _ctx: &mut RequestCtx) -> Flow {
+    /// [`Phase::Authorize`]: runs once the principal (if any), the model and the pool are known.
+    /// `Flow::Respond` ends the request with that error (usually a 403).
+    async fn authorize(&self, _head: &RequestHead<'_>, _ctx: &mut RequestCtx) -> Flow {
+        Flow::Continue
+    }
+
+    /// [`Phase::Admit`]: runs just before forwarding, for requests every earlier phase let
+    /// through. `Flow::Respond` ends the request (usually a 429); a plugin that reserves budget
+    /// here settles it in [`Plugin::on_done`].
+    async fn admit(&self, _head: &RequestHead<'_>, _ctx: &mut RequestCtx) -> Flow {
         Flow::Continue
     }
 
@@ -110,15 +154,6 @@ pub struct BuildContext {
     /// The server's metrics registry: plugins register their own metrics here (names start
     /// with `igw_`; no label may hold unbounded values such as users or tokens).
     pub registry: prometheus::Registry,
-}
-
-/// The token an auth plugin should judge: the bearer token, unless an earlier plugin in the
-/// chain already recognised the request (the first that recognises a token decides).
-pub fn unclaimed_token<'a>(head: &RequestHead<'a>, ctx: &RequestCtx) -> Option<&'a str> {
-    match ctx.principal {
-        Some(_) => None,
-        None => bearer_token(head.headers),
-    }
 }
 
 /// The bearer token of a request, if it sent one.
