@@ -4,6 +4,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+/// The largest limit of any kind. Limits, costs and settlements stay within it, so the
+/// arithmetic (here and in Redis's Lua, whose numbers are doubles) is exact and cannot wrap.
+pub const MAX_LIMIT: u64 = 1_000_000_000_000;
+
 /// Limits of one scope; each absent key means "no limit of that kind".
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -27,10 +31,18 @@ impl ScopeLimits {
             ("tokens_per_minute", self.tokens_per_minute),
             ("max_concurrent", self.max_concurrent),
         ] {
-            if value == Some(0) {
-                return Err(format!(
-                    "{path}.{key}: `0` would refuse everything; omit the key for no limit"
-                ));
+            match value {
+                Some(0) => {
+                    return Err(format!(
+                        "{path}.{key}: `0` would refuse everything; omit the key for no limit"
+                    ))
+                }
+                Some(n) if n > MAX_LIMIT => {
+                    return Err(format!(
+                        "{path}.{key}: `{n}` is above the largest limit, {MAX_LIMIT}; omit the key for no limit"
+                    ))
+                }
+                _ => {}
             }
         }
         Ok(())
@@ -75,8 +87,12 @@ pub enum Backend {
     Memory,
     Redis {
         url: String,
+        /// `url` is a seed node of a Redis Cluster.
+        cluster: bool,
         timeout: Duration,
         on_error: OnRedisError,
+        /// How long a concurrency slot outlives a replica that stopped refreshing it.
+        lease: Duration,
     },
 }
 
@@ -87,7 +103,9 @@ struct FileConfig {
     kind: String,
     backend: Option<String>,
     redis_url: Option<String>,
+    redis_cluster: Option<bool>,
     redis_timeout: Option<String>,
+    concurrency_lease: Option<String>,
     on_redis_error: Option<String>,
     default_max_tokens: Option<u64>,
     key_prefix: Option<String>,
@@ -106,6 +124,8 @@ pub struct LimitsConfig {
     pub backend: Backend,
     pub default_max_tokens: u64,
     pub key_prefix: String,
+    /// `{key_prefix}`: the Redis hash tag every key of a request starts with.
+    pub key_tag: String,
     pub base: Limits,
     pub overrides: Vec<Override>,
 }
@@ -142,10 +162,23 @@ impl LimitsConfig {
                         ))
                     }
                 };
+                let lease = gateway_plugin_api::config::duration(
+                    f.concurrency_lease.as_deref(),
+                    path,
+                    "concurrency_lease",
+                    Duration::from_secs(60),
+                )?;
+                if !(Duration::from_secs(3)..=Duration::from_secs(86_400)).contains(&lease) {
+                    return Err(format!(
+                        "{path}.concurrency_lease: `{lease:?}` must be from 3s to 24h"
+                    ));
+                }
                 Backend::Redis {
                     url,
+                    cluster: f.redis_cluster.unwrap_or(false),
                     timeout,
                     on_error,
+                    lease,
                 }
             }
             other => return Err(format!("{path}.backend: `{other}` is not memory or redis")),
@@ -174,13 +207,27 @@ impl LimitsConfig {
             }
         }
         let default_max_tokens = f.default_max_tokens.unwrap_or(1024);
-        if default_max_tokens == 0 {
-            return Err(format!("{path}.default_max_tokens: must be at least 1"));
+        if !(1..=MAX_LIMIT).contains(&default_max_tokens) {
+            return Err(format!(
+                "{path}.default_max_tokens: `{default_max_tokens}` must be from 1 to {MAX_LIMIT}"
+            ));
+        }
+        let key_prefix = f.key_prefix.unwrap_or_else(|| "igw".into());
+        let key_ok = !key_prefix.is_empty()
+            && key_prefix.len() <= 64
+            && key_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
+        if !key_ok {
+            return Err(format!(
+                "{path}.key_prefix: `{key_prefix}` must be 1 to 64 letters, digits, `-`, `_`, `.` or `:` (it becomes a Redis hash tag)"
+            ));
         }
         Ok(LimitsConfig {
             backend,
             default_max_tokens,
-            key_prefix: f.key_prefix.unwrap_or_else(|| "igw".into()),
+            key_tag: format!("{{{key_prefix}}}"),
+            key_prefix,
             base,
             overrides: f.overrides,
         })

@@ -5,6 +5,10 @@
 //! the state is the theoretical arrival time `tat` (when the bucket is full again). A cost
 //! `n` is admitted when `max(tat, now) + n·60/L − now ≤ 60 s`, so bursts are bounded by one
 //! minute's budget and there is no window edge to double up on.
+//!
+//! The state never runs more than one window ahead of `now`: a request that used more than a
+//! whole minute's budget empties it and no more, so no wait (`Retry-After`, reset headers)
+//! ever exceeds the window, whatever a client asked for or a backend reported.
 
 /// The window all rates are expressed in.
 pub const WINDOW: f64 = 60.0;
@@ -24,7 +28,8 @@ pub enum Verdict {
 pub fn rate(tat: f64, now: f64, limit: u64, cost: u64) -> (Verdict, f64) {
     let period = WINDOW / limit.max(1) as f64;
     let cost = cost.min(limit.max(1));
-    let new_tat = tat.max(now) + cost as f64 * period;
+    let tat = bounded(tat, now);
+    let new_tat = tat + cost as f64 * period;
     let wait = new_tat - now - WINDOW;
     if wait > 1e-9 {
         return (Verdict::Refuse { retry_after: wait }, tat);
@@ -45,11 +50,17 @@ pub fn rate(tat: f64, now: f64, limit: u64, cost: u64) -> (Verdict, f64) {
 /// reservation, positive charges usage beyond it.
 pub fn settle(tat: f64, now: f64, limit: u64, delta: i64) -> f64 {
     let period = WINDOW / limit.max(1) as f64;
-    if delta >= 0 {
-        tat.max(now) + delta as f64 * period
-    } else {
-        (tat + delta as f64 * period).max(now)
+    let tat = bounded(tat, now);
+    bounded(tat + delta as f64 * period, now)
+}
+
+/// A state as the arithmetic may use it: not in the past (an idle budget is full), not more
+/// than one window ahead, and a number (a corrupt stored value counts as a full budget).
+fn bounded(tat: f64, now: f64) -> f64 {
+    if tat.is_nan() {
+        return now;
     }
+    tat.clamp(now, now + WINDOW)
 }
 
 /// Admits one more concurrent request when fewer than `limit` are in flight.
@@ -137,6 +148,26 @@ mod tests {
             50.0,
             "a refund never goes below now"
         );
+    }
+
+    #[test]
+    fn no_wait_ever_exceeds_the_window() {
+        // A charge of far more than the whole budget empties it for one window, no more.
+        let tat = settle(0.0, 100.0, 10, i64::MAX);
+        assert_eq!(tat, 160.0);
+        match rate(tat, 100.0, 10, u64::MAX).0 {
+            Verdict::Refuse { retry_after } => assert!(retry_after <= WINDOW, "{retry_after}"),
+            other => panic!("{other:?}"),
+        }
+        // Corrupt or far-future stored states are clamped the same way.
+        for stored in [f64::NAN, f64::INFINITY, 1e300, -1e300] {
+            let (verdict, next) = rate(stored, 100.0, 10, 1);
+            assert!(next <= 100.0 + WINDOW, "{stored}: {next}");
+            if let Verdict::Refuse { retry_after } = verdict {
+                assert!(retry_after <= WINDOW, "{stored}: {retry_after}");
+            }
+        }
+        assert_eq!(settle(100.0, 100.0, 10, i64::MIN), 100.0);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Limit state in this process: one map behind a mutex held for a few hundred nanoseconds.
+//! Limit state in this process: two maps behind a mutex held for a few hundred nanoseconds.
+//! Slots need no lease here: a process that dies takes its counters with it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -7,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
-use super::{Check, Decision, Kind, Store, StoreError};
+use super::{Check, Decision, Kind, Settle, Store, StoreError};
 use crate::gcra::{self, Verdict};
 
 /// Seconds since the epoch; replaceable in tests.
@@ -24,65 +25,87 @@ pub fn system_clock() -> Clock {
 
 /// Keys hashed with foldhash: randomly seeded like std's SipHash (keys hold user-chosen
 /// model names, so the hash must not be predictable) at a seventh of its cost (callgrind:
-/// ~35 instead of ~244 instructions a key). A request hashes its five keys twice: check all,
+/// ~35 instead of ~244 instructions a key). A request hashes its keys twice: check all,
 /// then commit all.
-type KeyMap = HashMap<String, f64, foldhash::fast::RandomState>;
+type KeyMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
+
+#[derive(Default)]
+struct State {
+    /// GCRA `tat` of each per-minute budget.
+    rates: KeyMap<f64>,
+    /// Requests in flight per concurrency key.
+    slots: KeyMap<u64>,
+}
 
 pub struct MemoryStore {
-    /// GCRA `tat` for rate keys, the in-flight count for concurrency keys.
-    state: Mutex<KeyMap>,
+    state: Mutex<State>,
     clock: Clock,
     acquisitions: AtomicU64,
 }
 
-fn is_concurrency_key(key: &str) -> bool {
-    key.ends_with(super::CONCURRENCY_SUFFIX)
-}
-
-/// Every this many acquisitions, idle entries are dropped so that the map holds only
+/// Every this many acquisitions, idle entries are dropped so that the maps hold only
 /// users active within the last minute.
 const PRUNE_EVERY: u64 = 4096;
 
 impl MemoryStore {
     pub fn new(clock: Clock) -> MemoryStore {
         MemoryStore {
-            state: Mutex::new(KeyMap::default()),
+            state: Mutex::new(State::default()),
             clock,
             acquisitions: AtomicU64::new(0),
         }
     }
 
-    fn locked(&self) -> Result<std::sync::MutexGuard<'_, KeyMap>, StoreError> {
+    fn locked(&self) -> Result<std::sync::MutexGuard<'_, State>, StoreError> {
         self.state
             .lock()
             .map_err(|_| StoreError("limit state lock poisoned".into()))
+    }
+
+    fn finish_locked(&self, budgets: &[Settle], slots: &[String]) -> Result<(), StoreError> {
+        let now = (self.clock)();
+        let mut state = self.locked()?;
+        for budget in budgets.iter().filter(|b| b.delta != 0) {
+            let tat = state.rates.get(&budget.key).copied().unwrap_or(now);
+            let settled = gcra::settle(tat, now, budget.limit, budget.delta);
+            match state.rates.get_mut(&budget.key) {
+                Some(value) => *value = settled,
+                None => {
+                    state.rates.insert(budget.key.clone(), settled);
+                }
+            }
+        }
+        for key in slots {
+            if let Some(count) = state.slots.get_mut(key) {
+                *count = count.saturating_sub(1);
+            }
+        }
+        Ok(())
     }
 }
 
 #[async_trait]
 impl Store for MemoryStore {
-    async fn acquire(&self, checks: &[Check]) -> Result<Decision, StoreError> {
+    async fn acquire(&self, checks: &[Check], _holder: &str) -> Result<Decision, StoreError> {
         let now = (self.clock)();
         let mut state = self.locked()?;
         if self.acquisitions.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
-            state.retain(|key, v| {
-                if is_concurrency_key(key) {
-                    *v > 0.0
-                } else {
-                    *v > now
-                }
-            });
+            state.rates.retain(|_, tat| *tat > now);
+            state.slots.retain(|_, n| *n > 0);
         }
         let mut verdicts = Vec::with_capacity(checks.len());
         let mut updates = Vec::with_capacity(checks.len());
         for (index, check) in checks.iter().enumerate() {
-            let current = state.get(&check.key).copied().unwrap_or(0.0);
             let (verdict, next) = match check.kind {
-                Kind::Rate => gcra::rate(current, now, check.limit, check.cost),
-                Kind::Concurrency => (
-                    gcra::concurrency(current as u64, check.limit),
-                    current + 1.0,
-                ),
+                Kind::Rate => {
+                    let tat = state.rates.get(&check.key).copied().unwrap_or(0.0);
+                    let (verdict, next) = gcra::rate(tat, now, check.limit, check.cost);
+                    (verdict, next)
+                }
+                Kind::Concurrency => {
+                    let held = state.slots.get(&check.key).copied().unwrap_or(0);
+                    (gcra::concurrency(held, check.limit), 0.0)
+                }
             };
             if let Verdict::Refuse { retry_after } = verdict {
                 return Ok(Decision::Refused { index, retry_after });
@@ -92,11 +115,19 @@ impl Store for MemoryStore {
         }
         for (check, next) in checks.iter().zip(updates) {
             // Known keys are updated in place: no key copy on the hot path.
-            match state.get_mut(&check.key) {
-                Some(value) => *value = next,
-                None => {
-                    state.insert(check.key.clone(), next);
-                }
+            match check.kind {
+                Kind::Rate => match state.rates.get_mut(&check.key) {
+                    Some(value) => *value = next,
+                    None => {
+                        state.rates.insert(check.key.clone(), next);
+                    }
+                },
+                Kind::Concurrency => match state.slots.get_mut(&check.key) {
+                    Some(count) => *count = count.saturating_add(1),
+                    None => {
+                        state.slots.insert(check.key.clone(), 1);
+                    }
+                },
             }
         }
         Ok(Decision::Admitted(verdicts))
@@ -104,43 +135,19 @@ impl Store for MemoryStore {
 
     fn finish_now(
         &self,
-        budgets: &[(String, u64)],
-        delta: i64,
+        budgets: &[Settle],
         slots: &[String],
+        _holder: &str,
     ) -> Option<Result<(), StoreError>> {
-        Some(self.finish_locked(budgets, delta, slots))
+        Some(self.finish_locked(budgets, slots))
     }
 
     async fn finish(
         &self,
-        budgets: &[(String, u64)],
-        delta: i64,
+        budgets: &[Settle],
         slots: &[String],
+        _holder: &str,
     ) -> Result<(), StoreError> {
-        self.finish_locked(budgets, delta, slots)
-    }
-}
-
-impl MemoryStore {
-    fn finish_locked(
-        &self,
-        budgets: &[(String, u64)],
-        delta: i64,
-        slots: &[String],
-    ) -> Result<(), StoreError> {
-        let now = (self.clock)();
-        let mut state = self.locked()?;
-        if delta != 0 {
-            for (key, limit) in budgets {
-                let tat = state.get(key).copied().unwrap_or(now);
-                state.insert(key.clone(), gcra::settle(tat, now, *limit, delta));
-            }
-        }
-        for key in slots {
-            if let Some(count) = state.get_mut(key) {
-                *count = (*count - 1.0).max(0.0);
-            }
-        }
-        Ok(())
+        self.finish_locked(budgets, slots)
     }
 }

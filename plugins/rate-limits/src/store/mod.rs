@@ -3,28 +3,37 @@
 pub mod memory;
 pub mod redis;
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 
 use crate::gcra::Verdict;
-
-/// Keys of concurrency counters end with this (the others hold GCRA times).
-pub const CONCURRENCY_SUFFIX: &str = ":conc";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     /// A per-minute budget (requests or tokens).
     Rate,
-    /// In-flight requests.
+    /// In-flight requests, each holding a slot until it ends.
     Concurrency,
 }
 
-/// One limit to apply to a request.
+/// One limit to apply to a request. `cost` is at most `limit`, and `limit` at most
+/// [`crate::config::MAX_LIMIT`], so a store's arithmetic only ever sees bounded integers.
 #[derive(Debug, Clone)]
 pub struct Check {
     pub key: String,
     pub kind: Kind,
     pub limit: u64,
     pub cost: u64,
+}
+
+/// Moves a per-minute budget after the fact: `delta` in `-limit..=limit` units (negative
+/// refunds part of a reservation, positive charges usage beyond it; see `gcra::settle`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settle {
+    pub key: String,
+    pub limit: u64,
+    pub delta: i64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -40,25 +49,39 @@ pub struct StoreError(pub String);
 
 #[async_trait]
 pub trait Store: Send + Sync {
-    /// Applies all checks atomically: all are recorded, or none.
-    async fn acquire(&self, checks: &[Check]) -> Result<Decision, StoreError>;
-    /// Ends a request in one step: moves each `(key, limit)` per-minute budget by `delta`
-    /// units (see `gcra::settle`) and frees one slot of each concurrency key.
+    /// Applies all checks atomically: all are recorded, or none. Concurrency slots are held
+    /// by `holder`, an id unique to this request.
+    async fn acquire(&self, checks: &[Check], holder: &str) -> Result<Decision, StoreError>;
+
+    /// Ends a request in one step: settles each budget and frees `holder`'s slot in each
+    /// concurrency key.
     async fn finish(
         &self,
-        budgets: &[(String, u64)],
-        delta: i64,
+        budgets: &[Settle],
         slots: &[String],
+        holder: &str,
     ) -> Result<(), StoreError>;
 
     /// `finish` without waiting, for stores that never wait (memory); `None` means the
     /// caller must run `finish` in a task.
     fn finish_now(
         &self,
-        _budgets: &[(String, u64)],
-        _delta: i64,
+        _budgets: &[Settle],
         _slots: &[String],
+        _holder: &str,
     ) -> Option<Result<(), StoreError>> {
         None
+    }
+
+    /// How often a request must call [`Store::refresh`] while it holds slots: stores whose
+    /// slots are leases that expire (so a replica that dies cannot hold one forever) say how
+    /// often; `None` means slots last until `finish`.
+    fn lease_refresh_interval(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Extends `holder`'s leases on `slots` (see [`Store::lease_refresh_interval`]).
+    async fn refresh(&self, _slots: &[String], _holder: &str) -> Result<(), StoreError> {
+        Ok(())
     }
 }

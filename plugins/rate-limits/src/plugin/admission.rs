@@ -1,0 +1,113 @@
+//! What a request was admitted with, how its concurrency leases are kept alive, and how it
+//! is settled when it ends.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gateway_plugin_api::{RequestCtx, RequestSummary};
+
+use crate::store::{Settle, Store};
+
+/// One tokens-per-minute budget a request was charged: its key, its limit, and what it was
+/// actually charged up front (the reservation, capped at the limit).
+#[derive(Clone)]
+pub struct Budget {
+    pub key: String,
+    pub limit: u64,
+    pub charged: u64,
+}
+
+/// Keeps a request's concurrency leases alive while it lives; stops when the last clone of
+/// its admission drops (the request's context, then the settlement task).
+pub struct LeaseKeeper(tokio::task::JoinHandle<()>);
+
+impl Drop for LeaseKeeper {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What was admitted, kept in the request context until the request ends.
+#[derive(Clone)]
+pub struct Admission {
+    pub store: Arc<dyn Store>,
+    pub budgets: Vec<Budget>,
+    pub reserved: u64,
+    pub slots: Vec<String>,
+    pub holder: String,
+    /// Tightest (limit, remaining, reset seconds) of the request and token budgets.
+    pub requests: Option<(u64, u64, f64)>,
+    pub tokens: Option<(u64, u64, f64)>,
+    pub leases: Option<Arc<LeaseKeeper>>,
+}
+
+impl Admission {
+    /// What the request consumed, budget by budget. A non-2xx answer consumes nothing; a
+    /// 2xx is charged the usage the backend reported, or, when no usage could be read (an
+    /// estimate, or none at all), its whole reservation: a user never pays less because the
+    /// gateway could not count.
+    pub fn settlements(&self, summary: &RequestSummary, ctx: &RequestCtx) -> Vec<Settle> {
+        let used = match ctx.usage {
+            _ if !(200..300).contains(&summary.status) => 0,
+            Some(u) if !u.estimated => u.prompt_tokens.saturating_add(u.completion_tokens),
+            _ => self.reserved,
+        };
+        self.budgets
+            .iter()
+            .map(|b| {
+                let used = i64::try_from(used.min(b.limit)).unwrap_or(i64::MAX);
+                let charged = i64::try_from(b.charged).unwrap_or(i64::MAX);
+                Settle {
+                    key: b.key.clone(),
+                    limit: b.limit,
+                    delta: used - charged,
+                }
+            })
+            .collect()
+    }
+}
+
+/// Refreshes `slots` every `every` until aborted (see [`LeaseKeeper`]).
+pub fn keep_leases(
+    store: Arc<dyn Store>,
+    slots: Vec<String>,
+    holder: String,
+    every: Duration,
+) -> LeaseKeeper {
+    LeaseKeeper(tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            if let Err(e) = store.refresh(&slots, &holder).await {
+                log::debug!(target: "rate_limits", "refreshing concurrency leases: {}", e.0);
+            }
+        }
+    }))
+}
+
+/// Settles in the background, retrying a few times: a settlement that never lands leaves the
+/// reservation charged (never too little) and the slots to expire with their leases.
+pub async fn settle_with_retries(admission: Admission, budgets: Vec<Settle>, request_id: String) {
+    let mut wait = Duration::from_millis(100);
+    for attempt in 1..=3 {
+        let store = &admission.store;
+        match store
+            .finish(&budgets, &admission.slots, &admission.holder)
+            .await
+        {
+            Ok(()) => return,
+            Err(e) if attempt == 3 => {
+                log::warn!(
+                    target: "rate_limits",
+                    request_id = request_id.as_str();
+                    "settling a request failed ({}); its reservation stays charged and its slots expire with their lease",
+                    e.0
+                );
+            }
+            Err(e) => {
+                log::debug!(target: "rate_limits", request_id = request_id.as_str(); "settling a request: {}", e.0);
+                tokio::time::sleep(wait).await;
+                wait *= 4;
+            }
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! The checks one request is held to, and the keys their state lives under.
+//!
+//! Keys: `{prefix}:<what>:<scope>:<subject>`, e.g. `{igw}:rpm:u:<user id>`. The `{prefix}` hash tag puts every key of a
+//! request in one Redis Cluster slot; in the user × model key the user is length-prefixed,
+//! so no user or model name (both may hold `:` or `|`) can make two pairs share a key.
+
+use gateway_plugin_api::RequestCtx;
+
+use crate::config::{LimitsConfig, ScopeLimits};
+use crate::store::{Check, Kind};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    User,
+    UserModel,
+    Model,
+}
+
+impl Scope {
+    pub fn label(self) -> &'static str {
+        match self {
+            Scope::User => "user",
+            Scope::UserModel => "user_model",
+            Scope::Model => "model",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum What {
+    Requests,
+    Tokens,
+    Concurrent,
+}
+
+impl What {
+    pub fn label(self) -> &'static str {
+        match self {
+            What::Requests => "requests",
+            What::Tokens => "tokens",
+            What::Concurrent => "concurrent",
+        }
+    }
+
+    fn key_part(self) -> &'static str {
+        match self {
+            What::Requests => ":rpm",
+            What::Tokens => ":tpm",
+            What::Concurrent => ":conc",
+        }
+    }
+}
+
+/// The checks of one request, with what each is about (for the 429 message and metrics).
+pub struct Plan {
+    pub checks: Vec<Check>,
+    pub about: Vec<(Scope, What)>,
+    /// The username shown in messages.
+    pub shown_user: String,
+    /// Tokens reserved up front (before each budget's own cap).
+    pub reserved: u64,
+}
+
+/// Tokens a request may use at most: the prompt estimate (4 body bytes a token) plus
+/// `max_tokens` (or the configured default) for each of its `n` choices. Saturating: the
+/// core bounds `max_tokens` and `n`, and this never wraps even if it did not.
+pub fn reservation(ctx: &RequestCtx, default_max_tokens: u64) -> u64 {
+    let completion = ctx
+        .max_tokens
+        .unwrap_or(default_max_tokens)
+        .saturating_mul(u64::from(ctx.choices.max(1)));
+    (ctx.body_bytes / 4).saturating_add(completion)
+}
+
+/// Joins key parts: several keys a request, where `format!` cost ~1k instructions each.
+fn concat(parts: &[&str]) -> String {
+    let mut key = String::with_capacity(parts.iter().map(|p| p.len()).sum::<usize>() + 8);
+    for part in parts {
+        key.push_str(part);
+    }
+    key
+}
+
+pub fn plan(cfg: &LimitsConfig, ctx: &RequestCtx, model: &str) -> Plan {
+    let principal = ctx.principal.as_ref();
+    let user = match principal {
+        Some(p) if !p.id.is_empty() => p.id.clone(),
+        Some(p) => p.username.clone(),
+        None => ctx
+            .client_addr
+            .map(|a| a.ip().to_string())
+            .unwrap_or_else(|| "anonymous".into()),
+    };
+    let shown_user = principal
+        .map(|p| p.username.clone())
+        .unwrap_or_else(|| user.clone());
+    let groups = principal.map(|p| p.groups.as_slice()).unwrap_or_default();
+    let limits = cfg.effective(model, principal.map(|p| p.username.as_str()), groups);
+    let reserved = reservation(ctx, cfg.default_max_tokens);
+    let tag = cfg.key_tag.as_str();
+    let mut checks = Vec::new();
+    let mut about = Vec::new();
+    let mut add = |scope: Scope, subject: &str, l: &ScopeLimits| {
+        let mut push = |what: What, limit: Option<u64>, kind: Kind, cost: u64| {
+            if let Some(limit) = limit {
+                checks.push(Check {
+                    key: concat(&[tag, what.key_part(), subject]),
+                    kind,
+                    limit,
+                    cost: cost.min(limit),
+                });
+                about.push((scope, what));
+            }
+        };
+        push(What::Requests, l.requests_per_minute, Kind::Rate, 1);
+        push(What::Tokens, l.tokens_per_minute, Kind::Rate, reserved);
+        push(What::Concurrent, l.max_concurrent, Kind::Concurrency, 1);
+    };
+    if limits.user != ScopeLimits::default() {
+        add(Scope::User, &concat(&[":u:", &user]), &limits.user);
+    }
+    if limits.user_model != ScopeLimits::default() {
+        let user_len = user.len().to_string();
+        let subject = concat(&[":um:", &user_len, ":", &user, ":", model]);
+        add(Scope::UserModel, &subject, &limits.user_model);
+    }
+    if limits.model != ScopeLimits::default() {
+        add(Scope::Model, &concat(&[":m:", model]), &limits.model);
+    }
+    Plan {
+        checks,
+        about,
+        shown_user,
+        reserved,
+    }
+}
+
+/// The 429 message's description of a limit.
+pub fn describe(scope: Scope, what: What, user: &str, model: &str, limit: u64) -> String {
+    let what = match what {
+        What::Requests => format!("{limit} requests per minute"),
+        What::Tokens => format!("{limit} tokens per minute"),
+        What::Concurrent => format!("{limit} concurrent requests"),
+    };
+    match scope {
+        Scope::User => format!("{what} for user `{user}`"),
+        Scope::UserModel => format!("{what} for user `{user}` on model `{model}`"),
+        Scope::Model => format!("{what} for model `{model}` (all users)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gateway_plugin_api::Principal;
+
+    fn cfg() -> LimitsConfig {
+        let table: toml::Table = "kind = \"rate_limits\"\n[per_user_model]\nrequests_per_minute = 5\n[per_user]\nmax_concurrent = 2\n[per_model]\ntokens_per_minute = 100\n"
+            .parse()
+            .expect("toml");
+        LimitsConfig::parse(&table, "plugins[0]").expect("config")
+    }
+
+    fn ctx(user: &str) -> RequestCtx {
+        let mut ctx = RequestCtx::new("r".into(), None);
+        ctx.principal = Some(Principal {
+            id: user.into(),
+            username: user.into(),
+            ..Principal::default()
+        });
+        ctx
+    }
+
+    fn user_model_key(user: &str, model: &str) -> String {
+        let plan = plan(&cfg(), &ctx(user), model);
+        plan.checks
+            .iter()
+            .zip(&plan.about)
+            .find(|(_, about)| about.0 == Scope::UserModel)
+            .map(|(c, _)| c.key.clone())
+            .expect("user x model key")
+    }
+
+    #[test]
+    fn separators_in_names_cannot_make_two_pairs_share_a_key() {
+        assert_ne!(user_model_key("a|b", "c"), user_model_key("a", "b|c"));
+        assert_ne!(user_model_key("a:1:b", "c"), user_model_key("a", "1:b:c"));
+        assert_ne!(user_model_key("a:", "b"), user_model_key("a", ":b"));
+    }
+
+    #[test]
+    fn every_key_of_a_request_shares_one_hash_tag() {
+        let plan = plan(&cfg(), &ctx("ada"), "m");
+        assert_eq!(plan.checks.len(), 3);
+        for check in &plan.checks {
+            assert!(check.key.starts_with("{igw}:"), "{}", check.key);
+        }
+    }
+
+    #[test]
+    fn reservations_saturate_and_costs_stay_within_the_limit() {
+        let mut c = ctx("ada");
+        c.max_tokens = Some(u64::MAX);
+        c.choices = u32::MAX;
+        c.body_bytes = u64::MAX;
+        assert_eq!(reservation(&c, 10), u64::MAX);
+        let plan = plan(&cfg(), &c, "m");
+        assert!(plan.checks.iter().all(|check| check.cost <= check.limit));
+    }
+}

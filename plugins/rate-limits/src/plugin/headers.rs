@@ -1,0 +1,76 @@
+//! OpenAI's rate-limit headers on an admitted request's response.
+
+use gateway_plugin_api::Headers;
+use http::HeaderName;
+
+use super::admission::Admission;
+use crate::gcra::WINDOW;
+
+// OpenAI's rate-limit headers. Built at compile time: `HeaderName::from_static` called at
+// run time parses its argument on every call.
+const LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
+const REMAINING_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-requests");
+const RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
+const LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
+const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
+const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
+
+/// OpenAI's reset format: "20ms", "1.5s", "6m0s". Built by hand: it goes out twice a
+/// request, and `format!` costs ~1k instructions a call.
+pub fn format_reset(secs: f64) -> String {
+    let secs = if secs.is_nan() {
+        0.0
+    } else {
+        secs.clamp(0.0, WINDOW)
+    };
+    let mut text = String::with_capacity(8);
+    if secs < 1.0 {
+        text.push_str(&((secs * 1000.0).ceil() as u64).to_string());
+        text.push_str("ms");
+    } else if secs < 60.0 {
+        let tenths = (secs * 10.0).round() as u64;
+        text.push_str(&(tenths / 10).to_string());
+        if tenths % 10 != 0 {
+            text.push('.');
+            text.push(char::from(b'0' + (tenths % 10) as u8));
+        }
+        text.push('s');
+    } else {
+        text.push_str(&((secs / 60.0).floor() as u64).to_string());
+        text.push('m');
+        text.push_str(&((secs % 60.0).round() as u64).to_string());
+        text.push('s');
+    }
+    text
+}
+
+pub fn tighter(
+    current: Option<(u64, u64, f64)>,
+    candidate: (u64, u64, f64),
+) -> Option<(u64, u64, f64)> {
+    match current {
+        Some(c) if c.1 <= candidate.1 => Some(c),
+        _ => Some(candidate),
+    }
+}
+
+/// Sets the headers for the tightest request and token budgets of `admission`.
+pub fn report(admission: &Admission, headers: &mut dyn Headers) {
+    let mut set = |name: &HeaderName, value: http::HeaderValue| {
+        headers.insert(name.clone(), value);
+    };
+    let reset_value = |secs: f64| {
+        http::HeaderValue::try_from(format_reset(secs))
+            .unwrap_or(http::HeaderValue::from_static("0s"))
+    };
+    if let Some((limit, remaining, reset)) = admission.requests {
+        set(&LIMIT_REQUESTS, limit.into());
+        set(&REMAINING_REQUESTS, remaining.into());
+        set(&RESET_REQUESTS, reset_value(reset));
+    }
+    if let Some((limit, remaining, reset)) = admission.tokens {
+        set(&LIMIT_TOKENS, limit.into());
+        set(&REMAINING_TOKENS, remaining.into());
+        set(&RESET_TOKENS, reset_value(reset));
+    }
+}

@@ -1,0 +1,37 @@
+//! The limiter's own metrics.
+
+/// `igw_rate_limit_*` metrics.
+pub struct LimitMetrics {
+    pub rejections: prometheus::IntCounterVec,
+    pub backend_errors: prometheus::IntCounter,
+    /// 1 while Redis is failing and requests use local limits (or are refused).
+    pub degraded: prometheus::IntGauge,
+}
+
+impl LimitMetrics {
+    pub fn register(registry: &prometheus::Registry) -> prometheus::Result<LimitMetrics> {
+        let rejections = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "igw_rate_limit_rejections_total",
+                "Requests refused with 429, by the limit that refused them",
+            ),
+            &["scope", "limit"],
+        )?;
+        let backend_errors = prometheus::IntCounter::new(
+            "igw_rate_limit_backend_errors_total",
+            "Limit checks Redis could not answer",
+        )?;
+        let degraded = prometheus::IntGauge::new(
+            "igw_rate_limit_redis_degraded",
+            "1 while Redis is unreachable and limits fall back (fail_open) or refuse (fail_closed)",
+        )?;
+        registry.register(Box::new(rejections.clone()))?;
+        registry.register(Box::new(backend_errors.clone()))?;
+        registry.register(Box::new(degraded.clone()))?;
+        Ok(LimitMetrics {
+            rejections,
+            backend_errors,
+            degraded,
+        })
+    }
+}
