@@ -29,6 +29,9 @@ struct FileConfig {
     timeout: Option<String>,
     exp_leeway: Option<String>,
     retry_after: Option<String>,
+    max_concurrent_introspections: Option<u64>,
+    introspections_per_second: Option<f64>,
+    introspections_per_client_per_minute: Option<f64>,
 }
 
 /// Validated settings.
@@ -52,6 +55,12 @@ pub struct GlobusConfig {
     pub retry_after: Duration,
     /// Some pool restricts by group: resolve memberships through the Groups API.
     pub fetch_groups: bool,
+    /// Introspections (with their group lookups) in flight at once.
+    pub max_concurrent_introspections: usize,
+    /// Cache misses per second the gateway as a whole may send to Globus (burst: twice that).
+    pub introspections_per_second: f64,
+    /// Cache misses per minute one client address may cause (burst: a third of that).
+    pub introspections_per_client_per_minute: f64,
 }
 
 fn duration(
@@ -117,7 +126,30 @@ impl GlobusConfig {
                 "{path}.cache_capacity: `0` would disable caching; use at least 1"
             ));
         }
+        let concurrent = f.max_concurrent_introspections.unwrap_or(16);
+        if !(1..=1024).contains(&concurrent) {
+            return Err(format!(
+                "{path}.max_concurrent_introspections: `{concurrent}` must be from 1 to 1024"
+            ));
+        }
+        let rate = |value: Option<f64>, key: &str, default: f64| match value.unwrap_or(default) {
+            r if r.is_finite() && (0.01..=1e6).contains(&r) => Ok(r),
+            r => Err(format!(
+                "{path}.{key}: `{r}` must be a number from 0.01 to 1000000"
+            )),
+        };
         Ok(GlobusConfig {
+            max_concurrent_introspections: concurrent as usize,
+            introspections_per_second: rate(
+                f.introspections_per_second,
+                "introspections_per_second",
+                20.0,
+            )?,
+            introspections_per_client_per_minute: rate(
+                f.introspections_per_client_per_minute,
+                "introspections_per_client_per_minute",
+                60.0,
+            )?,
             client_secret: read_secret(&f, path)?,
             introspect_url: url(
                 f.introspect_url,

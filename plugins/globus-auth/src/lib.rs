@@ -11,24 +11,34 @@
 //! with the same uncached token share one introspection. When Globus cannot answer, cached
 //! users keep working, new ones get 503 `auth_unavailable`, and nothing is cached.
 //! JWT-shaped tokens (three dot-separated parts) are left to the `jwt_auth` plugin.
+//!
+//! A flood of unknown tokens must not get the facility's Globus client rate-limited: cache
+//! misses are bounded per client address (429 past `introspections_per_client_per_minute`),
+//! for the whole gateway (503 past `introspections_per_second`), and in flight
+//! (`max_concurrent_introspections`). Cached verdicts are never throttled. A token longer than
+//! any Globus token is refused without asking Globus.
 
 mod client;
 mod config;
+mod throttle;
 mod verdict;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use gateway_plugin_api::{
-    unclaimed_token, ApiError, BuildContext, Flow, Plugin, PluginFactory, Principal, RequestCtx,
-    RequestHead,
+    bearer_token, ApiError, Authn, BuildContext, Phase, Plugin, PluginFactory, Principal,
+    RequestCtx, RequestHead,
 };
 use moka::future::Cache;
 use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
 
 use client::{GlobusClient, Outage};
 pub use config::GlobusConfig;
+use throttle::{MissThrottle, Rate, Throttled};
 pub use verdict::{judge_at, Introspection, Rejection};
 
 pub struct GlobusAuthFactory;
@@ -87,7 +97,7 @@ impl GlobusMetrics {
         let checks = prometheus::IntCounterVec::new(
             prometheus::Opts::new(
                 "igw_globus_auth_checks_total",
-                "Token checks by outcome: hit (cached verdict), miss (introspected), unavailable (Globus down)",
+                "Token checks by outcome: hit (cached verdict), miss (introspected), unavailable (Globus down or busy), throttled (too many unknown tokens)",
             ),
             &["result"],
         )?;
@@ -113,9 +123,24 @@ impl GlobusMetrics {
     }
 }
 
+/// Globus Auth access tokens are ~100 characters; anything far longer is not one, and is
+/// refused without a call to Globus.
+const MAX_TOKEN_LEN: usize = 1024;
+
+/// Why a token could not be judged now (never cached).
+#[derive(Debug)]
+pub enum CheckError {
+    /// Globus did not answer usefully, or too many introspections were already in flight.
+    Outage(String),
+    /// Too many unknown tokens: from this client, or from everyone.
+    Throttled(Throttled),
+}
+
 pub struct GlobusAuth {
     client: GlobusClient,
     cache: Cache<[u8; 32], Arc<Verdict>>,
+    throttle: MissThrottle,
+    in_flight: Semaphore,
     metrics: Option<GlobusMetrics>,
 }
 
@@ -125,19 +150,43 @@ impl GlobusAuth {
             .max_capacity(cfg.cache_capacity)
             .expire_after(VerdictExpiry)
             .build();
+        let throttle = MissThrottle::new(
+            Rate {
+                per_second: cfg.introspections_per_second,
+                burst: (cfg.introspections_per_second * 2.0).max(1.0),
+            },
+            Rate {
+                per_second: cfg.introspections_per_client_per_minute / 60.0,
+                burst: (cfg.introspections_per_client_per_minute / 3.0).max(1.0),
+            },
+        );
         Ok(GlobusAuth {
+            in_flight: Semaphore::new(cfg.max_concurrent_introspections),
             client: GlobusClient::new(cfg)?,
             cache,
+            throttle,
             metrics: None,
         })
     }
 
-    /// Introspects (and, when needed, resolves groups for) a token no cache entry covers.
+    /// Introspects (and, when needed, resolves groups for) a token no cache entry covers,
+    /// within the throttle's bounds.
     async fn verify(
         &self,
         token: &str,
+        client: Option<IpAddr>,
         ran: &std::sync::atomic::AtomicBool,
-    ) -> Result<Arc<Verdict>, Outage> {
+    ) -> Result<Arc<Verdict>, CheckError> {
+        self.throttle.admit(client).map_err(CheckError::Throttled)?;
+        let timeout = self.client.config().timeout;
+        let _permit = match tokio::time::timeout(timeout, self.in_flight.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            _ => {
+                return Err(CheckError::Outage(format!(
+                    "no introspection slot within {timeout:?} (max_concurrent_introspections)"
+                )))
+            }
+        };
         ran.store(true, std::sync::atomic::Ordering::Relaxed);
         let started = Instant::now();
         let result = self.introspect_and_judge(token).await;
@@ -147,7 +196,7 @@ impl GlobusAuth {
                 m.failures.inc();
             }
         }
-        result
+        result.map_err(|Outage(reason)| CheckError::Outage(reason))
     }
 
     async fn introspect_and_judge(&self, token: &str) -> Result<Arc<Verdict>, Outage> {
@@ -171,14 +220,22 @@ impl GlobusAuth {
         self.cache.entry_count()
     }
 
-    /// The cached or freshly established verdict for `token`.
-    pub async fn check(&self, token: &str) -> Result<Arc<Verdict>, Arc<Outage>> {
+    /// The cached or freshly established verdict for `token`, sent from `client`.
+    pub async fn check(
+        &self,
+        token: &str,
+        client: Option<IpAddr>,
+    ) -> Result<Arc<Verdict>, Arc<CheckError>> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         // Set when this call ran the introspection itself (a miss), not a waiter or a hit.
         let ran = std::sync::atomic::AtomicBool::new(false);
-        let result = self.cache.try_get_with(key, self.verify(token, &ran)).await;
+        let result = self
+            .cache
+            .try_get_with(key, self.verify(token, client, &ran))
+            .await;
         if let Some(m) = &self.metrics {
             let outcome = match (&result, ran.load(std::sync::atomic::Ordering::Relaxed)) {
+                (Err(e), _) if matches!(e.as_ref(), CheckError::Throttled(_)) => "throttled",
                 (Err(_), _) => "unavailable",
                 (Ok(_), true) => "miss",
                 (Ok(_), false) => "hit",
@@ -186,6 +243,37 @@ impl GlobusAuth {
             m.checks.with_label_values(&[outcome]).inc();
         }
         result
+    }
+
+    fn refusal(&self, error: &CheckError, ctx: &RequestCtx) -> ApiError {
+        let retry = |d: Duration| d.as_secs().max(1);
+        match error {
+            CheckError::Outage(reason) => {
+                log::warn!(
+                    target: "globus_auth",
+                    request_id = ctx.request_id.as_str();
+                    "Globus Auth unavailable, token not verified: {reason}"
+                );
+                ApiError::auth_unavailable(
+                    "Globus Auth could not be reached to verify your token; try again shortly."
+                        .into(),
+                    self.client.config().retry_after.as_secs(),
+                )
+            }
+            CheckError::Throttled(Throttled::Client(wait)) => ApiError::new(
+                429,
+                "rate_limit_error",
+                "too_many_new_tokens",
+                "Too many unknown access tokens from your address; try again shortly with a \
+                 valid one."
+                    .into(),
+            )
+            .with_header("retry-after", retry(*wait).to_string()),
+            CheckError::Throttled(Throttled::Global(wait)) => ApiError::auth_unavailable(
+                "The gateway is verifying too many new tokens right now; try again shortly.".into(),
+                retry(*wait),
+            ),
+        }
     }
 }
 
@@ -195,40 +283,35 @@ impl Plugin for GlobusAuth {
         "globus_auth"
     }
 
-    fn authenticates(&self) -> bool {
-        true
+    fn phase(&self) -> Phase {
+        Phase::Authenticate
     }
 
-    async fn on_request(&self, head: &RequestHead<'_>, ctx: &mut RequestCtx) -> Flow {
-        let Some(token) = unclaimed_token(head, ctx) else {
-            return Flow::Continue;
+    async fn authenticate(&self, head: &RequestHead<'_>, ctx: &RequestCtx) -> Authn {
+        let Some(token) = bearer_token(head.headers) else {
+            return Authn::NotMine;
         };
         if token.split('.').count() == 3 {
-            return Flow::Continue;
+            return Authn::NotMine;
         }
-        match self.check(token).await {
+        if token.len() > MAX_TOKEN_LEN {
+            return Authn::Refused(ApiError::unauthorized(
+                "invalid_token",
+                format!(
+                    "Your bearer token is longer than any Globus access token ({MAX_TOKEN_LEN} \
+                     bytes at most). Get one with `python inference-auth-token.py get_access_token`."
+                ),
+            ));
+        }
+        let client = ctx.client_addr.map(|a| a.ip());
+        match self.check(token, client).await {
             Ok(verdict) => match verdict.as_ref() {
-                Verdict::Accepted(principal, _) => {
-                    ctx.principal = Some(principal.clone());
-                    Flow::Continue
-                }
+                Verdict::Accepted(principal, _) => Authn::Accepted(principal.clone()),
                 Verdict::Rejected(r, _) => {
-                    Flow::Respond(ApiError::unauthorized(r.code, r.message.clone()))
+                    Authn::Refused(ApiError::unauthorized(r.code, r.message.clone()))
                 }
             },
-            Err(outage) => {
-                log::warn!(
-                    target: "globus_auth",
-                    request_id = ctx.request_id.as_str();
-                    "Globus Auth unavailable, token not verified: {}", outage.0
-                );
-                let retry = self.client.config().retry_after.as_secs();
-                Flow::Respond(ApiError::auth_unavailable(
-                    "Globus Auth could not be reached to verify your token; try again shortly."
-                        .into(),
-                    retry,
-                ))
-            }
+            Err(error) => Authn::Refused(self.refusal(&error, ctx)),
         }
     }
 }
