@@ -85,6 +85,11 @@ impl JwtConfig {
             ));
         }
         let names = f.algorithms.unwrap_or_else(|| vec!["RS256".into()]);
+        if names.is_empty() {
+            return Err(format!(
+                "{path}.algorithms: `[]` would accept no token; list the issuer's algorithms (e.g. [\"RS256\"]) or omit the key"
+            ));
+        }
         let mut algorithms = Vec::new();
         for (i, name) in names.iter().enumerate() {
             let alg = Algorithm::from_str(name)
@@ -114,6 +119,15 @@ impl JwtConfig {
             (None, Some(file)) => KeySource::Static(static_key(&file, path)?),
             _ => return Err(format!("{path}: set exactly one of jwks_url and key_file")),
         };
+        for (key, value) in [
+            ("username_claim", &f.username_claim),
+            ("groups_claim", &f.groups_claim),
+            ("id_claim", &f.id_claim),
+        ] {
+            if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                return Err(format!("{path}.{key}: `\"\"` names no claim"));
+            }
+        }
         Ok(JwtConfig {
             identity_provider: f.identity_provider.unwrap_or_else(|| f.issuer.clone()),
             issuer: f.issuer,

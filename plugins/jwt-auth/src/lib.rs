@@ -21,11 +21,11 @@ use std::time::{Duration, UNIX_EPOCH};
 use async_trait::async_trait;
 use base64::Engine;
 use gateway_plugin_api::{
-    unclaimed_token, ApiError, BuildContext, Flow, Plugin, PluginFactory, Principal, RequestCtx,
-    RequestHead,
+    bearer_token, ApiError, Authn, BuildContext, Phase, Plugin, PluginFactory, Principal,
+    RequestCtx, RequestHead,
 };
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
 use config::{JwtConfig, KeySource};
@@ -61,8 +61,8 @@ pub struct JwtAuth {
 
 const GET_TOKEN: &str = "Log in again with your facility's identity provider to get a new token.";
 
-fn invalid(code: &'static str, message: String) -> Flow {
-    Flow::Respond(ApiError::unauthorized(code, message))
+fn invalid(code: &'static str, message: String) -> Authn {
+    Authn::Refused(ApiError::unauthorized(code, message))
 }
 
 /// The payload of a JWT-shaped token, unverified: only for deciding whose token it is.
@@ -101,7 +101,9 @@ impl JwtAuth {
                 Keys::Jwks(Box::new(JwksCache::new(url.clone(), *min_refresh, http)))
             }
         };
-        let mut validation = Validation::new(cfg.algorithms[0]);
+        // `JwtConfig::parse` refuses an empty list; the first algorithm only seeds `Validation`.
+        let first = cfg.algorithms.first().copied().unwrap_or(Algorithm::RS256);
+        let mut validation = Validation::new(first);
         validation.algorithms = cfg.algorithms.clone();
         validation.set_issuer(&[&cfg.issuer]);
         validation.set_audience(&cfg.audience);
@@ -115,20 +117,22 @@ impl JwtAuth {
         })
     }
 
-    fn principal(&self, claims: &Map<String, Value>) -> Principal {
+    /// The principal a verified token names; `None` when it lacks the id claim (every user
+    /// would otherwise share one empty id, and with it one set of limits).
+    fn principal(&self, claims: &Map<String, Value>) -> Option<Principal> {
         let text = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_string);
-        let id = text(&self.cfg.id_claim).unwrap_or_default();
-        Principal {
+        let id = text(&self.cfg.id_claim).filter(|id| !id.is_empty())?;
+        Some(Principal {
             username: text(&self.cfg.username_claim).unwrap_or_else(|| id.clone()),
             id,
             name: text("name"),
             identity_provider: Some(self.cfg.identity_provider.clone()),
             groups: claim_strings(claims.get(&self.cfg.groups_claim)),
             auth_method: "jwt".into(),
-        }
+        })
     }
 
-    async fn verify(&self, token: &str, peeked: &Map<String, Value>, ctx: &mut RequestCtx) -> Flow {
+    async fn verify(&self, token: &str, peeked: &Map<String, Value>, ctx: &RequestCtx) -> Authn {
         let header = match jsonwebtoken::decode_header(token) {
             Ok(h) => h,
             Err(_) => {
@@ -162,7 +166,7 @@ impl JwtAuth {
                         request_id = ctx.request_id.as_str();
                         "no signing keys to verify a token: {reason}"
                     );
-                    return Flow::Respond(ApiError::auth_unavailable(
+                    return Authn::Refused(ApiError::auth_unavailable(
                         "The identity provider's signing keys could not be fetched; try again shortly.".into(),
                         5,
                     ));
@@ -173,8 +177,16 @@ impl JwtAuth {
         for key in candidates {
             match jsonwebtoken::decode::<Map<String, Value>>(token, &key, &self.validation) {
                 Ok(data) => {
-                    ctx.principal = Some(self.principal(&data.claims));
-                    return Flow::Continue;
+                    return match self.principal(&data.claims) {
+                        Some(principal) => Authn::Accepted(principal),
+                        None => invalid(
+                            "invalid_token",
+                            format!(
+                                "Your token has no `{}` claim to identify you by. {GET_TOKEN}",
+                                self.cfg.id_claim
+                            ),
+                        ),
+                    };
                 }
                 Err(e) if *e.kind() == ErrorKind::InvalidSignature => {}
                 Err(e) => {
@@ -213,19 +225,19 @@ impl Plugin for JwtAuth {
         "jwt_auth"
     }
 
-    fn authenticates(&self) -> bool {
-        true
+    fn phase(&self) -> Phase {
+        Phase::Authenticate
     }
 
-    async fn on_request(&self, head: &RequestHead<'_>, ctx: &mut RequestCtx) -> Flow {
-        let Some(token) = unclaimed_token(head, ctx) else {
-            return Flow::Continue;
+    async fn authenticate(&self, head: &RequestHead<'_>, ctx: &RequestCtx) -> Authn {
+        let Some(token) = bearer_token(head.headers) else {
+            return Authn::NotMine;
         };
         let Some(peeked) = peek_claims(token) else {
-            return Flow::Continue;
+            return Authn::NotMine;
         };
         if peeked.get("iss").and_then(Value::as_str) != Some(self.cfg.issuer.as_str()) {
-            return Flow::Continue;
+            return Authn::NotMine;
         }
         self.verify(token, &peeked, ctx).await
     }
