@@ -1,13 +1,18 @@
 //! Reading token usage off a response on its way to the client, without holding it back.
 //!
+//! JSON bodies: the top-level `usage` object is found wherever it is, by an incremental scan
+//! that keeps only a few counters and the usage object itself (at most `MAX_USAGE_OBJECT`
+//! bytes). vLLM writes `prompt_logprobs`, `prompt_token_ids` and `kv_transfer_params` after
+//! `usage`, so a window on the tail of the body would miss it; and a `"usage"` inside a
+//! string or a nested object (model output, a tool call) is never taken for it.
+//!
 //! SSE (`text/event-stream`): events are split across chunks arbitrarily, so only the partial
 //! last line of a chunk is kept between chunks (usually nothing: events tend to end at chunk
-//! ends). A `data:` line is parsed only when it contains `"usage"` followed by an object,
+//! ends). A `data:` line is scanned only when it holds `"usage"` followed by an object,
 //! which vLLM sends once, in the final chunk, when `stream_options.include_usage` is set.
-//! Data events are counted so that a stream without a usage chunk still yields an estimate.
-//!
-//! JSON: OpenAI servers put `usage` last, so only the last few KiB are kept and parsed at
-//! the end.
+//! Data events are counted so that a stream without a usage chunk still yields an estimate
+//! for metrics and logs (marked `estimated`; the limiter charges such a stream its whole
+//! reservation instead, see the rate_limits plugin).
 
 use gateway_plugin_api::Usage;
 use memchr::memmem;
@@ -15,50 +20,200 @@ use serde::Deserialize;
 
 /// Largest partial SSE line kept between chunks; longer lines are not usage lines.
 const MAX_LINE: usize = 256 << 10;
-/// Tail of a JSON body searched for `usage`.
-const JSON_TAIL: usize = 4 << 10;
+/// Largest `usage` object read; OpenAI's and vLLM's are a few hundred bytes.
+const MAX_USAGE_OBJECT: usize = 4 << 10;
 
 #[derive(Deserialize)]
 struct UsageJson {
-    #[serde(default)]
-    prompt_tokens: u64,
-    #[serde(default)]
-    completion_tokens: u64,
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    total_tokens: Option<u64>,
+}
+
+/// Reads a captured usage object; `None` unless it holds a token count (embeddings report
+/// only `prompt_tokens` and `total_tokens`).
+fn parse_usage(object: &[u8]) -> Option<Usage> {
+    let u: UsageJson = serde_json::from_slice(object).ok()?;
+    let prompt = u.prompt_tokens?;
+    let completion = u
+        .completion_tokens
+        .or_else(|| u.total_tokens.map(|t| t.saturating_sub(prompt)))
+        .unwrap_or(0);
+    Some(Usage {
+        prompt_tokens: prompt,
+        completion_tokens: completion,
+        estimated: false,
+    })
+}
+
+/// Where the scan is in the current top-level key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Key {
+    /// Not reading a top-level key.
+    None,
+    /// Read this many bytes of a key that still matches `usage`.
+    Matching(usize),
+    /// Reading a top-level key that is not `usage`.
+    Other,
+}
+
+/// An incremental scan for the top-level `"usage": {...}` of one JSON document, fed in
+/// arbitrary pieces. Never panics and never buffers more than one usage object, whatever
+/// the input (invalid JSON just yields nothing).
+#[derive(Debug)]
+pub struct UsageScan {
+    depth: u32,
+    in_string: bool,
+    escaped: bool,
+    /// At depth 1, the next string is a key (after `{` or `,`).
+    expect_key: bool,
+    key: Key,
+    /// The last top-level key was `usage` and its value comes next.
+    usage_next: bool,
+    /// The usage object's bytes while it is being read.
+    capture: Option<Vec<u8>>,
+    found: Option<Usage>,
+}
+
+const USAGE: &[u8] = b"usage";
+
+impl Default for UsageScan {
+    fn default() -> Self {
+        UsageScan {
+            depth: 0,
+            in_string: false,
+            escaped: false,
+            expect_key: false,
+            key: Key::None,
+            usage_next: false,
+            capture: None,
+            found: None,
+        }
+    }
+}
+
+impl UsageScan {
+    pub fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            // Inside a string nothing matters but its end: skip to the next quote or
+            // backslash in one step (most of a large body is strings).
+            if self.in_string && !self.escaped && self.capture.is_none() && self.key == Key::None {
+                match memchr::memchr2(b'"', b'\\', bytes) {
+                    Some(at) => bytes = bytes.get(at..).unwrap_or_default(),
+                    None => return,
+                }
+            }
+            let Some((&b, rest)) = bytes.split_first() else {
+                return;
+            };
+            bytes = rest;
+            self.byte(b);
+        }
+    }
+
+    fn byte(&mut self, b: u8) {
+        if let Some(capture) = &mut self.capture {
+            if capture.len() < MAX_USAGE_OBJECT {
+                capture.push(b);
+            } else {
+                // Too large to be a usage object: give up on this one.
+                self.capture = None;
+            }
+        }
+        if self.in_string {
+            if self.escaped {
+                self.escaped = false;
+                if self.key != Key::None {
+                    // An escaped key is not written as plain `usage`.
+                    self.key = Key::Other;
+                }
+            } else if b == b'\\' {
+                self.escaped = true;
+            } else if b == b'"' {
+                self.in_string = false;
+                if self.key != Key::None {
+                    self.usage_next = self.key == Key::Matching(USAGE.len());
+                    self.key = Key::None;
+                    self.expect_key = false;
+                }
+            } else if let Key::Matching(n) = self.key {
+                self.key = match USAGE.get(n) {
+                    Some(&want) if want == b => Key::Matching(n + 1),
+                    _ => Key::Other,
+                };
+            }
+            return;
+        }
+        let top = self.depth == 1;
+        match b {
+            b'"' => {
+                self.in_string = true;
+                if top && self.expect_key {
+                    self.key = Key::Matching(0);
+                } else if top {
+                    self.usage_next = false;
+                }
+            }
+            b'{' | b'[' => {
+                if top && self.usage_next && b == b'{' {
+                    self.capture = Some(vec![b'{']);
+                }
+                if top {
+                    self.usage_next = false;
+                }
+                self.depth = self.depth.saturating_add(1);
+                if self.depth == 1 {
+                    self.expect_key = b == b'{';
+                }
+            }
+            b'}' | b']' => {
+                self.depth = self.depth.saturating_sub(1);
+                if self.depth == 1 {
+                    if let Some(object) = self.capture.take() {
+                        // A later top-level `usage` replaces an earlier one, as serde's maps do.
+                        if let Some(usage) = parse_usage(&object) {
+                            self.found = Some(usage);
+                        }
+                    }
+                }
+            }
+            b',' if top => {
+                self.expect_key = true;
+                self.usage_next = false;
+            }
+            b':' if top => self.expect_key = false,
+            b' ' | b'\t' | b'\n' | b'\r' | b',' | b':' => {}
+            // The first byte of a number or literal: a top-level value that is no object.
+            _ if top => self.usage_next = false,
+            _ => {}
+        }
+    }
+
+    pub fn usage(&self) -> Option<Usage> {
+        self.found
+    }
+}
+
+/// Whether `line` may hold a usage object: `"usage"` followed by `:` and `{` somewhere. A
+/// cheap filter: vLLM sends `"usage":null` in every chunk of a stream with usage on.
+fn may_hold_usage(line: &[u8]) -> bool {
+    memmem::find_iter(line, b"\"usage\"").any(|at| {
+        let rest = line.get(at + 7..).unwrap_or_default();
+        rest.iter()
+            .find(|c| !c.is_ascii_whitespace() && **c != b':')
+            .is_some_and(|c| *c == b'{')
+    })
 }
 
 enum Mode {
     Sse { partial: Vec<u8>, data_events: u64 },
-    Json { tail: Vec<u8> },
+    Json(Box<UsageScan>),
     Other,
 }
 
 pub struct UsageObserver {
     mode: Mode,
     reported: Option<Usage>,
-}
-
-/// Finds `"usage"` followed by `:` and an object in `text`, and parses that object.
-fn usage_in(text: &[u8]) -> Option<Usage> {
-    let mut from = 0;
-    while let Some(at) = memmem::find(&text[from..], b"\"usage\"") {
-        let rest = &text[from + at + 7..];
-        let value = rest
-            .iter()
-            .position(|c| !c.is_ascii_whitespace() && *c != b':')
-            .map(|i| &rest[i..]);
-        if let Some(obj) = value.filter(|v| v.first() == Some(&b'{')) {
-            let mut parsed = serde_json::Deserializer::from_slice(obj).into_iter::<UsageJson>();
-            if let Some(Ok(u)) = parsed.next() {
-                return Some(Usage {
-                    prompt_tokens: u.prompt_tokens,
-                    completion_tokens: u.completion_tokens,
-                    estimated: false,
-                });
-            }
-        }
-        from += at + 7;
-    }
-    None
 }
 
 impl UsageObserver {
@@ -68,7 +223,7 @@ impl UsageObserver {
                 partial: Vec::new(),
                 data_events: 0,
             },
-            Some(ct) if ct.starts_with(b"application/json") => Mode::Json { tail: Vec::new() },
+            Some(ct) if ct.starts_with(b"application/json") => Mode::Json(Box::default()),
             _ => Mode::Other,
         };
         UsageObserver {
@@ -80,23 +235,14 @@ impl UsageObserver {
     pub fn observe(&mut self, chunk: &[u8]) {
         match &mut self.mode {
             Mode::Other => {}
-            Mode::Json { tail } => {
-                if chunk.len() >= JSON_TAIL {
-                    tail.clear();
-                    tail.extend_from_slice(&chunk[chunk.len() - JSON_TAIL..]);
-                } else {
-                    let excess = (tail.len() + chunk.len()).saturating_sub(JSON_TAIL);
-                    tail.drain(..excess);
-                    tail.extend_from_slice(chunk);
-                }
-            }
+            Mode::Json(scan) => scan.feed(chunk),
             Mode::Sse {
                 partial,
                 data_events,
             } => {
                 let mut start = 0;
                 for end in memchr::memchr_iter(b'\n', chunk) {
-                    let piece = &chunk[start..end];
+                    let piece = chunk.get(start..end).unwrap_or_default();
                     start = end + 1;
                     if partial.is_empty() {
                         Self::line(piece, data_events, &mut self.reported);
@@ -106,7 +252,7 @@ impl UsageObserver {
                         partial.clear();
                     }
                 }
-                let rest = &chunk[start..];
+                let rest = chunk.get(start..).unwrap_or_default();
                 if partial.len() + rest.len() <= MAX_LINE {
                     partial.extend_from_slice(rest);
                 } else {
@@ -125,17 +271,21 @@ impl UsageObserver {
             return;
         }
         *data_events += 1;
-        if let Some(usage) = usage_in(data) {
-            *reported = Some(usage);
+        if may_hold_usage(data) {
+            let mut scan = UsageScan::default();
+            scan.feed(data);
+            if let Some(usage) = scan.usage() {
+                *reported = Some(usage);
+            }
         }
     }
 
     /// The usage the backend reported; else, for a stream, an estimate from the request body
     /// size (4 bytes a token) and the number of content events (one token each, less the
-    /// closing event).
+    /// closing event); else `None` (the usage could not be determined).
     pub fn finish(&mut self, body_bytes: u64) -> Option<Usage> {
-        if let Mode::Json { tail } = &self.mode {
-            self.reported = usage_in(tail);
+        if let Mode::Json(scan) = &self.mode {
+            self.reported = scan.usage();
         }
         if self.reported.is_some() {
             return self.reported;
@@ -152,68 +302,4 @@ impl UsageObserver {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const STREAM: &str = "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}],\"usage\":null}\n\n\
-        data: {\"choices\":[{\"delta\":{\"content\":\"b\"}}],\"usage\":null}\n\n\
-        data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n\
-        data: {\"choices\":[],\"usage\": {\"prompt_tokens\": 12, \"completion_tokens\": 2, \"total_tokens\": 14}}\n\n\
-        data: [DONE]\n\n";
-
-    fn observe_in_pieces(text: &str, piece: usize) -> Option<Usage> {
-        let mut o = UsageObserver::new(Some(b"text/event-stream"));
-        for chunk in text.as_bytes().chunks(piece) {
-            o.observe(chunk);
-        }
-        o.finish(0)
-    }
-
-    #[test]
-    fn sse_usage_is_found_however_the_stream_is_split() {
-        let want = Some(Usage {
-            prompt_tokens: 12,
-            completion_tokens: 2,
-            estimated: false,
-        });
-        for piece in [1, 2, 3, 7, 16, 64, STREAM.len()] {
-            assert_eq!(observe_in_pieces(STREAM, piece), want, "pieces of {piece}");
-        }
-    }
-
-    #[test]
-    fn streams_without_usage_are_estimated() {
-        let no_usage = STREAM.replace("\"usage\": {", "\"other\": {");
-        let mut o = UsageObserver::new(Some(b"text/event-stream"));
-        o.observe(no_usage.as_bytes());
-        let u = o.finish(400).expect("estimate");
-        assert!(u.estimated);
-        assert_eq!(u.prompt_tokens, 100);
-        // Four data events (not [DONE]), less the closing one.
-        assert_eq!(u.completion_tokens, 3);
-    }
-
-    #[test]
-    fn json_usage_is_read_from_the_tail() {
-        let body = format!(
-            "{{\"choices\":[{{\"message\":{{\"content\":\"{}\"}}}}],\"usage\":{{\"prompt_tokens\":5,\"completion_tokens\":7}}}}",
-            "x".repeat(20_000)
-        );
-        let mut o = UsageObserver::new(Some(b"application/json"));
-        for chunk in body.as_bytes().chunks(1000) {
-            o.observe(chunk);
-        }
-        let u = o.finish(0).expect("usage");
-        assert_eq!(
-            (u.prompt_tokens, u.completion_tokens, u.estimated),
-            (5, 7, false)
-        );
-    }
-
-    #[test]
-    fn other_bodies_report_nothing() {
-        let mut o = UsageObserver::new(Some(b"text/plain"));
-        o.observe(b"\"usage\":{\"prompt_tokens\":1}");
-        assert_eq!(o.finish(10), None);
-    }
-}
+mod tests;
