@@ -3,6 +3,13 @@
 //!
 //!   cargo bench --bench hot_path
 
+#![allow(
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "benchmark set-up: a failed expectation ends the run"
+)]
+
 use std::hint::black_box;
 use std::sync::Arc;
 
@@ -30,7 +37,7 @@ fn model_extraction(c: &mut Criterion) {
         let body = chat_body(size);
         group.throughput(Throughput::Bytes(body.len() as u64));
         group.bench_with_input(BenchmarkId::from_parameter(size), &body, |b, body| {
-            b.iter(|| parse_routing_fields(black_box(body)).map(|f| f.stream))
+            b.iter(|| parse_routing_fields(black_box(body), 1 << 20).map(|f| f.stream))
         });
     }
     group.finish();
@@ -73,7 +80,7 @@ fn auth_cached(c: &mut Criterion) {
         ("globus_auth", globus_plugin, "Bearer AgBenchToken"),
         ("api_keys", api_keys_plugin, "Bearer test"),
     ];
-    let mut group = c.benchmark_group("auth_on_request_cached");
+    let mut group = c.benchmark_group("authenticate_cached");
     for (name, plugin, authorization) in cases {
         let mut headers = http::HeaderMap::new();
         headers.insert(
@@ -89,20 +96,22 @@ fn auth_cached(c: &mut Criterion) {
             uri: &uri,
             headers: &headers,
         };
-        let mut ctx = RequestCtx::new("bench".into(), None);
+        let ctx = RequestCtx::new("bench".into(), None);
         // Warm the cache: the first call introspects.
-        runtime.block_on(plugin.on_request(&head, &mut ctx));
+        let first = runtime.block_on(plugin.authenticate(&head, &ctx));
         assert!(
-            ctx.principal.is_some(),
+            matches!(first, gateway_plugin_api::Authn::Accepted(_)),
             "{name} must accept the bench token"
         );
         group.bench_function(name, |b| {
             b.to_async(&runtime).iter(|| {
                 let plugin = plugin.clone();
-                let mut ctx = RequestCtx::new(String::new(), None);
+                let ctx = RequestCtx::new(String::new(), None);
                 async move {
-                    plugin.on_request(&head, &mut ctx).await;
-                    ctx.principal.is_some()
+                    matches!(
+                        plugin.authenticate(&head, &ctx).await,
+                        gateway_plugin_api::Authn::Accepted(_)
+                    )
                 }
             })
         });
@@ -115,7 +124,7 @@ fn auth_cached(c: &mut Criterion) {
     );
 }
 
-/// The limiter's `on_request` in memory mode: five checks over three scopes, all admitted.
+/// The limiter's `admit` in memory mode: five checks over three scopes, all admitted.
 fn limiter_memory(c: &mut Criterion) {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -142,7 +151,7 @@ fn limiter_memory(c: &mut Criterion) {
         username: "ada@anl.gov".into(),
         ..Default::default()
     };
-    c.bench_function("rate_limits_on_request_memory", |b| {
+    c.bench_function("rate_limits_admit_memory", |b| {
         b.to_async(&runtime).iter(|| {
             let plugin = plugin.clone();
             let mut ctx = RequestCtx::new(String::new(), None);
@@ -152,7 +161,7 @@ fn limiter_memory(c: &mut Criterion) {
             ctx.body_bytes = 1200;
             async move {
                 matches!(
-                    plugin.on_request(&head, &mut ctx).await,
+                    plugin.admit(&head, &mut ctx).await,
                     gateway_plugin_api::Flow::Continue
                 )
             }
@@ -171,6 +180,29 @@ fn sse_observer(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(event.len() as u64));
     group.bench_function("per_chunk", |b| {
         b.iter(|| observer.observe(black_box(&event)))
+    });
+    group.finish();
+
+    // A non-streaming answer with vLLM's prompt_logprobs after `usage`: the whole body is
+    // scanned for the top-level usage, in 16 KiB chunks as Pingora hands them over.
+    let logprobs: Vec<String> = (0..2000)
+        .map(|i| format!("{{\"{i}\":{{\"logprob\":-1.25,\"rank\":1,\"decoded_token\":\"tok\"}}}}"))
+        .collect();
+    let body = format!(
+        "{{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion\",\"created\":1795747973,\"model\":\"m\",\"choices\":[{{\"index\":0,\"message\":{{\"role\":\"assistant\",\"content\":\"{}\"}},\"finish_reason\":\"stop\"}}],\"usage\":{{\"prompt_tokens\":2000,\"total_tokens\":2200,\"completion_tokens\":200}},\"prompt_logprobs\":[null,{}]}}",
+        "word ".repeat(200),
+        logprobs.join(",")
+    );
+    let mut group = c.benchmark_group("json_observer");
+    group.throughput(Throughput::Bytes(body.len() as u64));
+    group.bench_function("whole_body", |b| {
+        b.iter(|| {
+            let mut observer = UsageObserver::new(Some(b"application/json"));
+            for chunk in body.as_bytes().chunks(16 << 10) {
+                observer.observe(black_box(chunk));
+            }
+            observer.finish(0)
+        })
     });
     group.finish();
 }

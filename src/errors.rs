@@ -74,8 +74,46 @@ pub fn missing_token() -> ApiError {
     )
 }
 
+/// At most this much of a client's path is echoed back.
+const PATH_ECHO: usize = 256;
+
 pub fn not_found(path: &str) -> ApiError {
-    ApiError::new(404, INVALID, "not_found", format!("No route for `{path}`."))
+    let shown = match path.char_indices().nth(PATH_ECHO) {
+        Some((cut, _)) => format!("{}…", path.get(..cut).unwrap_or_default()),
+        None => path.to_string(),
+    };
+    ApiError::new(
+        404,
+        INVALID,
+        "not_found",
+        format!("No route for `{shown}`."),
+    )
+}
+
+/// A request parameter outside what the gateway accepts (before any budget is touched).
+pub fn invalid_parameter(param: &'static str, message: String) -> ApiError {
+    ApiError::new(400, INVALID, "invalid_value", message).with_param(param)
+}
+
+pub fn model_name_too_long(limit: usize) -> ApiError {
+    ApiError::new(
+        400,
+        INVALID,
+        "invalid_value",
+        format!("The `model` field is longer than {limit} bytes; no model has such a name."),
+    )
+    .with_param("model")
+}
+
+/// Past `max_connections`: shed load before file descriptors run out.
+pub fn too_many_connections() -> ApiError {
+    ApiError::new(
+        503,
+        "service_unavailable",
+        "too_many_connections",
+        "The gateway is serving as many connections as it may; try again shortly.".into(),
+    )
+    .with_header("retry-after", "1".into())
 }
 
 pub fn method_not_allowed(method: &str, allowed: &'static str) -> ApiError {

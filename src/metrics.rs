@@ -39,6 +39,7 @@ pub struct GatewayMetrics {
     pub connect_errors: IntCounterVec,
     pub retries: IntCounterVec,
     pub health_failures: IntCounterVec,
+    pub connections_refused: prometheus::IntCounter,
     known_models: HashSet<String>,
 }
 
@@ -124,7 +125,7 @@ impl GatewayMetrics {
             retries: counter(
                 registry,
                 "igw_upstream_retries_total",
-                "Requests retried on another backend after a connect failure",
+                "Backend attempts after the first: refused connects retried on another backend, and the one resend a stale keep-alive connection allows",
                 &["pool"],
             )?,
             health_failures: counter(
@@ -133,6 +134,14 @@ impl GatewayMetrics {
                 "Failed active health checks",
                 &["pool", "backend"],
             )?,
+            connections_refused: {
+                let c = prometheus::IntCounter::new(
+                    "igw_connections_refused_total",
+                    "New client connections answered 503 because max_connections were open",
+                )?;
+                registry.register(Box::new(c.clone()))?;
+                c
+            },
             known_models: pools.iter().flat_map(|p| p.models.iter().cloned()).collect(),
         })
     }

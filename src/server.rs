@@ -35,7 +35,7 @@ fn metrics_error(e: prometheus::Error) -> ConfigError {
 /// latest when the grace period ends.
 pub fn build(config: Config) -> Result<Server, ConfigError> {
     let registry = prometheus::Registry::new();
-    let plugins = build_chain(&config, &registry)?;
+    let chain = build_chain(&config, &registry)?;
     let table = Arc::new(ModelTable::new(&config));
     let metrics = match config.server.metrics_listen {
         Some(_) => Some(Arc::new(
@@ -54,12 +54,7 @@ pub fn build(config: Config) -> Result<Server, ConfigError> {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
 
-    let gateway = Gateway::new(
-        config.server.clone(),
-        table.clone(),
-        plugins,
-        metrics.clone(),
-    );
+    let gateway = Gateway::new(config.server.clone(), table.clone(), chain, metrics.clone());
     let connections = gateway.connections();
     let mut service = Service::new("inference-gateway".to_string(), gateway);
     for addr in &config.server.listen {

@@ -2,6 +2,7 @@
 
 mod file;
 mod model;
+mod server;
 mod units;
 
 use std::fmt;
@@ -9,6 +10,7 @@ use std::path::Path;
 
 pub use model::{
     BackendConfig, Balance, Config, HealthConfig, PluginConfig, PoolConfig, ServerConfig,
+    MAX_MODEL_NAME,
 };
 
 /// Why a configuration was refused. Every variant names the file or the TOML path.

@@ -5,8 +5,10 @@ use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-use super::file::{FileConfig, HealthSection, PoolSection, ServerSection};
-use super::units::{parse_duration, parse_size};
+use super::file::{FileConfig, HealthSection, PoolSection};
+use super::server::server_config;
+pub use super::server::ServerConfig;
+use super::units::parse_duration;
 use super::ConfigError;
 
 #[derive(Debug, Clone)]
@@ -14,28 +16,6 @@ pub struct Config {
     pub server: ServerConfig,
     pub plugins: Vec<PluginConfig>,
     pub pools: Vec<PoolConfig>,
-}
-
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    pub listen: Vec<SocketAddr>,
-    /// `""` or a path starting with `/` and not ending with one.
-    pub base_path: String,
-    pub threads: usize,
-    pub max_request_body: u64,
-    /// Bound on reading a whole request body (the socket timeout is per read).
-    pub client_body_timeout: Duration,
-    pub upstream_connect_timeout: Duration,
-    /// Largest gap allowed between bytes of a backend response (also the wait for its header).
-    pub upstream_idle_timeout: Duration,
-    /// How long an idle keep-alive connection to a backend is kept for reuse.
-    pub upstream_keepalive_timeout: Duration,
-    /// Backends tried per request when connecting fails (bounded by the pool size).
-    pub max_connect_attempts: usize,
-    pub shutdown_grace_period: Duration,
-    pub log_level: log::LevelFilter,
-    /// Where `GET /metrics` is served; `None` turns metrics off.
-    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -95,14 +75,14 @@ pub struct HealthConfig {
     pub healthy_threshold: u32,
 }
 
-fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+pub(super) fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         path: path.into(),
         message: message.into(),
     }
 }
 
-fn duration_or(
+pub(super) fn duration_or(
     value: &Option<String>,
     path: &str,
     default: Duration,
@@ -147,120 +127,6 @@ impl TryFrom<FileConfig> for Config {
     }
 }
 
-fn server_config(s: &ServerSection) -> Result<ServerConfig, ConfigError> {
-    let listen_text = s
-        .listen
-        .clone()
-        .unwrap_or_else(|| vec!["0.0.0.0:8000".into()]);
-    if listen_text.is_empty() {
-        return Err(err("server.listen", "at least one address is required"));
-    }
-    let listen = listen_text
-        .iter()
-        .enumerate()
-        .map(|(i, a)| {
-            a.parse::<SocketAddr>().map_err(|_| {
-                err(
-                    format!("server.listen[{i}]"),
-                    format!("`{a}` is not an ip:port address"),
-                )
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let base_path = s
-        .base_path
-        .clone()
-        .unwrap_or_else(|| "/resource_server".into());
-    if !base_path.is_empty()
-        && (!base_path.starts_with('/') || base_path.ends_with('/') || base_path.contains("//"))
-    {
-        return Err(err(
-            "server.base_path",
-            format!("`{base_path}` must be \"\" or start with `/` and not end with `/`"),
-        ));
-    }
-    let threads = s.threads.unwrap_or(2);
-    if !(1..=1024).contains(&threads) {
-        return Err(err(
-            "server.threads",
-            format!("`{threads}` must be between 1 and 1024"),
-        ));
-    }
-    let max_request_body = match &s.max_request_body {
-        None => 10 << 20,
-        Some(text) => parse_size(text).map_err(|m| err("server.max_request_body", m))?,
-    };
-    if max_request_body == 0 {
-        return Err(err(
-            "server.max_request_body",
-            "`0` would refuse every request",
-        ));
-    }
-    let max_connect_attempts = s.max_connect_attempts.unwrap_or(3);
-    if !(1..=16).contains(&max_connect_attempts) {
-        return Err(err(
-            "server.max_connect_attempts",
-            format!("`{max_connect_attempts}` must be between 1 and 16"),
-        ));
-    }
-    let log_level = match s.log_level.as_deref().unwrap_or("info") {
-        "error" => log::LevelFilter::Error,
-        "warn" => log::LevelFilter::Warn,
-        "info" => log::LevelFilter::Info,
-        "debug" => log::LevelFilter::Debug,
-        "trace" => log::LevelFilter::Trace,
-        other => {
-            return Err(err(
-                "server.log_level",
-                format!("`{other}` is not one of error, warn, info, debug, trace"),
-            ))
-        }
-    };
-    let metrics_listen = match s.metrics_listen.as_deref().unwrap_or("127.0.0.1:9464") {
-        "" => None,
-        text => Some(text.parse::<SocketAddr>().map_err(|_| {
-            err(
-                "server.metrics_listen",
-                format!("`{text}` is not an ip:port address (\"\" turns metrics off)"),
-            )
-        })?),
-    };
-    Ok(ServerConfig {
-        metrics_listen,
-        listen,
-        base_path,
-        threads,
-        max_request_body,
-        client_body_timeout: duration_or(
-            &s.client_body_timeout,
-            "server.client_body_timeout",
-            Duration::from_secs(60),
-        )?,
-        upstream_connect_timeout: duration_or(
-            &s.upstream_connect_timeout,
-            "server.upstream_connect_timeout",
-            Duration::from_secs(2),
-        )?,
-        upstream_idle_timeout: duration_or(
-            &s.upstream_idle_timeout,
-            "server.upstream_idle_timeout",
-            Duration::from_secs(600),
-        )?,
-        upstream_keepalive_timeout: duration_or(
-            &s.upstream_keepalive_timeout,
-            "server.upstream_keepalive_timeout",
-            Duration::from_secs(60),
-        )?,
-        max_connect_attempts,
-        shutdown_grace_period: duration_or(
-            &s.shutdown_grace_period,
-            "server.shutdown_grace_period",
-            Duration::from_secs(30),
-        )?,
-        log_level,
-    })
-}
-
 fn plugin_config(i: usize, table: toml::Table) -> Result<PluginConfig, ConfigError> {
     let path = format!("plugins[{i}]");
     let kind = match table.get("kind") {
@@ -281,21 +147,25 @@ fn plugin_config(i: usize, table: toml::Table) -> Result<PluginConfig, ConfigErr
     Ok(PluginConfig { kind, table, path })
 }
 
-/// Names that appear in URL paths must be one plain path segment.
+/// Names that appear in URL paths must be one plain path segment (the rule routes match
+/// client paths with, `routing::route::is_segment`).
 fn check_segment(value: &str, path: &str) -> Result<(), ConfigError> {
-    let ok = !value.is_empty()
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-    if ok {
+    if crate::routing::route::is_segment(value) {
         Ok(())
     } else {
         Err(err(
             path,
-            format!("`{value}` must be non-empty letters, digits, `-`, `_` or `.`"),
+            format!(
+                "`{value}` must be 1 to {} letters, digits, `-`, `_` or `.`",
+                crate::routing::route::MAX_SEGMENT
+            ),
         ))
     }
 }
+
+/// The longest model name a request may carry (and so a pool may serve): model names reach
+/// log lines and error messages.
+pub const MAX_MODEL_NAME: usize = 256;
 
 fn pool_config(i: usize, p: &PoolSection) -> Result<PoolConfig, ConfigError> {
     let at = |key: &str| format!("pools[{i}].{key}");
@@ -306,10 +176,10 @@ fn pool_config(i: usize, p: &PoolSection) -> Result<PoolConfig, ConfigError> {
         return Err(err(at("models"), "at least one model is required"));
     }
     for (m, model) in p.models.iter().enumerate() {
-        if model.trim().is_empty() || model.trim() != model {
+        if model.trim().is_empty() || model.trim() != model || model.len() > MAX_MODEL_NAME {
             return Err(err(
                 format!("pools[{i}].models[{m}]"),
-                format!("`{model}` must be non-empty without surrounding spaces"),
+                format!("`{model}` must be 1 to {MAX_MODEL_NAME} bytes without surrounding spaces"),
             ));
         }
     }

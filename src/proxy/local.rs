@@ -8,6 +8,20 @@ use gateway_plugin_api::Principal;
 
 use crate::routing::{Api, ModelTable, Target};
 
+/// `GET {base}/health`: liveness.
+pub fn health() -> Value {
+    json!({"status": "ok"})
+}
+
+/// `GET {base}/ready`: 200 when some pool has a healthy backend, else 503.
+pub fn ready(table: &ModelTable) -> (u16, Value) {
+    if table.pools.iter().any(|p| p.healthy_count() > 0) {
+        (200, json!({"status": "ready"}))
+    } else {
+        (503, json!({"status": "no healthy backend"}))
+    }
+}
+
 /// `GET {base}/whoami`: the principal the auth plugins established.
 pub fn whoami(p: &Principal) -> Value {
     json!({
@@ -46,10 +60,14 @@ pub fn models(
 }
 
 /// `{base}/{cluster}/jobs`: per model of the cluster, whether it is ready (every backend
-/// healthy), degraded or down, and since when.
-pub fn jobs(table: &ModelTable, cluster: &str) -> Value {
+/// healthy), degraded or down, and since when. Only pools the principal may use are shown.
+pub fn jobs(table: &ModelTable, cluster: &str, principal: Option<&Principal>) -> Value {
     let mut models = Vec::new();
-    for pool in table.pools.iter().filter(|p| p.cluster == cluster) {
+    let visible = table
+        .pools
+        .iter()
+        .filter(|p| p.cluster == cluster && p.permits(principal));
+    for pool in visible {
         let (status, since) = pool.status();
         for model in &pool.models {
             models.push(json!({
@@ -66,10 +84,11 @@ pub fn jobs(table: &ModelTable, cluster: &str) -> Value {
     json!({ "cluster": cluster, "models": models })
 }
 
-/// clusters → frameworks → models, endpoint paths and backend health.
-pub fn list_endpoints(table: &ModelTable, base_path: &str) -> Value {
+/// clusters → frameworks → models, endpoint paths and backend health, of the pools the
+/// principal may use.
+pub fn list_endpoints(table: &ModelTable, base_path: &str, principal: Option<&Principal>) -> Value {
     let mut clusters: BTreeMap<&str, BTreeMap<&str, Vec<Value>>> = BTreeMap::new();
-    for pool in &table.pools {
+    for pool in table.pools.iter().filter(|p| p.permits(principal)) {
         let (status, since) = pool.status();
         let endpoints: serde_json::Map<String, Value> = Api::ALL
             .into_iter()
@@ -151,7 +170,7 @@ backends = ["127.0.0.1:2"]
 
     #[test]
     fn endpoints_name_full_paths() {
-        let v = list_endpoints(&table(), "/resource_server");
+        let v = list_endpoints(&table(), "/resource_server", None);
         let pool = &v["clusters"]["local"]["vllm"][0];
         assert_eq!(
             pool["endpoints"]["chat_completions"],

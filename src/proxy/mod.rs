@@ -1,34 +1,40 @@
 //! The HTTP application: one request in, routed, answered locally or forwarded.
 //!
-//! Flow per request (see design.md): request id → route match → local answer, or read the
-//! body (bounded) → parse `model`/`stream` → plugins' `on_request` → model → pool → backend
-//! (`forward.rs`) → stream the response through → plugins' `on_done`.
+//! The phases of a request, in this order whatever the order of `[[plugins]]` (design.md):
+//! route → authenticate (headers only) → read and parse the body → authorize (model → pool
+//! the principal may use, then authorize plugins) → admit (limits) → forward → observe.
+//! A request that fails a phase never reaches the next, so a refused request never reads a
+//! body it does not need or consumes a budget.
 
 mod body;
+mod connection;
 mod forward;
 mod local;
 mod respond;
+mod stream;
+mod upstream;
 pub mod usage;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use async_trait::async_trait;
-use gateway_plugin_api::{ApiError, Flow, Plugin, RequestCtx, RequestHead, RequestSummary};
-use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use bytes::Bytes;
+use gateway_plugin_api::{ApiError, Authn, Flow, RequestCtx, RequestHead, RequestSummary};
 use pingora_core::connectors::http::Connector;
 use pingora_core::protocols::http::ServerSession;
-use pingora_core::server::ShutdownWatch;
 
 use crate::config::ServerConfig;
 use crate::errors;
 use crate::metrics::{status_class, GatewayMetrics};
-use crate::routing::{match_route, Api, ModelTable, Route, Target};
+use crate::plugins::Chain;
+use crate::routing::{match_route, Api, ModelTable, Pool, Route, Target};
 use forward::Forwarded;
 use respond::Sent;
+use upstream::Origin;
 
 pub use body::parse_routing_fields;
+pub use upstream::real_client;
 
 /// How long an unread request body is drained after an early error answer.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
@@ -36,31 +42,38 @@ const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 pub struct Gateway {
     settings: ServerConfig,
     table: Arc<ModelTable>,
-    plugins: Arc<[Arc<dyn Plugin>]>,
+    chain: Chain,
     connector: Connector,
     metrics: Option<Arc<GatewayMetrics>>,
-    /// Some plugin authenticates: requests no plugin recognised are refused.
-    auth_required: bool,
     /// `created` of every model in `/v1/models`: when this configuration was loaded.
     loaded_at: u64,
-    /// Client connections inside `process_new_http`, idle keep-alive ones included: the
-    /// server exits early once this is zero after SIGTERM (see `server::exit_when_drained`).
+    /// Client connections inside `process_new_http`, idle keep-alive ones included: bounds
+    /// `max_connections`, and the server exits early once this is zero after SIGTERM (see
+    /// `server::exit_when_drained`).
     connections: Arc<AtomicUsize>,
 }
 
-/// Counts one connection in `Gateway::connections` while it lives.
-struct Counted(Arc<AtomicUsize>);
+/// Why a request stopped before a backend answered it.
+pub enum Stop {
+    /// Answer the client with this error (nothing was sent to it yet).
+    Answer(ApiError),
+    /// The client went away while the backend was working: nothing to answer, and the
+    /// upstream connection was closed so that the backend stops.
+    ClientGone,
+}
 
-impl Counted {
-    fn new(counter: &Arc<AtomicUsize>) -> Counted {
-        counter.fetch_add(1, Ordering::SeqCst);
-        Counted(counter.clone())
+impl From<ApiError> for Stop {
+    fn from(e: ApiError) -> Self {
+        Stop::Answer(e)
     }
 }
 
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+fn head(session: &ServerSession) -> RequestHead<'_> {
+    let req = session.req_header();
+    RequestHead {
+        method: &req.method,
+        uri: &req.uri,
+        headers: &req.headers,
     }
 }
 
@@ -68,15 +81,14 @@ impl Gateway {
     pub fn new(
         settings: ServerConfig,
         table: Arc<ModelTable>,
-        plugins: Vec<Arc<dyn Plugin>>,
+        chain: Chain,
         metrics: Option<Arc<GatewayMetrics>>,
     ) -> Gateway {
         Gateway {
             metrics,
             settings,
             table,
-            auth_required: plugins.iter().any(|p| p.authenticates()),
-            plugins: plugins.into(),
+            chain,
             connector: Connector::new(None),
             loaded_at: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -94,106 +106,25 @@ impl Gateway {
     /// Handles one request; the summary is what `on_done` sees.
     async fn handle(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> RequestSummary {
         let mut summary = RequestSummary::default();
-        let path = session.req_header().uri.path().to_string();
-        let route = match_route(&self.settings.base_path, &path);
-        ctx.route = route.name();
-        if let Route::Inference {
-            target: Some(t), ..
-        }
-        | Route::Models { target: Some(t) } = route
-        {
-            ctx.cluster = Some(t.cluster.to_string());
-            ctx.framework = Some(t.framework.to_string());
-        }
-        let method_ok = session.req_header().method.as_str() == route.method();
-        let result = match route {
-            Route::NotFound => Err(errors::not_found(&path)),
-            _ if !method_ok => Err(errors::method_not_allowed(
-                session.req_header().method.as_str(),
-                route.method(),
-            )),
-            Route::Ready => {
-                let ready = self.table.pools.iter().any(|p| p.healthy_count() > 0);
-                let (status, text) = if ready {
-                    (200, "ready")
-                } else {
-                    (503, "no healthy backend")
-                };
-                Ok(self
-                    .reply(session, ctx, status, serde_json::json!({"status": text}))
-                    .await)
-            }
-            Route::Jobs { cluster } => match self.run_on_request(session, ctx).await {
-                Ok(()) => {
-                    let jobs = local::jobs(&self.table, cluster);
-                    Ok(self.reply(session, ctx, 200, jobs).await)
-                }
-                Err(e) => Err(e),
-            },
-            Route::Health => Ok(self
-                .reply(session, ctx, 200, serde_json::json!({"status": "ok"}))
-                .await),
-            Route::Models { target } => match self.run_on_request(session, ctx).await {
-                Ok(()) => {
-                    let principal = ctx.principal.as_ref();
-                    let list = local::models(&self.table, target, principal, self.loaded_at);
-                    Ok(self.reply(session, ctx, 200, list).await)
-                }
-                Err(e) => Err(e),
-            },
-            Route::Whoami => match self.run_on_request(session, ctx).await {
-                Ok(()) => match ctx.principal.as_ref().map(local::whoami) {
-                    Some(me) => Ok(self.reply(session, ctx, 200, me).await),
-                    None => Err(errors::missing_token()),
-                },
-                Err(e) => Err(e),
-            },
-            Route::ListEndpoints => match self.run_on_request(session, ctx).await {
-                Ok(()) => {
-                    let list = local::list_endpoints(&self.table, &self.settings.base_path);
-                    Ok(self.reply(session, ctx, 200, list).await)
-                }
-                Err(e) => Err(e),
-            },
-            Route::Inference { api, target } => {
-                let mut forwarded = Forwarded::default();
-                let outcome = self
-                    .inference(session, ctx, api, target, &mut summary, &mut forwarded)
-                    .await;
-                summary.upstream_attempts = forwarded.attempts;
-                summary.first_byte = forwarded.first_byte;
-                summary.client_aborted = forwarded.client_aborted;
-                summary.truncated = forwarded.truncated;
-                summary.error_code = forwarded.error_code;
-                outcome.map(|()| Sent {
-                    status: forwarded.status,
-                    bytes: forwarded.bytes_sent,
-                })
-            }
-        };
+        let mut forwarded = Forwarded::default();
+        let result = self.phases(session, ctx, &mut forwarded).await;
+        summary.upstream_attempts = forwarded.attempts;
+        summary.first_byte = forwarded.first_byte;
+        summary.client_aborted = forwarded.client_aborted;
+        summary.truncated = forwarded.truncated;
+        summary.error_code = forwarded.error_code;
         let sent = match result {
             Ok(sent) => sent,
-            Err(err) => {
-                summary.error_code = Some(err.code);
-                if err.status >= 500 {
-                    log::warn!(
-                        request_id = ctx.request_id.as_str(), route = ctx.route, code = err.code;
-                        "{}", err.message
-                    );
+            Err(Stop::ClientGone) => {
+                // Nothing reached the client; logged as nginx does, 499.
+                summary.error_code = Some("client_closed_request");
+                session.set_keepalive(None);
+                Sent {
+                    status: 499,
+                    bytes: 0,
                 }
-                let unread_body = !session.is_body_done();
-                if unread_body {
-                    // The body may still be on the wire; never parse it as the next request.
-                    session.set_keepalive(None);
-                }
-                let sent = respond::error(session, &err, &ctx.request_id).await;
-                if unread_body {
-                    // Lingering close: a client still sending would get a reset instead of our
-                    // answer if we closed now, so discard its body for a bounded while.
-                    let _ = tokio::time::timeout(LINGER, session.drain_request_body()).await;
-                }
-                sent
             }
+            Err(Stop::Answer(err)) => self.answer_error(session, ctx, &err, &mut summary).await,
         };
         summary.status = sent.status;
         summary.bytes_sent = sent.bytes;
@@ -203,6 +134,214 @@ impl Gateway {
             self.record(m, &summary, ctx);
         }
         summary
+    }
+
+    /// The phases of one request, in order; each returns early with its answer.
+    async fn phases(
+        &self,
+        session: &mut ServerSession,
+        ctx: &mut RequestCtx,
+        forwarded: &mut Forwarded,
+    ) -> Result<Sent, Stop> {
+        let path = session.req_header().uri.path().to_string();
+        let route = self.route(session, ctx, &path)?;
+        match route {
+            Route::Health => return Ok(self.reply(session, ctx, 200, local::health()).await),
+            Route::Ready => {
+                let (status, body) = local::ready(&self.table);
+                return Ok(self.reply(session, ctx, status, body).await);
+            }
+            _ => {}
+        }
+        self.authenticate(session, ctx).await?;
+        let (api, target) = match route {
+            Route::Inference { api, target } => (api, target),
+            other => return Ok(self.answer_locally(session, ctx, other).await?),
+        };
+        let body = self.read_body(session, ctx, api).await?;
+        let pool = self.authorize(session, ctx, target).await?;
+        self.admit(session, ctx).await?;
+        self.forward(session, ctx, &pool, api, body, forwarded)
+            .await?;
+        Ok(Sent {
+            status: forwarded.status,
+            bytes: forwarded.bytes_sent,
+        })
+    }
+
+    /// Phase 1: the route and its method.
+    fn route<'p>(
+        &self,
+        session: &ServerSession,
+        ctx: &mut RequestCtx,
+        path: &'p str,
+    ) -> Result<Route<'p>, ApiError> {
+        let route = match_route(&self.settings.base_path, path);
+        ctx.route = route.name();
+        if let Route::Inference {
+            target: Some(t), ..
+        }
+        | Route::Models { target: Some(t) } = route
+        {
+            ctx.cluster = Some(t.cluster.to_string());
+            ctx.framework = Some(t.framework.to_string());
+        }
+        let method = session.req_header().method.as_str();
+        match route {
+            Route::NotFound => Err(errors::not_found(path)),
+            _ if method != route.method() => {
+                Err(errors::method_not_allowed(method, route.method()))
+            }
+            _ => Ok(route),
+        }
+    }
+
+    /// Phase 2: the first authenticator that recognises the credential decides; when some
+    /// plugin authenticates and none did, 401. Only the headers are read.
+    async fn authenticate(
+        &self,
+        session: &ServerSession,
+        ctx: &mut RequestCtx,
+    ) -> Result<(), ApiError> {
+        let head = head(session);
+        for plugin in self.chain.authenticate.iter() {
+            match plugin.authenticate(&head, ctx).await {
+                Authn::NotMine => continue,
+                Authn::Accepted(principal) => {
+                    ctx.principal = Some(principal);
+                    return Ok(());
+                }
+                Authn::Refused(err) => return Err(err),
+            }
+        }
+        if self.chain.authenticates() {
+            return Err(errors::missing_token());
+        }
+        Ok(())
+    }
+
+    /// Phase 3: the body, bounded in size and time, and the fields routing and limits need.
+    async fn read_body(
+        &self,
+        session: &mut ServerSession,
+        ctx: &mut RequestCtx,
+        api: Api,
+    ) -> Result<Bytes, ApiError> {
+        let body = body::read_body(
+            session,
+            self.settings.max_request_body,
+            self.settings.client_body_timeout,
+        )
+        .await?;
+        let fields = parse_routing_fields(&body, self.settings.max_tokens_limit)?;
+        ctx.model = Some(fields.model.into_owned());
+        ctx.stream = fields.stream && api != Api::Embeddings;
+        ctx.max_tokens = fields.max_tokens;
+        ctx.choices = fields.choices;
+        ctx.body_bytes = body.len() as u64;
+        Ok(body)
+    }
+
+    /// Phase 4: a pool that serves the model and admits the principal (404, 403), then the
+    /// authorize plugins.
+    async fn authorize(
+        &self,
+        session: &ServerSession,
+        ctx: &mut RequestCtx,
+        target: Option<Target<'_>>,
+    ) -> Result<Arc<Pool>, ApiError> {
+        let model = ctx.model.as_deref().unwrap_or_default();
+        let pool = self.table.resolve(model, target, ctx.principal.as_ref())?;
+        ctx.pool = Some(pool.name.clone());
+        let head = head(session);
+        for plugin in self.chain.authorize.iter() {
+            if let Flow::Respond(err) = plugin.authorize(&head, ctx).await {
+                return Err(err);
+            }
+        }
+        Ok(pool)
+    }
+
+    /// Phase 5: budgets. Only requests every earlier phase let through get here.
+    async fn admit(&self, session: &ServerSession, ctx: &mut RequestCtx) -> Result<(), ApiError> {
+        let head = head(session);
+        for plugin in self.chain.admit.iter() {
+            if let Flow::Respond(err) = plugin.admit(&head, ctx).await {
+                return Err(err);
+            }
+        }
+        Ok(())
+    }
+
+    /// Where this request comes from, for the upstream's forwarding headers.
+    fn origin(&self, session: &ServerSession) -> Origin {
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        Origin {
+            peer,
+            trusted: peer.is_some_and(|ip| self.settings.trusts(ip)),
+        }
+    }
+
+    /// The routes the gateway answers itself, for an authenticated caller.
+    async fn answer_locally(
+        &self,
+        session: &mut ServerSession,
+        ctx: &mut RequestCtx,
+        route: Route<'_>,
+    ) -> Result<Sent, ApiError> {
+        let principal = ctx.principal.as_ref();
+        let body = match route {
+            Route::Models { target } => {
+                local::models(&self.table, target, principal, self.loaded_at)
+            }
+            Route::ListEndpoints => {
+                local::list_endpoints(&self.table, &self.settings.base_path, principal)
+            }
+            Route::Jobs { cluster } => local::jobs(&self.table, cluster, principal),
+            Route::Whoami => match principal {
+                Some(p) => local::whoami(p),
+                None => return Err(errors::missing_token()),
+            },
+            other => {
+                return Err(errors::internal(&format!(
+                    "{} is not a local route",
+                    other.name()
+                )))
+            }
+        };
+        Ok(self.reply(session, ctx, 200, body).await)
+    }
+
+    async fn answer_error(
+        &self,
+        session: &mut ServerSession,
+        ctx: &RequestCtx,
+        err: &ApiError,
+        summary: &mut RequestSummary,
+    ) -> Sent {
+        summary.error_code = Some(err.code);
+        if err.status >= 500 {
+            log::warn!(
+                request_id = ctx.request_id.as_str(), route = ctx.route, code = err.code;
+                "{}", err.message
+            );
+        }
+        let unread_body = !session.is_body_done();
+        if unread_body {
+            // The body may still be on the wire; never parse it as the next request.
+            session.set_keepalive(None);
+        }
+        let sent = respond::error(session, err, &ctx.request_id).await;
+        if unread_body {
+            // Lingering close: a client still sending would get a reset instead of our
+            // answer if we closed now, so discard (never buffer or parse) its body for a
+            // bounded while.
+            let _ = tokio::time::timeout(LINGER, session.drain_request_body()).await;
+        }
+        sent
     }
 
     fn record(&self, m: &GatewayMetrics, summary: &RequestSummary, ctx: &RequestCtx) {
@@ -224,57 +363,6 @@ impl Gateway {
         }
     }
 
-    async fn inference(
-        &self,
-        session: &mut ServerSession,
-        ctx: &mut RequestCtx,
-        api: Api,
-        target: Option<Target<'_>>,
-        summary: &mut RequestSummary,
-        forwarded: &mut Forwarded,
-    ) -> Result<(), ApiError> {
-        let body = body::read_body(
-            session,
-            self.settings.max_request_body,
-            self.settings.client_body_timeout,
-        )
-        .await?;
-        summary.bytes_received = body.len() as u64;
-        let fields = parse_routing_fields(&body)?;
-        ctx.model = Some(fields.model.into_owned());
-        ctx.stream = fields.stream && api != Api::Embeddings;
-        ctx.max_tokens = fields.max_tokens;
-        ctx.body_bytes = body.len() as u64;
-        self.run_on_request(session, ctx).await?;
-        let model = ctx.model.as_deref().unwrap_or_default();
-        let pool = self.table.resolve(model, target, ctx.principal.as_ref())?;
-        ctx.pool = Some(pool.name.clone());
-        self.forward(session, ctx, &pool, api, body, forwarded)
-            .await
-    }
-
-    async fn run_on_request(
-        &self,
-        session: &ServerSession,
-        ctx: &mut RequestCtx,
-    ) -> Result<(), ApiError> {
-        let req = session.req_header();
-        let head = RequestHead {
-            method: &req.method,
-            uri: &req.uri,
-            headers: &req.headers,
-        };
-        for plugin in self.plugins.iter() {
-            if let Flow::Respond(err) = plugin.on_request(&head, ctx).await {
-                return Err(err);
-            }
-        }
-        if self.auth_required && ctx.principal.is_none() {
-            return Err(errors::missing_token());
-        }
-        Ok(())
-    }
-
     async fn reply(
         &self,
         session: &mut ServerSession,
@@ -286,71 +374,6 @@ impl Gateway {
             Ok(bytes) => respond::json(session, status, bytes, &ctx.request_id, &[]).await,
             Err(e) => {
                 respond::error(session, &errors::internal(&e.to_string()), &ctx.request_id).await
-            }
-        }
-    }
-}
-
-/// The client's `x-request-id` when it is a sane token, else a fresh UUID.
-fn request_id(session: &ServerSession) -> String {
-    let sane = |v: &[u8]| {
-        !v.is_empty()
-            && v.len() <= 128
-            && v.iter()
-                .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
-    };
-    match session.get_header("x-request-id") {
-        Some(v) if sane(v.as_bytes()) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
-        _ => uuid::Uuid::new_v4().simple().to_string(),
-    }
-}
-
-#[async_trait]
-impl HttpServerApp for Gateway {
-    async fn process_new_http(
-        self: &Arc<Self>,
-        mut session: ServerSession,
-        shutdown: &ShutdownWatch,
-    ) -> Option<ReusedHttpStream> {
-        let _counted = Counted::new(&self.connections);
-        let mut stopping = shutdown.clone();
-        let read = tokio::select! {
-            biased;
-            read = session.read_request() => read,
-            // Shutting down: an idle keep-alive connection is closed, as nginx does, so that
-            // the drain can end. A request already on the wire was read by the branch above.
-            _ = stopping.wait_for(|stop| *stop) => return None,
-        };
-        match read {
-            Ok(true) => {}
-            // The client closed an idle keep-alive connection, or sent garbage.
-            Ok(false) => return None,
-            Err(e) => {
-                log::debug!("reading request header: {e}");
-                return None;
-            }
-        }
-        if *shutdown.borrow() {
-            session.set_keepalive(None);
-        }
-        let client_addr = session.client_addr().and_then(|a| a.as_inet()).copied();
-        let mut ctx = RequestCtx::new(request_id(&session), client_addr);
-        let summary = self.handle(&mut session, &mut ctx).await;
-        for plugin in self.plugins.iter() {
-            plugin.on_done(&summary, &ctx);
-        }
-        if summary.truncated {
-            // `finish` would end the chunked body properly and make a cut-short response look
-            // complete; close the connection instead so the client sees the truncation.
-            session.shutdown().await;
-            return None;
-        }
-        let persistent = HttpPersistentSettings::for_session(&session);
-        match session.finish().await {
-            Ok(reusable) => reusable.map(|s| ReusedHttpStream::from_reusable_stream(s, persistent)),
-            Err(e) => {
-                log::debug!(request_id = ctx.request_id.as_str(); "finishing the session: {e}");
-                None
             }
         }
     }

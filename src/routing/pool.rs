@@ -16,6 +16,8 @@ pub struct Backend {
     pub weight: u32,
     /// Built once; the connector keys its keep-alive pool on it.
     pub peer: HttpPeer,
+    /// The `Host` header requests to this backend carry (its configured address).
+    pub host: http::HeaderValue,
     healthy: AtomicBool,
     inflight: AtomicUsize,
     consecutive_ok: AtomicU32,
@@ -140,6 +142,9 @@ impl Pool {
                 peer.options.write_timeout = Some(server.upstream_idle_timeout);
                 peer.options.idle_timeout = Some(server.upstream_keepalive_timeout);
                 Arc::new(Backend {
+                    // A configured `host:port` is always a valid header value.
+                    host: http::HeaderValue::from_str(&b.address)
+                        .unwrap_or(http::HeaderValue::from_static("localhost")),
                     address: b.address.clone(),
                     weight: b.weight,
                     peer,
@@ -225,33 +230,46 @@ impl Pool {
         self.health.interval.max(Duration::from_secs(1))
     }
 
+    /// Picks a healthy backend not in `tried`: its index (for `tried`) and the backend.
+    pub fn pick(&self, tried: &[usize], affinity: u64) -> Result<(usize, Arc<Backend>), NoBackend> {
+        let index = self.select(tried, affinity)?;
+        let backend = self.backends.get(index).ok_or(NoBackend::AllTried)?;
+        Ok((index, backend.clone()))
+    }
+
     /// Picks a healthy backend not in `tried`. `affinity` feeds `consistent_hash`.
     pub fn select(&self, tried: &[usize], affinity: u64) -> Result<usize, NoBackend> {
-        let usable = |i: &usize| self.backends[*i].is_healthy() && !tried.contains(i);
+        let usable =
+            |i: &usize| self.backends.get(*i).is_some_and(|b| b.is_healthy()) && !tried.contains(i);
         let n = self.backends.len();
         if !self.backends.iter().any(|b| b.is_healthy()) {
             return Err(NoBackend::NoneHealthy);
         }
         let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+        let load = |i: &usize| {
+            self.backends
+                .get(*i)
+                .map(|b| (b.inflight(), b.weight as usize))
+        };
         let picked = match self.balance {
             Balance::RoundRobin => self.weighted_round_robin(start, &usable),
             // Rotating the scan start spreads ties (e.g. an idle pool) across backends.
-            Balance::LeastRequests => {
-                (0..n)
-                    .map(|k| (start + k) % n)
-                    .filter(usable)
-                    .min_by(|a, b| {
-                        let (a, b) = (&self.backends[*a], &self.backends[*b]);
-                        // inflight/weight, compared without division.
-                        (a.inflight() * b.weight as usize).cmp(&(b.inflight() * a.weight as usize))
-                    })
-            }
+            Balance::LeastRequests => (0..n)
+                .map(|k| (start.wrapping_add(k)) % n)
+                .filter(usable)
+                .min_by(|a, b| {
+                    // inflight/weight, compared without division.
+                    let ((ia, wa), (ib, wb)) =
+                        (load(a).unwrap_or_default(), load(b).unwrap_or_default());
+                    ia.saturating_mul(wb).cmp(&ib.saturating_mul(wa))
+                }),
             Balance::ConsistentHash => (0..n).filter(usable).max_by(|a, b| {
-                let score = |i: usize| {
-                    let backend = &self.backends[i];
-                    rendezvous_score(affinity, &backend.address, backend.weight)
+                let score = |i: &usize| {
+                    self.backends.get(*i).map_or(0.0, |backend| {
+                        rendezvous_score(affinity, &backend.address, backend.weight)
+                    })
                 };
-                score(*a).total_cmp(&score(*b))
+                score(a).total_cmp(&score(b))
             }),
         };
         picked.ok_or(NoBackend::AllTried)
@@ -263,7 +281,7 @@ impl Pool {
         usable: &impl Fn(&usize) -> bool,
     ) -> Option<usize> {
         let total: usize = self.backends.iter().map(|b| b.weight as usize).sum();
-        let mut slot = start % total;
+        let mut slot = start.checked_rem(total)?;
         let first = self.backends.iter().position(|b| {
             let w = b.weight as usize;
             if slot < w {

@@ -86,6 +86,19 @@ impl Route<'_> {
     }
 }
 
+/// The longest cluster, framework or pool name.
+pub const MAX_SEGMENT: usize = 128;
+
+/// A plain path segment as cluster and framework names are written: these reach logs, so
+/// anything else in their place is no route at all.
+pub fn is_segment(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= MAX_SEGMENT
+        && value
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
+}
+
 /// Matches `path` (without query) under `base_path` (`""` or `/prefix`).
 pub fn match_route<'a>(base_path: &str, path: &'a str) -> Route<'a> {
     let Some(rest) = path.strip_prefix(base_path) else {
@@ -103,7 +116,7 @@ pub fn match_route<'a>(base_path: &str, path: &'a str) -> Route<'a> {
         return route;
     }
     if let Some(cluster) = rest.strip_prefix('/').and_then(|r| r.strip_suffix("/jobs")) {
-        if !cluster.is_empty() && !cluster.contains('/') {
+        if is_segment(cluster) {
             return Route::Jobs { cluster };
         }
     }
@@ -114,10 +127,13 @@ pub fn match_route<'a>(base_path: &str, path: &'a str) -> Route<'a> {
     else {
         return Route::NotFound;
     };
-    if cluster.is_empty() || framework.is_empty() {
+    if !is_segment(cluster) || !is_segment(framework) {
         return Route::NotFound;
     }
-    let tail = &rest[rest.len() - tail.len() - 1..];
+    // The tail with its leading `/`: it is a suffix of `rest` that follows a `/`.
+    let tail = rest
+        .get(rest.len().saturating_sub(tail.len() + 1)..)
+        .unwrap_or_default();
     match_v1(tail, Some(Target { cluster, framework })).unwrap_or(Route::NotFound)
 }
 
@@ -206,6 +222,16 @@ mod tests {
         );
         assert_eq!(
             match_route(BASE, "/resource_server/v1/chat"),
+            Route::NotFound
+        );
+        let long = format!("/resource_server/{}/vllm/v1/models", "c".repeat(129));
+        assert_eq!(match_route(BASE, &long), Route::NotFound);
+        assert_eq!(
+            match_route(BASE, "/resource_server/a%0a/vllm/v1/models"),
+            Route::NotFound
+        );
+        assert_eq!(
+            match_route(BASE, "/resource_server/a b/jobs"),
             Route::NotFound
         );
     }

@@ -1,0 +1,152 @@
+//! One client connection: bounded waits for each request header, the connection cap, and
+//! the request loop's hand-off to `handle`.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use gateway_plugin_api::RequestCtx;
+use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::server::ShutdownWatch;
+
+use super::{real_client, respond, Gateway};
+use crate::errors;
+
+/// Counts one connection in `Gateway::connections` while it lives; says whether it is over
+/// the cap.
+struct Counted(Arc<AtomicUsize>);
+
+impl Counted {
+    fn new(counter: &Arc<AtomicUsize>) -> (Counted, usize) {
+        let open = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        (Counted(counter.clone()), open)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Marks a connection that served a request and was kept alive for the next one.
+struct KeptAlive;
+
+/// The client's `x-request-id` when it is a sane token (it reaches logs and the backend),
+/// else a fresh UUID.
+fn request_id(session: &ServerSession) -> String {
+    let sane = |v: &[u8]| {
+        !v.is_empty()
+            && v.len() <= 128
+            && v.iter()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
+    };
+    match session.get_header("x-request-id") {
+        Some(v) if sane(v.as_bytes()) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+        _ => uuid::Uuid::new_v4().simple().to_string(),
+    }
+}
+
+impl Gateway {
+    /// Reads the next request header. A kept-alive connection may first sit idle for
+    /// `client_keepalive_timeout` (Pingora closes it then); the header itself must arrive
+    /// within `client_header_timeout`, so a client trickling header lines is cut off. Both
+    /// end the connection silently, as nginx does.
+    async fn read_header(&self, session: &mut ServerSession, kept_alive: bool) -> bool {
+        let mut limit = self.settings.client_header_timeout;
+        if kept_alive {
+            limit += self.settings.client_keepalive_timeout;
+        }
+        match tokio::time::timeout(limit, session.read_request()).await {
+            Ok(Ok(true)) => true,
+            // The client closed an idle keep-alive connection.
+            Ok(Ok(false)) => false,
+            Ok(Err(e)) => {
+                log::debug!("reading a request header: {e}");
+                false
+            }
+            Err(_) => {
+                log::debug!("no complete request header within {limit:?}; closing");
+                false
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl HttpServerApp for Gateway {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        let (_counted, open) = Counted::new(&self.connections);
+        // Set when the previous request on this connection let it live on (see the end).
+        let kept_alive = session.take_connection_user_context().is_some();
+        let mut stopping = shutdown.clone();
+        let read = tokio::select! {
+            biased;
+            read = self.read_header(&mut session, kept_alive) => read,
+            // Shutting down: an idle keep-alive connection is closed, as nginx does, so that
+            // the drain can end. A request already on the wire was read by the branch above.
+            _ = stopping.wait_for(|stop| *stop) => return None,
+        };
+        if !read {
+            return None;
+        }
+        let keepalive = self.settings.client_keepalive_timeout.as_secs().max(1);
+        if *shutdown.borrow() {
+            session.set_keepalive(None);
+        } else {
+            session.set_keepalive(Some(keepalive));
+        }
+        let peer = session.client_addr().and_then(|a| a.as_inet()).copied();
+        let client_addr = peer.map(|p| {
+            let ip = real_client(p.ip(), &session.req_header().headers, |ip| {
+                self.settings.trusts(ip)
+            });
+            // A forwarded client's port is not known; 0 says so.
+            if ip == p.ip() {
+                p
+            } else {
+                std::net::SocketAddr::new(ip, 0)
+            }
+        });
+        let mut ctx = RequestCtx::new(request_id(&session), client_addr);
+        if !kept_alive && open > self.settings.max_connections {
+            // Shed a new connection past the cap at once: its header is read (so the answer
+            // is an answer, not a reset), nothing else.
+            session.set_keepalive(None);
+            let err = errors::too_many_connections();
+            respond::error(&mut session, &err, &ctx.request_id).await;
+            log::debug!(open = open as u64; "refused a connection over max_connections");
+            if let Some(m) = &self.metrics {
+                m.connections_refused.inc();
+            }
+            let _ =
+                tokio::time::timeout(Duration::from_secs(1), session.drain_request_body()).await;
+            return None;
+        }
+        let summary = self.handle(&mut session, &mut ctx).await;
+        for plugin in self.chain.all.iter() {
+            plugin.on_done(&summary, &ctx);
+        }
+        if summary.truncated || summary.error_code == Some("client_closed_request") {
+            // `finish` would end the chunked body properly and make a cut-short response look
+            // complete; close the connection instead so the client sees the truncation.
+            session.shutdown().await;
+            return None;
+        }
+        let mut persistent = HttpPersistentSettings::for_session(&session);
+        persistent.set_user_context(Box::new(KeptAlive));
+        match session.finish().await {
+            Ok(reusable) => reusable.map(|s| ReusedHttpStream::from_reusable_stream(s, persistent)),
+            Err(e) => {
+                log::debug!(request_id = ctx.request_id.as_str(); "finishing the session: {e}");
+                None
+            }
+        }
+    }
+}

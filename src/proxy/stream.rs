@@ -1,0 +1,107 @@
+//! The observe phase: the response body passes through chunk by chunk as it arrives (Bytes,
+//! no copy, no re-framing) while usage, timing and the client connection are watched on the
+//! side.
+
+use bytes::Bytes;
+use gateway_plugin_api::RequestCtx;
+use pingora_core::protocols::http::client::HttpSession as UpstreamSession;
+use pingora_core::protocols::http::ServerSession;
+use pingora_error::ErrorType;
+
+use super::forward::Forwarded;
+use super::usage::UsageObserver;
+use super::Gateway;
+use crate::metrics::GatewayMetrics;
+
+/// Per-stream timing histograms, observed as chunks pass.
+pub struct StreamTiming {
+    first_token: prometheus::Histogram,
+    gap: prometheus::Histogram,
+    last: Option<std::time::Instant>,
+}
+
+impl StreamTiming {
+    /// The histograms' children for this model and pool, resolved once per stream.
+    pub fn new(m: &GatewayMetrics, model: Option<&str>, pool: &str) -> StreamTiming {
+        let model = m.model_label(model);
+        StreamTiming {
+            first_token: m.first_token.with_label_values(&[model, pool]),
+            gap: m.chunk_gap.with_label_values(&[model, pool]),
+            last: None,
+        }
+    }
+
+    fn chunk(&mut self, started: std::time::Instant) {
+        let now = std::time::Instant::now();
+        match self.last {
+            None => self.first_token.observe((now - started).as_secs_f64()),
+            Some(last) => self.gap.observe((now - last).as_secs_f64()),
+        }
+        self.last = Some(now);
+    }
+}
+
+impl Gateway {
+    /// Passes body chunks through as they arrive while watching the client connection.
+    /// Returns true when the upstream response was read to its end.
+    pub(super) async fn stream_body(
+        &self,
+        session: &mut ServerSession,
+        upstream: &mut UpstreamSession,
+        ctx: &mut RequestCtx,
+        usage: &mut UsageObserver,
+        mut timing: Option<StreamTiming>,
+        done: &mut Forwarded,
+    ) -> bool {
+        let mut watch_client = true;
+        loop {
+            tokio::select! {
+                biased;
+                chunk = upstream.read_response_body() => match chunk {
+                    Ok(Some(chunk)) => {
+                        usage.observe(&chunk);
+                        if let Some(t) = &mut timing {
+                            t.chunk(ctx.started);
+                        }
+                        for plugin in self.chain.all.iter() {
+                            plugin.on_response_chunk(&chunk, false, ctx);
+                        }
+                        if done.first_byte.is_none() {
+                            done.first_byte = Some(ctx.started.elapsed());
+                        }
+                        done.bytes_sent += chunk.len() as u64;
+                        if let Err(e) = session.write_response_body(chunk, false).await {
+                            log::debug!(request_id = ctx.request_id.as_str(); "client went away mid-response: {e}");
+                            done.client_aborted = true;
+                            return false;
+                        }
+                    }
+                    Ok(None) => {
+                        for plugin in self.chain.all.iter() {
+                            plugin.on_response_chunk(&Bytes::new(), true, ctx);
+                        }
+                        return true;
+                    }
+                    Err(e) => {
+                        let timed_out = e.etype() == &ErrorType::ReadTimedout;
+                        done.error_code = Some(if timed_out { "upstream_timeout" } else { "upstream_error" });
+                        log::warn!(
+                            request_id = ctx.request_id.as_str(),
+                            backend = ctx.backend.as_deref().unwrap_or("");
+                            "backend response broke off mid-body: {e}"
+                        );
+                        return false;
+                    }
+                },
+                idle = session.read_body_or_idle(true), if watch_client => match idle {
+                    Err(_) => {
+                        done.client_aborted = true;
+                        return false;
+                    }
+                    // Pipelined bytes from the client: not a disconnect; stop watching.
+                    Ok(_) => watch_client = false,
+                },
+            }
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! The headers that cross the gateway: what the backend receives of the client's request,
+//! and what the client receives of the backend's response.
+//!
+//! Edited as plain `http` parts: Pingora's header type keeps each name's case in a second
+//! map, and every insert through it costs a few thousand instructions (case copy, name
+//! re-parse, two map updates). Header-name case means nothing to HTTP/1.1 backends.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use gateway_plugin_api::{ApiError, Plugin, RequestCtx};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use pingora_http::{RequestHeader, ResponseHeader};
+
+use crate::errors;
+use crate::routing::{Api, Backend, Pool};
+
+/// Headers that describe one hop, not the message; never forwarded either way.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+    header::EXPECT,
+];
+/// The client's credentials are for the gateway (every auth plugin reads `Authorization`);
+/// a backend never sees them, nor the client's cookies.
+const CREDENTIALS: [HeaderName; 3] = [
+    header::AUTHORIZATION,
+    header::PROXY_AUTHORIZATION,
+    header::COOKIE,
+];
+/// What a proxy in front says about the client: believed only from trusted proxies.
+const FORWARDING: [HeaderName; 6] = [
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-real-ip"),
+    header::FORWARDED,
+];
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
+
+/// Where a request came from, as the upstream request reports it.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin {
+    /// The TCP peer of this connection.
+    pub peer: Option<IpAddr>,
+    /// The peer is a configured trusted proxy: its forwarding headers are kept and extended.
+    pub trusted: bool,
+}
+
+/// The client's address as the gateway judges it: the TCP peer, unless the peer is a trusted
+/// proxy; then the rightmost `X-Forwarded-For` entry that is not itself a trusted proxy
+/// (nginx's `real_ip_recursive`). An entry that is not an address ends the walk.
+pub fn real_client(peer: IpAddr, headers: &HeaderMap, trusts: impl Fn(IpAddr) -> bool) -> IpAddr {
+    if !trusts(peer) {
+        return peer;
+    }
+    let mut client = peer;
+    let values: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    for entry in values.iter().rev().flat_map(|v| v.rsplit(',')) {
+        let Some(ip) = parse_forwarded_ip(entry.trim()) else {
+            break;
+        };
+        client = ip;
+        if !trusts(ip) {
+            break;
+        }
+    }
+    client
+}
+
+/// `1.2.3.4`, `1.2.3.4:80`, `::1` or `[::1]:80`.
+fn parse_forwarded_ip(entry: &str) -> Option<IpAddr> {
+    entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
+}
+
+/// Replaces the forwarding headers: a trusted proxy's chain is extended with its own
+/// address, anyone else's is dropped and restarted from the peer.
+fn set_forwarding(headers: &mut HeaderMap, origin: Origin) {
+    let mut chain = String::new();
+    let mut proto = HeaderValue::from_static("http");
+    if origin.trusted {
+        for value in headers.get_all(&X_FORWARDED_FOR) {
+            if let Ok(text) = value.to_str() {
+                if !chain.is_empty() {
+                    chain.push_str(", ");
+                }
+                chain.push_str(text.trim());
+            }
+        }
+        if let Some(p) = headers.get(&X_FORWARDED_PROTO) {
+            if p == "https" || p == "http" {
+                proto = p.clone();
+            }
+        }
+        headers.remove(&X_FORWARDED_FOR);
+        headers.remove(&X_FORWARDED_PROTO);
+    } else {
+        for name in &FORWARDING {
+            headers.remove(name);
+        }
+    }
+    if let Some(peer) = origin.peer {
+        if !chain.is_empty() {
+            chain.push_str(", ");
+        }
+        chain.push_str(&peer.to_string());
+    }
+    if let Ok(value) = HeaderValue::from_str(&chain) {
+        if !chain.is_empty() {
+            headers.insert(X_FORWARDED_FOR, value);
+        }
+    }
+    headers.insert(X_FORWARDED_PROTO, proto);
+}
+
+/// The client's request header as the backend gets it: the backend's own path and `Host`,
+/// one `Content-Length` for the body the gateway read, no hop-by-hop headers, no client
+/// credentials, forwarding headers from the real peer, the request id, the pool's key, and
+/// whatever the plugins add.
+#[expect(clippy::too_many_arguments, reason = "each is one input of the header")]
+pub fn upstream_header(
+    client: &RequestHeader,
+    ctx: &mut RequestCtx,
+    pool: &Pool,
+    backend: &Backend,
+    api: Api,
+    body_len: usize,
+    origin: Origin,
+    plugins: &[Arc<dyn Plugin>],
+) -> Result<RequestHeader, ApiError> {
+    let mut parts = client.as_owned_parts();
+    // Backends serve the plain OpenAI paths: drop the base path and cluster/framework.
+    parts.uri = match client.uri.query() {
+        None => http::Uri::from_static(api.path()),
+        Some(query) => format!("{}?{query}", api.path())
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| errors::internal(&e.to_string()))?,
+    };
+    let headers = &mut parts.headers;
+    remove_hop_by_hop(headers);
+    for name in &CREDENTIALS {
+        headers.remove(name);
+    }
+    set_forwarding(headers, origin);
+    headers.insert(header::HOST, backend.host.clone());
+    // The body goes upstream whole, so it is framed by exactly one length.
+    let single_length_ok = {
+        let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+        let first = lengths.next();
+        lengths.next().is_none()
+            && first
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<usize>().ok())
+                == Some(body_len)
+    };
+    if headers.remove(header::TRANSFER_ENCODING).is_some() || !single_length_ok {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body_len));
+    }
+    if headers.get(X_REQUEST_ID).map(|v| v.as_bytes()) != Some(ctx.request_id.as_bytes()) {
+        headers.insert(X_REQUEST_ID, request_id_value(ctx)?);
+    }
+    if let Some(auth) = &pool.authorization {
+        headers.insert(header::AUTHORIZATION, auth.clone());
+    }
+    for plugin in plugins {
+        plugin.on_upstream_request(headers, ctx);
+    }
+    Ok(RequestHeader::from(parts))
+}
+
+/// The backend's response header as the client gets it (plain parts, as above).
+pub fn downstream_header(
+    upstream: &ResponseHeader,
+    ctx: &mut RequestCtx,
+    plugins: &[Arc<dyn Plugin>],
+) -> Result<ResponseHeader, ApiError> {
+    let mut parts = upstream.as_owned_parts();
+    let headers = &mut parts.headers;
+    remove_hop_by_hop(headers);
+    headers.insert(X_REQUEST_ID, request_id_value(ctx)?);
+    let is_sse = headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    if is_sse {
+        // Tell an nginx or tunnel in front of us not to buffer the stream either.
+        headers.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
+    }
+    let status = parts.status.as_u16();
+    for plugin in plugins {
+        plugin.on_response_header(status, headers, ctx);
+    }
+    Ok(ResponseHeader::from(parts))
+}
+
+/// Removes the fixed hop-by-hop headers and every header the sender's `Connection` header
+/// names as one (RFC 9110 §7.6.1), except those the gateway re-frames or must keep: a client
+/// cannot strip `Host`, and the message length is set by the gateway on the way up and
+/// checked by Pingora on the way down.
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .filter(|name| {
+            ![
+                header::HOST,
+                header::CONTENT_LENGTH,
+                header::TRANSFER_ENCODING,
+            ]
+            .contains(name)
+        })
+        .collect();
+    for name in HOP_BY_HOP.iter().chain(&named) {
+        headers.remove(name);
+    }
+}
+
+/// The request id as a header value; ids we generate are always valid, a client's was
+/// already a header value.
+fn request_id_value(ctx: &RequestCtx) -> Result<HeaderValue, ApiError> {
+    HeaderValue::from_str(&ctx.request_id).map_err(|e| errors::internal(&e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        headers
+    }
+
+    #[test]
+    fn headers_named_by_connection_are_hop_by_hop_but_framing_and_host_stay() {
+        let mut h = headers(&[
+            ("connection", "keep-alive, X-Trace-Hop , host"),
+            ("connection", "content-length,transfer-encoding, bad name"),
+            ("keep-alive", "timeout=5"),
+            ("x-trace-hop", "1"),
+            ("host", "gw.example"),
+            ("content-length", "12"),
+            ("x-kept", "yes"),
+        ]);
+        remove_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["content-length", "host", "x-kept"]);
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().expect("ip")
+    }
+
+    #[test]
+    fn the_real_client_is_believed_only_through_trusted_proxies() {
+        let trusts = |a: IpAddr| a == ip("10.0.0.1") || a == ip("10.0.0.2");
+        let h = headers(&[("x-forwarded-for", "6.6.6.6, 1.2.3.4, 10.0.0.2")]);
+        assert_eq!(real_client(ip("10.0.0.1"), &h, trusts), ip("1.2.3.4"));
+        assert_eq!(real_client(ip("5.5.5.5"), &h, trusts), ip("5.5.5.5"));
+        let bad = headers(&[("x-forwarded-for", "1.2.3.4, nonsense")]);
+        assert_eq!(real_client(ip("10.0.0.1"), &bad, trusts), ip("10.0.0.1"));
+        let ported = headers(&[("x-forwarded-for", "[2001:db8::1]:4711")]);
+        assert_eq!(
+            real_client(ip("10.0.0.1"), &ported, trusts),
+            ip("2001:db8::1")
+        );
+    }
+
+    #[test]
+    fn forwarding_headers_restart_at_an_untrusted_peer() {
+        let mut h = headers(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+            ("x-real-ip", "6.6.6.6"),
+            ("forwarded", "for=6.6.6.6"),
+        ]);
+        set_forwarding(
+            &mut h,
+            Origin {
+                peer: Some(ip("5.5.5.5")),
+                trusted: false,
+            },
+        );
+        assert_eq!(
+            h.get("x-forwarded-for").map(|v| v.as_bytes()),
+            Some(&b"5.5.5.5"[..])
+        );
+        assert_eq!(
+            h.get("x-forwarded-proto").map(|v| v.as_bytes()),
+            Some(&b"http"[..])
+        );
+        assert!(h.get("x-real-ip").is_none() && h.get("forwarded").is_none());
+
+        let mut h = headers(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-for", "10.0.0.9"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        set_forwarding(
+            &mut h,
+            Origin {
+                peer: Some(ip("10.0.0.1")),
+                trusted: true,
+            },
+        );
+        assert_eq!(
+            h.get("x-forwarded-for").map(|v| v.as_bytes()),
+            Some(&b"1.2.3.4, 10.0.0.9, 10.0.0.1"[..])
+        );
+        assert_eq!(
+            h.get("x-forwarded-proto").map(|v| v.as_bytes()),
+            Some(&b"https"[..])
+        );
+    }
+}
