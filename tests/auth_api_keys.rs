@@ -1,6 +1,13 @@
 //! Authentication with the `api_keys` plugin and authorization by pool rules, through the
 //! real binary.
 
+#![allow(
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "integration tests: a failed expectation is a test failure"
+)]
+
 mod common;
 
 use common::*;

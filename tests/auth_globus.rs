@@ -1,6 +1,13 @@
 //! The `globus_auth` plugin through the real binary against the mock Globus Auth: the check
 //! matrix, caching, single-flight, groups, and outages.
 
+#![allow(
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "integration tests: a failed expectation is a test failure"
+)]
+
 mod common;
 
 use std::time::Duration;
@@ -311,4 +318,45 @@ async fn cache_hits_and_misses_are_counted() {
         "{metrics}"
     );
     assert!(!metrics.contains("AgCounted"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_unknown_tokens_is_throttled_and_cached_users_carry_on() {
+    let s = setup(
+        "introspections_per_client_per_minute = 6\nintrospections_per_second = 1000",
+        SECRET,
+    )
+    .await;
+    s.globus
+        .add_token("AgKnown", TokenSpec::user("ada@anl.gov", CLIENT_ID));
+    assert_eq!(chat_as(&s.gw, "AgKnown", MODEL).await.0, 200);
+    let mut throttled = 0;
+    for i in 0..30 {
+        let (status, body) = chat_as(&s.gw, &format!("AgRandom{i}"), MODEL).await;
+        match status {
+            401 => {}
+            429 => {
+                assert_eq!(body["error"]["code"], "too_many_new_tokens", "{body}");
+                throttled += 1;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+        // The cached user is never throttled.
+        assert_eq!(chat_as(&s.gw, "AgKnown", MODEL).await.0, 200);
+    }
+    assert!(throttled >= 25, "{throttled} of 30 throttled");
+    // One for the known token, and the per-client burst (a third of the per-minute rate).
+    assert!(
+        s.globus.introspections() <= 4,
+        "{}",
+        s.globus.introspections()
+    );
+    // A token longer than any Globus token is refused without asking Globus.
+    let before = s.globus.introspections();
+    let (status, body) = chat_as(&s.gw, &"A".repeat(5000), MODEL).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("invalid_token"))
+    );
+    assert_eq!(s.globus.introspections(), before);
 }

@@ -1,6 +1,13 @@
 //! The `jwt_auth` plugin through the real binary: JWKS with key rotation, a static key file,
 //! the claim checks, and chaining with another auth plugin.
 
+#![allow(
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "integration tests: a failed expectation is a test failure"
+)]
+
 mod common;
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -118,6 +125,24 @@ async fn claim_checks_with_a_static_key() {
     )
     .await;
     assert_eq!(status_of(&gw, &sign("key1", None, &claims())).await.0, 200);
+    // A token without the id claim names nobody: refused, not accepted as an empty id.
+    let mut anonymous = claims();
+    if let Some(c) = anonymous.as_object_mut() {
+        c.remove("sub");
+    }
+    let (status, body) = status_of(&gw, &sign("key1", None, &anonymous)).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("invalid_token")),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("`sub`"),
+        "{body}"
+    );
 
     let mut expired = claims();
     expired["exp"] = json!(now() - 3600);

@@ -1,6 +1,13 @@
 //! Backend choice under failure: health checks, passive ejection, connect retries, and
 //! least-requests balancing with a slow backend.
 
+#![allow(
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "integration tests: a failed expectation is a test failure"
+)]
+
 mod common;
 
 use std::time::Duration;

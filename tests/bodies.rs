@@ -1,6 +1,13 @@
 //! Request bodies of every size reach the backend byte for byte, whether the client sends a
 //! Content-Length or chunks, and `Expect: 100-continue` does not stall.
 
+#![allow(
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "integration tests: a failed expectation is a test failure"
+)]
+
 mod common;
 
 use std::time::{Duration, Instant};

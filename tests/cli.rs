@@ -1,5 +1,12 @@
 //! The `check` and `run` commands as an operator uses them.
 
+#![allow(
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "integration tests: a failed expectation is a test failure"
+)]
+
 use std::process::Command;
 
 fn gateway(args: &[&str]) -> (bool, String) {
@@ -74,4 +81,40 @@ fn unknown_plugin_kinds_are_refused() {
         ),
         "{text}"
     );
+}
+
+#[test]
+fn plugin_settings_that_cannot_work_are_config_errors_not_panics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pool = "[[pools]]\nname = \"p\"\ncluster = \"c\"\nframework = \"f\"\nmodels = [\"m\"]\nbackends = [\"127.0.0.1:1\"]\n";
+    let cases = [
+        (
+            "[[plugins]]\nkind = \"jwt_auth\"\nissuer = \"https://idp\"\naudience = [\"gw\"]\njwks_url = \"https://idp/jwks\"\nalgorithms = []\n",
+            "plugins[0].algorithms: `[]` would accept no token",
+        ),
+        (
+            "[[plugins]]\nkind = \"rate_limits\"\n[plugins.per_user]\ntokens_per_minute = -5\n",
+            "plugins[0]",
+        ),
+        (
+            "[[plugins]]\nkind = \"rate_limits\"\n[plugins.per_user]\ntokens_per_minute = 9000000000000\n",
+            "plugins[0].per_user.tokens_per_minute: `9000000000000` is above the largest limit",
+        ),
+        (
+            "[server]\nmax_tokens_limit = 0\n",
+            "server.max_tokens_limit: `0` must be from 1",
+        ),
+        (
+            "[server]\ntrusted_proxies = [\"10.0.0.0/33\"]\n",
+            "server.trusted_proxies[0]: `10.0.0.0/33` is not an address or network",
+        ),
+    ];
+    for (i, (plugin, want)) in cases.iter().enumerate() {
+        let file = dir.path().join(format!("case{i}.toml"));
+        std::fs::write(&file, format!("{plugin}{pool}")).expect("write");
+        let (ok, text) = gateway(&["check", "--config", file.to_str().expect("utf8")]);
+        assert!(!ok, "case {i} must fail: {text}");
+        assert!(text.contains(want), "case {i}: {text}");
+        assert!(!text.contains("panicked"), "case {i}: {text}");
+    }
 }

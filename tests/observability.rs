@@ -1,5 +1,12 @@
 //! Metrics, access-log fields, readiness and model status, through the real binary.
 
+#![allow(
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "integration tests: a failed expectation is a test failure"
+)]
+
 mod common;
 
 use std::time::Duration;

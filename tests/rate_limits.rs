@@ -1,11 +1,18 @@
 //! Rate limits through the real binary: 429s and headers in memory mode, and limits shared
 //! by two gateway replicas through a real redis-server, including Redis dying mid-test.
 
+#![allow(
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "integration tests: a failed expectation is a test failure"
+)]
+
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::redis::{Redis, RedisCluster};
 use common::*;
 use serde_json::Value;
 
@@ -69,58 +76,6 @@ async fn memory_limits_answer_429_with_openai_headers() {
     assert_eq!(count(&mock.stats().requests), 3);
 }
 
-/// A redis-server on a free loopback port, killed on drop.
-struct Redis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Redis {
-    fn start_on(port: u16) -> Redis {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (apt-get install redis-server)");
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Redis {
-            port,
-            child: Some(child),
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 async fn two_replicas(
     redis: &Redis,
     on_error: &str,
@@ -156,19 +111,6 @@ async fn burst(a: &Gateway, b: &Gateway, n: usize) -> (usize, usize) {
     (ok, limited)
 }
 
-/// Warms both replicas' Redis connections (connected lazily in the background).
-async fn warm(a: &Gateway, b: &Gateway) {
-    for gw in [a, b] {
-        let _ = client().get(gw.api("/health")).send().await;
-        let _ = client()
-            .post(gw.api("/v1/chat/completions"))
-            .json(&serde_json::json!({"model": "warm-up"}))
-            .send()
-            .await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn two_replicas_share_one_limit_through_redis() {
     let redis = Redis::start_on(free_port());
@@ -178,7 +120,6 @@ async fn two_replicas_share_one_limit_through_redis() {
         "[plugins.per_model]\nrequests_per_minute = 20\n",
     )
     .await;
-    warm(&a, &b).await;
     let (ok, limited) = burst(&a, &b, 80).await;
     // 20 per minute, refilling one per 3 s: a burst lasting well under 3 s admits 20 (+1).
     assert!((20..=21).contains(&ok), "admitted {ok}, limited {limited}");
@@ -195,7 +136,6 @@ async fn redis_outage_fails_open_to_local_limits_and_recovers() {
         "[plugins.per_model]\nrequests_per_minute = 6\n",
     )
     .await;
-    warm(&a, &b).await;
     let (ok, _) = burst(&a, &b, 20).await;
     assert!((6..=7).contains(&ok), "shared: {ok}");
 
@@ -243,7 +183,6 @@ async fn redis_outage_fails_closed_when_configured() {
         "[plugins.per_user]\nrequests_per_minute = 100\n",
     )
     .await;
-    warm(&a, &b).await;
     assert_eq!(
         client()
             .post(a.api("/v1/chat/completions"))
@@ -264,4 +203,29 @@ async fn redis_outage_fails_closed_when_configured() {
     assert_eq!(resp.status(), 503);
     let body: Value = resp.json().await.expect("json");
     assert_eq!(body["error"]["code"], "rate_limiter_unavailable");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn limits_are_shared_on_a_redis_cluster() {
+    let cluster = RedisCluster::start();
+    let mock = MockBackend::start(MockConfig::default())
+        .await
+        .expect("mock");
+    // fail_closed: a script Redis Cluster refused (keys in several slots) would show as 503s.
+    let backend = format!(
+        "backend = \"redis\"\nredis_url = \"{}\"\nredis_cluster = true\nredis_timeout = \"1s\"\non_redis_error = \"fail_closed\"",
+        cluster.seed_url()
+    );
+    let limits = "[plugins.per_user]\nrequests_per_minute = 100\n[plugins.per_user_model]\ntokens_per_minute = 100000\n[plugins.per_model]\nrequests_per_minute = 5\nmax_concurrent = 50\n";
+    let config = format!(
+        "{}\n{}",
+        limits_plugin(&backend, limits),
+        pool("p", "local", &[MODEL], &[mock.addr.to_string()], "")
+    );
+    let a = Gateway::start("", &config).await;
+    let b = Gateway::start("", &config).await;
+    let (ok, limited) = burst(&a, &b, 16).await;
+    assert!((5..=6).contains(&ok), "admitted {ok}, limited {limited}");
+    assert_eq!(count(&mock.stats().requests), ok as u64);
+    assert_eq!(cluster.ports.len(), 3);
 }

@@ -1,6 +1,13 @@
 //! The OpenAI routes through the real binary: federated and targeted, local routes, and the
 //! gateway's own errors.
 
+#![allow(
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "integration tests: a failed expectation is a test failure"
+)]
+
 mod common;
 
 use common::*;

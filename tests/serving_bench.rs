@@ -1,6 +1,13 @@
 //! The serving benchmark (`serving-bench`) as the usage guide runs it, against the real
 //! gateway in front of the mock backend.
 
+#![allow(
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "integration tests: a failed expectation is a test failure"
+)]
+
 mod common;
 
 use std::process::Command;

@@ -1,6 +1,13 @@
 //! Streaming: SSE chunks flow through as they arrive, a client that leaves stops the
 //! backend, long generations are not cut, and silent backends time out.
 
+#![allow(
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "integration tests: a failed expectation is a test failure"
+)]
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -119,6 +119,17 @@ impl Gateway {
         assert!(status.success());
     }
 
+    /// Kills the gateway process at once (SIGKILL), as a host that dies would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The process id, for signals and /proc.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits up to `limit` for the process to exit; true if it did.
     pub async fn wait_exit(&mut self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
@@ -203,4 +214,46 @@ pub async fn with_mock(config: MockConfig, server_extra: &str) -> (Gateway, Mock
     );
     let gateway = Gateway::start(server_extra, &pools).await;
     (gateway, mock)
+}
+
+pub mod raw;
+pub mod redis;
+
+/// Opens a connection to the gateway, writes `request` as is, and returns what comes back
+/// until the gateway closes the connection or `wait` passes.
+pub async fn raw_exchange(port: u16, request: &[u8], wait: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    stream.write_all(request).await.expect("write");
+    let mut received = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut chunk = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => received.extend_from_slice(&chunk[..n]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&received).into_owned()
+}
+
+/// An `api_keys` plugin with one key (`key-<name>` for each name, username `<name>@anl.gov`,
+/// groups as given).
+pub fn api_keys_plugin(users: &[(&str, &[&str])]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut text = String::from("[[plugins]]\nkind = \"api_keys\"\n");
+    for (name, groups) in users {
+        let hash: String = Sha256::digest(format!("key-{name}").as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let groups: Vec<String> = groups.iter().map(|g| format!("{g:?}")).collect();
+        text.push_str(&format!(
+            "[[plugins.keys]]\nsha256 = \"{hash}\"\nusername = \"{name}@anl.gov\"\ngroups = [{}]\n",
+            groups.join(", ")
+        ));
+    }
+    text
 }
