@@ -39,7 +39,7 @@ pub fn sharegpt(path: &str, n: usize, rng: &mut Rng) -> Result<Vec<Prompt>, Stri
         .filter_map(|c| {
             let human = c.conversations.iter().position(|t| t.from == "human")?;
             let reply = c.conversations.get(human + 1).filter(|t| t.from == "gpt")?;
-            let prompt = &c.conversations[human].value;
+            let prompt = &c.conversations.get(human)?.value;
             Some(Prompt {
                 text: prompt.clone(),
                 input_tokens: estimate_tokens(prompt),
@@ -52,7 +52,7 @@ pub fn sharegpt(path: &str, n: usize, rng: &mut Rng) -> Result<Vec<Prompt>, Stri
     }
     rng.shuffle(&mut usable);
     // Reuse prompts when the file has fewer than asked for.
-    Ok((0..n).map(|i| usable[i % usable.len()].clone()).collect())
+    Ok(usable.iter().cycle().take(n).cloned().collect())
 }
 
 const WORDS: &[&str] = &[
@@ -81,7 +81,7 @@ const WORDS: &[&str] = &[
 fn words(rng: &mut Rng, tokens: u64) -> String {
     // About one token a word plus its space.
     (0..tokens)
-        .map(|_| WORDS[rng.below(WORDS.len() as u64) as usize])
+        .filter_map(|_| WORDS.get(rng.below(WORDS.len() as u64) as usize).copied())
         .collect::<Vec<_>>()
         .join(" ")
 }

@@ -17,7 +17,10 @@ fn stats(mut values: Vec<f64>) -> (f64, f64, f64) {
     }
     values.sort_by(f64::total_cmp);
     let mean = values.iter().sum::<f64>() / values.len() as f64;
-    let at = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
+    let at = |q: f64| {
+        let i = ((values.len() - 1) as f64 * q).round() as usize;
+        values.get(i).copied().unwrap_or_default()
+    };
     (mean, at(0.5), at(0.99))
 }
 
