@@ -43,6 +43,24 @@ async fn an_idle_keep_alive_connection_is_closed() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_asks_to_close_is_answered_and_closed_at_once() {
+    let (gw, _mock) = with_mock(MockConfig::default(), "").await;
+    for request in [
+        &b"GET /resource_server/health HTTP/1.0\r\n\r\n"[..],
+        b"GET /resource_server/health HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n",
+    ] {
+        let started = Instant::now();
+        let answer = raw_exchange(gw.port, request, Duration::from_secs(5)).await;
+        assert!(answer.contains(" 200 OK"), "{answer}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_trickled_header_is_cut_off() {
     let (gw, _mock) = with_mock(MockConfig::default(), "client_header_timeout = \"2s\"").await;
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))

@@ -59,7 +59,8 @@ impl Gateway {
         if kept_alive {
             limit += self.settings.client_keepalive_timeout;
         }
-        match tokio::time::timeout(limit, session.read_request()).await {
+        // Pingora's timer wheel: a tokio timer per request cost ~2k instructions.
+        match pingora_timeout::timeout(limit, session.read_request()).await {
             Ok(Ok(true)) => true,
             // The client closed an idle keep-alive connection.
             Ok(Ok(false)) => false,
@@ -96,11 +97,14 @@ impl HttpServerApp for Gateway {
         if !read {
             return None;
         }
-        let keepalive = self.settings.client_keepalive_timeout.as_secs().max(1);
+        // Pingora has decided from the request whether the connection may live on (HTTP/1.0
+        // without keep-alive, or `Connection: close`, may not); where it may, it idles for
+        // `client_keepalive_timeout` at most instead of forever.
         if *shutdown.borrow() {
             session.set_keepalive(None);
-        } else {
-            session.set_keepalive(Some(keepalive));
+        } else if session.get_keepalive().is_some() {
+            let idle = self.settings.client_keepalive_timeout.as_secs().max(1);
+            session.set_keepalive(Some(idle));
         }
         let peer = session.client_addr().and_then(|a| a.as_inet()).copied();
         let client_addr = peer.map(|p| {
