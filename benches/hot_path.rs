@@ -194,6 +194,17 @@ fn sse_observer(c: &mut Criterion) {
         logprobs.join(",")
     );
     let mut group = c.benchmark_group("json_observer");
+    // The test kit mock's answer of 16 tokens (360 bytes): dense in structure, like most
+    // small answers.
+    let small = br#"{"choices":[{"finish_reason":"stop","index":0,"logprobs":null,"message":{"content":"tok0 tok1 tok2 tok3 tok4 tok5 tok6 tok7 tok8 tok9 tok10 tok11 tok12 tok13 tok14 tok15 ","role":"assistant"}}],"created":1795867652,"id":"cmpl-6b0ac404","model":"facebook/opt-125m","object":"chat.completion","usage":{"completion_tokens":16,"prompt_tokens":9,"total_tokens":25}}"#;
+    group.throughput(Throughput::Bytes(small.len() as u64));
+    group.bench_function("small_body", |b| {
+        b.iter(|| {
+            let mut observer = UsageObserver::new(Some(b"application/json"));
+            observer.observe(black_box(small));
+            observer.finish(0)
+        })
+    });
     group.throughput(Throughput::Bytes(body.len() as u64));
     group.bench_function("whole_body", |b| {
         b.iter(|| {

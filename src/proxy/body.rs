@@ -68,7 +68,7 @@ pub async fn read_body(
             None => first.unwrap_or_default(),
         })
     };
-    tokio::time::timeout(timeout, read_all)
+    pingora_timeout::timeout(timeout, read_all)
         .await
         .map_err(|_| errors::body_timeout(timeout))?
 }

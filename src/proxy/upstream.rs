@@ -16,31 +16,27 @@ use crate::errors;
 use crate::routing::{Api, Backend, Pool};
 
 /// Headers that describe one hop, not the message; never forwarded either way.
-const HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::UPGRADE,
-    header::EXPECT,
-];
-/// The client's credentials are for the gateway (every auth plugin reads `Authorization`);
-/// a backend never sees them, nor the client's cookies.
-const CREDENTIALS: [HeaderName; 3] = [
-    header::AUTHORIZATION,
-    header::PROXY_AUTHORIZATION,
-    header::COOKIE,
-];
-/// What a proxy in front says about the client: believed only from trusted proxies.
-const FORWARDING: [HeaderName; 6] = [
-    HeaderName::from_static("x-forwarded-for"),
-    HeaderName::from_static("x-forwarded-proto"),
-    HeaderName::from_static("x-forwarded-host"),
-    HeaderName::from_static("x-forwarded-port"),
-    HeaderName::from_static("x-real-ip"),
-    header::FORWARDED,
-];
+fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection" | "keep-alive" | "proxy-connection" | "te" | "trailer" | "upgrade" | "expect"
+    )
+}
+
+/// What the backend never gets of a client's request header: hop-by-hop headers; the
+/// client's credentials, which are for the gateway (every auth plugin reads
+/// `Authorization`), and its cookies; and what a proxy in front says about the client,
+/// kept only from trusted proxies (`X-Forwarded-For` / `-Proto` are rebuilt either way).
+fn dropped_upstream(name: &str, trusted: bool) -> bool {
+    is_hop_by_hop(name)
+        || match name {
+            "authorization" | "proxy-authorization" | "cookie" => true,
+            "x-forwarded-for" | "x-forwarded-proto" => true,
+            "x-forwarded-host" | "x-forwarded-port" | "x-real-ip" | "forwarded" => !trusted,
+            _ => false,
+        }
+}
+
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -88,9 +84,32 @@ fn parse_forwarded_ip(entry: &str) -> Option<IpAddr> {
         .or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
 }
 
-/// Replaces the forwarding headers: a trusted proxy's chain is extended with its own
-/// address, anyone else's is dropped and restarted from the peer.
-fn set_forwarding(headers: &mut HeaderMap, origin: Origin) {
+/// Appends `ip` as text: IPv4 by hand (`Display` for addresses costs ~1.5k instructions,
+/// and every request carries one), IPv6 by `Display`.
+fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if octet >= 100 {
+                    out.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    out.push(char::from(b'0' + octet / 10 % 10));
+                }
+                out.push(char::from(b'0' + octet % 10));
+            }
+        }
+        IpAddr::V6(v6) => out.push_str(&v6.to_string()),
+    }
+}
+
+/// Drops what the backend must not get (`dropped_upstream`, and whatever the sender's
+/// `Connection` header names as hop-by-hop), then sets the forwarding headers: a trusted
+/// proxy's chain is extended with its own address, anyone else's restarts at the peer.
+fn strip_and_forward(headers: &mut HeaderMap, origin: Origin) {
     let mut chain = String::new();
     let mut proto = HeaderValue::from_static("http");
     if origin.trusted {
@@ -107,23 +126,26 @@ fn set_forwarding(headers: &mut HeaderMap, origin: Origin) {
                 proto = p.clone();
             }
         }
-        headers.remove(&X_FORWARDED_FOR);
-        headers.remove(&X_FORWARDED_PROTO);
-    } else {
-        for name in &FORWARDING {
-            headers.remove(name);
-        }
+    }
+    // One pass over the names the request has, instead of a lookup per name it might have.
+    let mut doomed = connection_named(headers);
+    doomed.extend(
+        headers
+            .keys()
+            .filter(|name| dropped_upstream(name.as_str(), origin.trusted))
+            .cloned(),
+    );
+    for name in &doomed {
+        headers.remove(name);
     }
     if let Some(peer) = origin.peer {
         if !chain.is_empty() {
             chain.push_str(", ");
         }
-        chain.push_str(&peer.to_string());
+        push_ip(&mut chain, peer);
     }
-    if let Ok(value) = HeaderValue::from_str(&chain) {
-        if !chain.is_empty() {
-            headers.insert(X_FORWARDED_FOR, value);
-        }
+    if let (false, Ok(value)) = (chain.is_empty(), HeaderValue::from_str(&chain)) {
+        headers.insert(X_FORWARDED_FOR, value);
     }
     headers.insert(X_FORWARDED_PROTO, proto);
 }
@@ -152,11 +174,7 @@ pub fn upstream_header(
             .map_err(|e: http::uri::InvalidUri| errors::internal(&e.to_string()))?,
     };
     let headers = &mut parts.headers;
-    remove_hop_by_hop(headers);
-    for name in &CREDENTIALS {
-        headers.remove(name);
-    }
-    set_forwarding(headers, origin);
+    strip_and_forward(headers, origin);
     headers.insert(header::HOST, backend.host.clone());
     // The body goes upstream whole, so it is framed by exactly one length.
     let single_length_ok = {
@@ -207,12 +225,12 @@ pub fn downstream_header(
     Ok(ResponseHeader::from(parts))
 }
 
-/// Removes the fixed hop-by-hop headers and every header the sender's `Connection` header
-/// names as one (RFC 9110 §7.6.1), except those the gateway re-frames or must keep: a client
-/// cannot strip `Host`, and the message length is set by the gateway on the way up and
-/// checked by Pingora on the way down.
-fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
+/// The headers the sender's `Connection` header names as hop-by-hop (RFC 9110 §7.6.1),
+/// except those the gateway re-frames or must keep: a client cannot strip `Host`, and the
+/// message length is set by the gateway on the way up and checked by Pingora on the way
+/// down.
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -226,8 +244,19 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
             ]
             .contains(name)
         })
-        .collect();
-    for name in HOP_BY_HOP.iter().chain(&named) {
+        .collect()
+}
+
+/// Removes the hop-by-hop headers, fixed and named by `Connection`.
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let mut doomed = connection_named(headers);
+    doomed.extend(
+        headers
+            .keys()
+            .filter(|name| is_hop_by_hop(name.as_str()))
+            .cloned(),
+    );
+    for name in &doomed {
         headers.remove(name);
     }
 }
@@ -275,6 +304,41 @@ mod tests {
     }
 
     #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for text in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.100.9.255",
+            "255.255.255.255",
+            "2001:db8::1",
+        ] {
+            let mut out = String::new();
+            push_ip(&mut out, ip(text));
+            assert_eq!(out, text);
+        }
+    }
+
+    #[test]
+    fn credentials_never_go_upstream() {
+        let mut h = headers(&[
+            ("authorization", "Bearer secret"),
+            ("proxy-authorization", "Basic c2VjcmV0"),
+            ("cookie", "session=secret"),
+            ("x-kept", "yes"),
+        ]);
+        strip_and_forward(
+            &mut h,
+            Origin {
+                peer: None,
+                trusted: true,
+            },
+        );
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["x-forwarded-proto", "x-kept"]);
+    }
+
+    #[test]
     fn the_real_client_is_believed_only_through_trusted_proxies() {
         let trusts = |a: IpAddr| a == ip("10.0.0.1") || a == ip("10.0.0.2");
         let h = headers(&[("x-forwarded-for", "6.6.6.6, 1.2.3.4, 10.0.0.2")]);
@@ -297,7 +361,7 @@ mod tests {
             ("x-real-ip", "6.6.6.6"),
             ("forwarded", "for=6.6.6.6"),
         ]);
-        set_forwarding(
+        strip_and_forward(
             &mut h,
             Origin {
                 peer: Some(ip("5.5.5.5")),
@@ -319,7 +383,7 @@ mod tests {
             ("x-forwarded-for", "10.0.0.9"),
             ("x-forwarded-proto", "https"),
         ]);
-        set_forwarding(
+        strip_and_forward(
             &mut h,
             Origin {
                 peer: Some(ip("10.0.0.1")),

@@ -47,9 +47,10 @@ fn parse_usage(object: &[u8]) -> Option<Usage> {
 }
 
 /// Where the scan is in the current top-level key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 enum Key {
     /// Not reading a top-level key.
+    #[default]
     None,
     /// Read this many bytes of a key that still matches `usage`.
     Matching(usize),
@@ -59,8 +60,10 @@ enum Key {
 
 /// An incremental scan for the top-level `"usage": {...}` of one JSON document, fed in
 /// arbitrary pieces. Never panics and never buffers more than one usage object, whatever
-/// the input (invalid JSON just yields nothing).
-#[derive(Debug)]
+/// the input (invalid JSON just yields nothing). One tight pass: string contents are jumped
+/// over, and the usage object is parsed where it lies when it ends in the piece it began in
+/// (copied only when a piece boundary splits it).
+#[derive(Debug, Default)]
 pub struct UsageScan {
     depth: u32,
     in_string: bool,
@@ -70,123 +73,162 @@ pub struct UsageScan {
     key: Key,
     /// The last top-level key was `usage` and its value comes next.
     usage_next: bool,
-    /// The usage object's bytes while it is being read.
-    capture: Option<Vec<u8>>,
+    /// Inside the top-level usage object.
+    capturing: bool,
+    /// Its bytes from earlier pieces, when a piece boundary split it.
+    partial: Vec<u8>,
     found: Option<Usage>,
 }
 
 const USAGE: &[u8] = b"usage";
 
-impl Default for UsageScan {
-    fn default() -> Self {
-        UsageScan {
-            depth: 0,
-            in_string: false,
-            escaped: false,
-            expect_key: false,
-            key: Key::None,
-            usage_next: false,
-            capture: None,
-            found: None,
+/// Where the current string may end or escape: its next quote or backslash. Short strings
+/// (most keys and values) are searched in place; long ones with `memchr2`.
+fn string_end(rest: &[u8]) -> Option<usize> {
+    const SHORT: usize = 16;
+    let stop = |b: &u8| *b == b'"' || *b == b'\\';
+    match rest.iter().take(SHORT).position(stop) {
+        Some(at) => Some(at),
+        None if rest.len() <= SHORT => None,
+        None => {
+            memchr::memchr2(b'"', b'\\', rest.get(SHORT..).unwrap_or_default()).map(|at| at + SHORT)
         }
     }
 }
 
 impl UsageScan {
-    pub fn feed(&mut self, mut bytes: &[u8]) {
-        while !bytes.is_empty() {
-            // Inside a string nothing matters but its end: skip to the next quote or
-            // backslash in one step (most of a large body is strings).
-            if self.in_string && !self.escaped && self.capture.is_none() && self.key == Key::None {
-                match memchr::memchr2(b'"', b'\\', bytes) {
-                    Some(at) => bytes = bytes.get(at..).unwrap_or_default(),
-                    None => return,
-                }
-            }
-            let Some((&b, rest)) = bytes.split_first() else {
-                return;
-            };
-            bytes = rest;
-            self.byte(b);
-        }
-    }
-
-    fn byte(&mut self, b: u8) {
-        if let Some(capture) = &mut self.capture {
-            if capture.len() < MAX_USAGE_OBJECT {
-                capture.push(b);
-            } else {
-                // Too large to be a usage object: give up on this one.
-                self.capture = None;
-            }
-        }
-        if self.in_string {
-            if self.escaped {
-                self.escaped = false;
-                if self.key != Key::None {
-                    // An escaped key is not written as plain `usage`.
-                    self.key = Key::Other;
-                }
-            } else if b == b'\\' {
-                self.escaped = true;
-            } else if b == b'"' {
-                self.in_string = false;
-                if self.key != Key::None {
-                    self.usage_next = self.key == Key::Matching(USAGE.len());
-                    self.key = Key::None;
-                    self.expect_key = false;
-                }
-            } else if let Key::Matching(n) = self.key {
-                self.key = match USAGE.get(n) {
-                    Some(&want) if want == b => Key::Matching(n + 1),
-                    _ => Key::Other,
-                };
-            }
-            return;
-        }
-        let top = self.depth == 1;
-        match b {
-            b'"' => {
-                self.in_string = true;
-                if top && self.expect_key {
-                    self.key = Key::Matching(0);
-                } else if top {
-                    self.usage_next = false;
-                }
-            }
-            b'{' | b'[' => {
-                if top && self.usage_next && b == b'{' {
-                    self.capture = Some(vec![b'{']);
-                }
-                if top {
-                    self.usage_next = false;
-                }
-                self.depth = self.depth.saturating_add(1);
-                if self.depth == 1 {
-                    self.expect_key = b == b'{';
-                }
-            }
-            b'}' | b']' => {
-                self.depth = self.depth.saturating_sub(1);
-                if self.depth == 1 {
-                    if let Some(object) = self.capture.take() {
-                        // A later top-level `usage` replaces an earlier one, as serde's maps do.
-                        if let Some(usage) = parse_usage(&object) {
-                            self.found = Some(usage);
+    pub fn feed(&mut self, bytes: &[u8]) {
+        // The state lives in locals for the loop (registers, not memory) and is written back
+        // at the end: this loop runs once per byte of every non-streaming answer.
+        let UsageScan {
+            mut depth,
+            mut in_string,
+            mut escaped,
+            mut expect_key,
+            mut key,
+            mut usage_next,
+            mut capturing,
+            ..
+        } = *self;
+        // Where the usage object began in this piece, if it did.
+        let mut started: Option<usize> = None;
+        let mut i = 0;
+        while let Some(&b) = bytes.get(i) {
+            if in_string {
+                if escaped {
+                    escaped = false;
+                    if key != Key::None {
+                        // An escaped key is not written as plain `usage`.
+                        key = Key::Other;
+                    }
+                } else if b == b'"' {
+                    in_string = false;
+                    if key != Key::None {
+                        usage_next = key == Key::Matching(USAGE.len());
+                        key = Key::None;
+                        expect_key = false;
+                    }
+                } else if b == b'\\' {
+                    escaped = true;
+                } else if let Key::Matching(n) = key {
+                    key = match USAGE.get(n) {
+                        Some(&want) if want == b => Key::Matching(n + 1),
+                        _ => Key::Other,
+                    };
+                } else if key == Key::None {
+                    // Nothing inside a value string matters but where it ends.
+                    match bytes.get(i..).and_then(string_end) {
+                        Some(at) => {
+                            i += at;
+                            continue;
                         }
+                        None => break,
                     }
                 }
+                i += 1;
+                continue;
             }
-            b',' if top => {
-                self.expect_key = true;
-                self.usage_next = false;
+            let top = depth == 1;
+            match b {
+                b'"' => {
+                    in_string = true;
+                    if top && expect_key {
+                        key = Key::Matching(0);
+                    } else if top {
+                        usage_next = false;
+                    }
+                }
+                b'{' | b'[' => {
+                    if top && usage_next && b == b'{' {
+                        capturing = true;
+                        self.partial.clear();
+                        started = Some(i);
+                    }
+                    if top {
+                        usage_next = false;
+                    }
+                    depth = depth.saturating_add(1);
+                    if depth == 1 {
+                        expect_key = b == b'{';
+                    }
+                }
+                b'}' | b']' => {
+                    depth = depth.saturating_sub(1);
+                    if depth == 1 && capturing {
+                        capturing = false;
+                        let here = bytes.get(started.unwrap_or(0)..=i).unwrap_or_default();
+                        self.complete(here, started.is_some());
+                        started = None;
+                    }
+                }
+                b',' if top => {
+                    expect_key = true;
+                    usage_next = false;
+                }
+                b':' if top => expect_key = false,
+                b' ' | b'\t' | b'\n' | b'\r' | b',' | b':' => {}
+                // The first byte of a number or literal: a top-level value that is no object.
+                _ if top => usage_next = false,
+                _ => {}
             }
-            b':' if top => self.expect_key = false,
-            b' ' | b'\t' | b'\n' | b'\r' | b',' | b':' => {}
-            // The first byte of a number or literal: a top-level value that is no object.
-            _ if top => self.usage_next = false,
-            _ => {}
+            i += 1;
         }
+        if capturing {
+            // The piece ended inside the usage object: keep what it holds of it, bounded.
+            let tail = bytes.get(started.unwrap_or(0)..).unwrap_or_default();
+            if self.partial.len() + tail.len() <= MAX_USAGE_OBJECT {
+                self.partial.extend_from_slice(tail);
+            } else {
+                // Too large to be a usage object: give up on this one.
+                capturing = false;
+                self.partial = Vec::new();
+            }
+        }
+        self.depth = depth;
+        self.in_string = in_string;
+        self.escaped = escaped;
+        self.expect_key = expect_key;
+        self.key = key;
+        self.usage_next = usage_next;
+        self.capturing = capturing;
+    }
+
+    /// The usage object has ended with `here` (all of it when it began in this piece, else
+    /// its last part). A later top-level `usage` replaces an earlier one, as serde's maps do.
+    fn complete(&mut self, here: &[u8], whole: bool) {
+        let usage = if self.partial.len() + here.len() > MAX_USAGE_OBJECT {
+            // Too large to be a usage object.
+            None
+        } else if whole {
+            parse_usage(here)
+        } else {
+            self.partial.extend_from_slice(here);
+            parse_usage(&self.partial)
+        };
+        if usage.is_some() {
+            self.found = usage;
+        }
+        self.partial = Vec::new();
     }
 
     pub fn usage(&self) -> Option<Usage> {
