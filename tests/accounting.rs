@@ -71,8 +71,8 @@ async fn usage_after_prompt_logprobs_is_read_and_charged() {
     assert_eq!(line["completion_tokens"], 50, "{line}");
     assert_eq!(line["tokens_estimated"], false, "{line}");
     let remaining = remaining_after(&gw).await;
-    // 6000 − 3050 used − the probe's own reservation (~70), plus ~20 refilled.
-    assert!((2800..3000).contains(&remaining), "{remaining}");
+    // 6000 − 3050 used − the probe's own reservation (~70), plus 100 a second refilled.
+    assert!((2800..3400).contains(&remaining), "{remaining}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -80,8 +80,8 @@ async fn a_2xx_without_usage_is_charged_its_whole_reservation() {
     let (gw, _mock) = gateway().await;
     send(&gw, &chat(2000, json!({})), &[("x-mock-usage", "none")]).await;
     let remaining = remaining_after(&gw).await;
-    // 6000 − ~2010 reserved and kept − the probe's ~70, plus ~20 refilled.
-    assert!((3800..4000).contains(&remaining), "{remaining}");
+    // 6000 − ~2010 reserved and kept − the probe's ~70, plus 100 a second refilled.
+    assert!((3800..4600).contains(&remaining), "{remaining}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -92,7 +92,7 @@ async fn a_stream_without_a_usage_chunk_is_charged_its_whole_reservation() {
     let line = gw.access_line(|l| l["stream"] == true).await;
     assert_eq!(line["tokens_estimated"], true, "{line}");
     let remaining = remaining_after(&gw).await;
-    assert!((3800..4000).contains(&remaining), "{remaining}");
+    assert!((3800..4600).contains(&remaining), "{remaining}");
     // With `include_usage` the stream is charged what it used: back to nearly everything.
     let (gw, _mock) = gateway().await;
     send(

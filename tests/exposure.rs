@@ -16,28 +16,11 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 
-const SECRET: &str = "meta-llama/Meta-Llama-3-8B-Instruct";
+const SECRET: &str = SECRET_MODEL;
 
 async fn gateway(server_extra: &str) -> (Gateway, MockBackend) {
-    let mock = MockBackend::start(MockConfig {
-        models: vec![MODEL.into(), SECRET.into()],
-        ..MockConfig::default()
-    })
-    .await
-    .expect("mock");
-    let config = format!(
-        "{}\n{}{}",
-        api_keys_plugin(&[("ada", &["g-secret"]), ("bob", &[])]),
-        pool("open", "polaris", &[MODEL], &[mock.addr.to_string()], ""),
-        pool(
-            "hidden",
-            "polaris",
-            &[SECRET],
-            &[mock.addr.to_string()],
-            "allowed_groups = [\"g-secret\"]"
-        ),
-    );
-    (Gateway::start(server_extra, &config).await, mock)
+    let plugins = api_keys_plugin(&[("ada", &["g-secret"]), ("bob", &[])]);
+    open_and_secret_pools(server_extra, &plugins, "polaris").await
 }
 
 async fn get_json(gw: &Gateway, path: &str, key: &str) -> Value {
@@ -62,7 +45,7 @@ async fn catalogues_show_only_the_pools_a_caller_may_use() {
             "{key}: {endpoints}"
         );
         assert_eq!(
-            endpoints.contains("hidden"),
+            endpoints.contains("\"pool\":\"secret\""),
             sees_secret,
             "{key}: {endpoints}"
         );

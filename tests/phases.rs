@@ -16,29 +16,15 @@ use std::time::Duration;
 use common::*;
 use serde_json::{json, Value};
 
-const SECRET: &str = "meta-llama/Meta-Llama-3-8B-Instruct";
+const SECRET: &str = SECRET_MODEL;
 
 /// The limiter is listed before the authenticator on purpose: the core orders the phases.
 async fn gateway(server_extra: &str) -> (Gateway, MockBackend) {
-    let mock = MockBackend::start(MockConfig {
-        models: vec![MODEL.into(), SECRET.into()],
-        ..MockConfig::default()
-    })
-    .await
-    .expect("mock");
-    let config = format!(
-        "[[plugins]]\nkind = \"rate_limits\"\n[plugins.per_model]\nrequests_per_minute = 3\n\n{}\n{}{}",
-        api_keys_plugin(&[("ada", &[]), ("bob", &[]), ("carol", &["g-secret"])]),
-        pool("open", "local", &[MODEL], &[mock.addr.to_string()], ""),
-        pool(
-            "secret",
-            "local",
-            &[SECRET],
-            &[mock.addr.to_string()],
-            "allowed_groups = [\"g-secret\"]"
-        ),
+    let plugins = format!(
+        "[[plugins]]\nkind = \"rate_limits\"\n[plugins.per_model]\nrequests_per_minute = 3\n\n{}",
+        api_keys_plugin(&[("ada", &[]), ("bob", &[]), ("carol", &["g-secret"])])
     );
-    (Gateway::start(server_extra, &config).await, mock)
+    open_and_secret_pools(server_extra, &plugins, "local").await
 }
 
 async fn post(gw: &Gateway, key: Option<&str>, body: &Value) -> u16 {

@@ -257,3 +257,34 @@ pub fn api_keys_plugin(users: &[(&str, &[&str])]) -> String {
     }
     text
 }
+
+/// A model only some users may use (pool `allowed_groups = ["g-secret"]`).
+pub const SECRET_MODEL: &str = "meta-llama/Meta-Llama-3-8B-Instruct";
+
+/// A gateway with `plugins`, an open pool serving `MODEL` and a pool serving `SECRET_MODEL`
+/// to group `g-secret` only, both on `cluster` and one mock.
+pub async fn open_and_secret_pools(
+    server_extra: &str,
+    plugins: &str,
+    cluster: &str,
+) -> (Gateway, MockBackend) {
+    let mock = MockBackend::start(MockConfig {
+        models: vec![MODEL.into(), SECRET_MODEL.into()],
+        ..MockConfig::default()
+    })
+    .await
+    .expect("mock");
+    let backend = [mock.addr.to_string()];
+    let config = format!(
+        "{plugins}\n{}{}",
+        pool("open", cluster, &[MODEL], &backend, ""),
+        pool(
+            "secret",
+            cluster,
+            &[SECRET_MODEL],
+            &backend,
+            "allowed_groups = [\"g-secret\"]"
+        ),
+    );
+    (Gateway::start(server_extra, &config).await, mock)
+}

@@ -11,26 +11,20 @@ pub struct Redis {
 
 impl Redis {
     pub fn start_on(port: u16) -> Redis {
+        Redis::spawn(port, &[])
+    }
+
+    /// A redis-server on `port` (loopback, nothing persisted) with `extra` arguments, once it
+    /// accepts connections.
+    fn spawn(port: u16, extra: &[&str]) -> Redis {
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .args(extra)
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (apt-get install redis-server)");
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_for_port(port);
         Redis {
             port,
             child: Some(child),
@@ -70,31 +64,18 @@ impl RedisCluster {
             .iter()
             .map(|port| {
                 let conf = dir.path().join(format!("nodes-{port}.conf"));
-                let child = Command::new("redis-server")
-                    .args([
-                        "--port",
-                        &port.to_string(),
-                        "--bind",
-                        "127.0.0.1",
-                        "--save",
-                        "",
-                        "--appendonly",
-                        "no",
+                let (conf, dir) = (conf.display().to_string(), dir.path().display().to_string());
+                Redis::spawn(
+                    *port,
+                    &[
                         "--cluster-enabled",
                         "yes",
                         "--cluster-config-file",
-                        &conf.display().to_string(),
+                        &conf,
                         "--dir",
-                        &dir.path().display().to_string(),
-                    ])
-                    .stdout(Stdio::null())
-                    .spawn()
-                    .expect("redis-server must be installed (apt-get install redis-server)");
-                wait_for_port(*port);
-                Redis {
-                    port: *port,
-                    child: Some(child),
-                }
+                        &dir,
+                    ],
+                )
             })
             .collect();
         let addresses: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
