@@ -246,7 +246,8 @@ impl GlobusAuth {
     }
 
     fn refusal(&self, error: &CheckError, ctx: &RequestCtx) -> ApiError {
-        let retry = |d: Duration| d.as_secs().max(1);
+        // Rounded up: a client that obeys must not come back before the bucket has refilled.
+        let retry = |d: Duration| (d.as_secs_f64().ceil() as u64).max(1);
         match error {
             CheckError::Outage(reason) => {
                 log::warn!(

@@ -56,15 +56,22 @@ pub enum Throttled {
     Global(Duration),
 }
 
-/// Client addresses remembered at most; past this, addresses whose bucket has refilled (the
-/// same as never seen) are forgotten, so random source addresses cannot grow the map.
+/// Client addresses remembered at most. A full map forgets the addresses whose bucket has
+/// refilled (the same as never seen), at most once a second; until then new addresses are
+/// held to the global rate alone. Random source addresses can neither grow the map nor make
+/// every request scan it.
 const MAX_CLIENTS: usize = 10_000;
+
+struct Clients {
+    buckets: HashMap<IpAddr, Bucket>,
+    pruned: Option<Instant>,
+}
 
 pub struct MissThrottle {
     global_rate: Rate,
     client_rate: Rate,
     global: Mutex<Bucket>,
-    clients: Mutex<HashMap<IpAddr, Bucket>>,
+    clients: Mutex<Clients>,
 }
 
 impl MissThrottle {
@@ -72,7 +79,10 @@ impl MissThrottle {
         let now = Instant::now();
         MissThrottle {
             global: Mutex::new(Bucket::full(global_rate.burst, now)),
-            clients: Mutex::new(HashMap::new()),
+            clients: Mutex::new(Clients {
+                buckets: HashMap::new(),
+                pruned: None,
+            }),
             global_rate,
             client_rate,
         }
@@ -83,31 +93,47 @@ impl MissThrottle {
         self.admit_at(client, Instant::now())
     }
 
+    /// Neither bucket is charged for a refusal: a client refused because the gateway as a
+    /// whole is busy keeps its own budget, and the other way round.
     fn admit_at(&self, client: Option<IpAddr>, now: Instant) -> Result<(), Throttled> {
         let (client_rate, global_rate) = (self.client_rate, self.global_rate);
+        let busy = || Throttled::Global(Duration::from_secs(1));
+        let mut clients = self.clients.lock().map_err(|_| busy())?;
+        let mut global = self.global.lock().map_err(|_| busy())?;
+        let clients = &mut *clients;
         if let Some(ip) = client {
-            let Ok(mut clients) = self.clients.lock() else {
-                return Err(Throttled::Global(Duration::from_secs(1)));
-            };
-            if clients.len() >= MAX_CLIENTS && !clients.contains_key(&ip) {
-                clients.retain(|_, b| {
+            let full = clients.buckets.len() >= MAX_CLIENTS;
+            let may_prune = clients
+                .pruned
+                .is_none_or(|at| now.saturating_duration_since(at) >= Duration::from_secs(1));
+            if full && !clients.buckets.contains_key(&ip) && may_prune {
+                clients.pruned = Some(now);
+                clients.buckets.retain(|_, b| {
                     b.refill(client_rate.per_second, client_rate.burst, now);
                     b.tokens < client_rate.burst
                 });
             }
-            let bucket = clients
-                .entry(ip)
-                .or_insert_with(|| Bucket::full(client_rate.burst, now));
-            bucket
-                .take(client_rate.per_second, client_rate.burst, now)
-                .map_err(Throttled::Client)?;
+            if let Some(bucket) = clients.buckets.get_mut(&ip) {
+                bucket.refill(client_rate.per_second, client_rate.burst, now);
+                if bucket.tokens < 1.0 {
+                    let wait = (1.0 - bucket.tokens) / client_rate.per_second;
+                    return Err(Throttled::Client(Duration::from_secs_f64(wait)));
+                }
+            }
         }
-        let Ok(mut global) = self.global.lock() else {
-            return Err(Throttled::Global(Duration::from_secs(1)));
-        };
         global
             .take(global_rate.per_second, global_rate.burst, now)
-            .map_err(Throttled::Global)
+            .map_err(Throttled::Global)?;
+        if let Some(ip) = client {
+            if let Some(bucket) = clients.buckets.get_mut(&ip) {
+                bucket.tokens -= 1.0;
+            } else if clients.buckets.len() < MAX_CLIENTS {
+                let mut bucket = Bucket::full(client_rate.burst, now);
+                bucket.tokens -= 1.0;
+                clients.buckets.insert(ip, bucket);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -160,14 +186,53 @@ mod tests {
 
     #[test]
     fn random_addresses_do_not_grow_the_map_without_bound() {
-        let t = throttle();
+        let t = MissThrottle::new(
+            Rate {
+                per_second: 1e9,
+                burst: 1e9,
+            },
+            Rate {
+                per_second: 0.01,
+                burst: 3.0,
+            },
+        );
         let start = Instant::now();
+        // A flood from ever new addresses, none of whose buckets refills meanwhile.
         for i in 0..(3 * MAX_CLIENTS as u32) {
-            // Far apart in time, so every bucket has refilled and may be forgotten.
-            let now = start + Duration::from_secs(u64::from(i));
+            let now = start + Duration::from_millis(u64::from(i / 100));
             let _ = t.admit_at(Some(IpAddr::from(i.to_be_bytes())), now);
         }
-        let size = t.clients.lock().map(|c| c.len()).unwrap_or(usize::MAX);
+        let size = t
+            .clients
+            .lock()
+            .map(|c| c.buckets.len())
+            .unwrap_or(usize::MAX);
         assert!(size <= MAX_CLIENTS, "{size}");
+    }
+
+    #[test]
+    fn a_refusal_charges_neither_bucket() {
+        let t = MissThrottle::new(
+            Rate {
+                per_second: 1.0,
+                burst: 1.0,
+            },
+            Rate {
+                per_second: 1.0,
+                burst: 2.0,
+            },
+        );
+        let now = Instant::now();
+        let (a, b) = (
+            Some(IpAddr::from([10, 0, 0, 1])),
+            Some(IpAddr::from([10, 0, 0, 2])),
+        );
+        assert_eq!(t.admit_at(a, now), Ok(()));
+        // The gateway is at its rate: b is refused without spending its own budget.
+        for _ in 0..5 {
+            assert!(matches!(t.admit_at(b, now), Err(Throttled::Global(_))));
+        }
+        let later = now + Duration::from_secs(2);
+        assert_eq!(t.admit_at(b, later), Ok(()));
     }
 }
