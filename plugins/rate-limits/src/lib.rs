@@ -10,9 +10,10 @@
 //! sent; when the response ends the reservation is settled to the usage the backend
 //! reported (the top-level `usage` of a JSON body, or the usage chunk of a stream with
 //! `stream_options.include_usage`). A 2xx whose usage cannot be read (a stream without a
-//! usage chunk, a body with none) is charged its whole reservation; a response that is not
-//! 2xx consumes no tokens. No budget ever runs more than one window (a minute) into debt.
-//! The stream itself is never altered or delayed.
+//! usage chunk, a body with none) is charged its whole reservation, as is a request the
+//! gateway ended after sending it; a backend's own error answer consumes no tokens. No
+//! budget ever runs more than one window (a minute) into debt. The stream itself is never
+//! altered or delayed.
 
 mod config;
 mod gcra;

@@ -121,7 +121,22 @@ impl RateLimits {
                     }
                     return Ok((decision, store));
                 }
-                Err(e) => e.0,
+                Err(e) => {
+                    // The script may have run before the error (a reply that timed out):
+                    // free whatever slots it took for this holder, best effort.
+                    let slots: Vec<String> = checks
+                        .iter()
+                        .filter(|c| c.kind == crate::store::Kind::Concurrency)
+                        .map(|c| c.key.clone())
+                        .collect();
+                    if !slots.is_empty() {
+                        let (store, holder) = (store.clone(), holder.to_string());
+                        tokio::spawn(async move {
+                            let _ = store.finish(&[], &slots, &holder).await;
+                        });
+                    }
+                    e.0
+                }
             },
             None => "not connected".to_string(),
         };

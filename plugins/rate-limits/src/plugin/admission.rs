@@ -42,12 +42,19 @@ pub struct Admission {
 }
 
 impl Admission {
-    /// What the request consumed, budget by budget. A non-2xx answer consumes nothing; a
-    /// 2xx is charged the usage the backend reported, or, when no usage could be read (an
-    /// estimate, or none at all), its whole reservation: a user never pays less because the
-    /// gateway could not count.
+    /// What the request consumed, budget by budget. A backend's own error answer (not 2xx)
+    /// consumes nothing: it generated nothing. A 2xx is charged the usage the backend
+    /// reported, or, when no usage could be read (an estimate, or none at all), its whole
+    /// reservation: a user never pays less because the gateway could not count. So is a
+    /// request the gateway ended after sending it (the client left, the backend went silent
+    /// or broke off): the backend may have generated all of it.
     pub fn settlements(&self, summary: &RequestSummary, ctx: &RequestCtx) -> Vec<Settle> {
+        let ended_after_sending = matches!(
+            summary.error_code,
+            Some("client_closed_request" | "upstream_error" | "upstream_timeout")
+        );
         let used = match ctx.usage {
+            _ if ended_after_sending && !(200..300).contains(&summary.status) => self.reserved,
             _ if !(200..300).contains(&summary.status) => 0,
             Some(u) if !u.estimated => u.prompt_tokens.saturating_add(u.completion_tokens),
             _ => self.reserved,

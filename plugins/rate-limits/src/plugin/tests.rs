@@ -157,6 +157,31 @@ async fn failed_requests_consume_no_tokens() {
 }
 
 #[tokio::test]
+async fn a_request_the_gateway_ended_after_sending_it_keeps_its_reservation() {
+    let h = Harness::new("[per_user]\ntokens_per_minute = 600\n");
+    for code in [
+        "client_closed_request",
+        "upstream_timeout",
+        "upstream_error",
+    ] {
+        let ctx = h
+            .send(h.ctx("ada", &[], "m", Some(500)))
+            .await
+            .expect("admitted");
+        let summary = RequestSummary {
+            status: if code == "upstream_timeout" { 504 } else { 499 },
+            error_code: Some(code),
+            ..RequestSummary::default()
+        };
+        h.plugin.on_done(&summary, &ctx);
+        h.send(h.ctx("ada", &[], "m", Some(500)))
+            .await
+            .expect_err("the 510 reserved stay spent");
+        h.advance(60.0);
+    }
+}
+
+#[tokio::test]
 async fn concurrency_slots_are_released_when_requests_end() {
     let h = Harness::new("[per_model]\nmax_concurrent = 2\n");
     let a = h.send(h.ctx("ada", &[], "m", None)).await.expect("a");
