@@ -86,3 +86,20 @@ async fn a_client_that_leaves_before_the_answer_cancels_the_backend() {
     assert_eq!(line["status"], 499, "{line}");
     assert!(line["duration_ms"].as_f64() < Some(5000.0), "{line}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bytes_after_the_body_are_not_a_client_leaving() {
+    let (gw, mock) = with_mock(MockConfig::default(), "").await;
+    let body = format!("{{\"model\":\"{MODEL}\",\"messages\":[],\"max_tokens\":3}}");
+    // Some clients send a CRLF after a POST body (RFC 9112 section 2.2 tolerates it).
+    let request = format!(
+        "POST /resource_server/v1/chat/completions HTTP/1.1\r\nhost: gw\r\n\
+         content-type: application/json\r\nx-mock-first-token-ms: 300\r\n\
+         content-length: {}\r\n\r\n{body}\r\n",
+        body.len()
+    );
+    let answer = raw_exchange(gw.port, request.as_bytes(), Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("chat.completion"), "{answer}");
+    assert_eq!(count(&mock.stats().requests_abandoned), 0);
+}

@@ -46,7 +46,10 @@ pub struct ServerConfig {
 
 impl ServerConfig {
     /// Whether `peer` is one of the configured trusted proxies.
+    /// An IPv4 peer on a dual-stack listener arrives as `::ffff:a.b.c.d`; it is matched as
+    /// the IPv4 address it is.
     pub fn trusts(&self, peer: IpAddr) -> bool {
+        let peer = peer.to_canonical();
         self.trusted_proxies.iter().any(|net| net.contains(&peer))
     }
 }

@@ -117,3 +117,16 @@ fn type_errors_name_the_path() {
     let got = error_of(&format!("[server]\nthreads = \"two\"\n{POOL}"));
     assert!(got.starts_with("server.threads:"), "{got}");
 }
+
+#[test]
+fn trusted_proxies_match_ipv4_peers_of_a_dual_stack_listener() {
+    let config = Config::parse(&format!(
+        "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"2001:db8::1\"]\n{POOL}"
+    ))
+    .expect("valid");
+    let ip = |text: &str| text.parse::<std::net::IpAddr>().expect("ip");
+    assert!(config.server.trusts(ip("10.1.2.3")));
+    assert!(config.server.trusts(ip("::ffff:10.1.2.3")));
+    assert!(config.server.trusts(ip("2001:db8::1")));
+    assert!(!config.server.trusts(ip("11.1.2.3")));
+}

@@ -50,10 +50,11 @@ fn request_id(session: &ServerSession) -> String {
 }
 
 impl Gateway {
-    /// Reads the next request header. A kept-alive connection may first sit idle for
-    /// `client_keepalive_timeout` (Pingora closes it then); the header itself must arrive
-    /// within `client_header_timeout`, so a client trickling header lines is cut off. Both
-    /// end the connection silently, as nginx does.
+    /// Reads the next request header. On a new connection the whole header must arrive
+    /// within `client_header_timeout` of the connection. On a kept-alive one, Pingora closes
+    /// it after `client_keepalive_timeout` without a byte, and the whole wait is bounded by
+    /// `client_keepalive_timeout + client_header_timeout`, so a client trickling header lines
+    /// is cut off either way. Both end the connection silently, as nginx does.
     async fn read_header(&self, session: &mut ServerSession, kept_alive: bool) -> bool {
         let mut limit = self.settings.client_header_timeout;
         if kept_alive {

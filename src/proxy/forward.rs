@@ -110,12 +110,14 @@ impl Gateway {
         let read = tokio::select! {
             biased;
             read = upstream.read_response_header() => read,
-            gone = session.read_body_or_idle(true) => {
-                if gone.is_err() {
+            idle = session.read_body_or_idle(true) => {
+                if client_left(idle) {
                     done.client_aborted = true;
                     return Err(Stop::ClientGone);
                 }
-                // Pipelined bytes: not a disconnect; wait for the header alone.
+                // Bytes after the body (a stray CRLF, a pipelined request): not a disconnect.
+                // The connection will not be reused; wait for the header alone.
+                session.set_keepalive(None);
                 upstream.read_response_header().await
             }
         };
@@ -294,6 +296,16 @@ impl Gateway {
             m.retries.with_label_values(&[&pool.name]).inc();
         }
         Ok(())
+    }
+}
+
+/// Whether watching an idle client connection ended because the client went away (it
+/// closed or reset the connection), rather than because it sent bytes after its body
+/// (Pingora reports those as an error too when pipelining is off).
+pub(super) fn client_left(idle: pingora_error::Result<Option<Bytes>>) -> bool {
+    match idle {
+        Ok(_) => false,
+        Err(e) => e.etype() != &ErrorType::ConnectError,
     }
 }
 

@@ -8,7 +8,7 @@ use pingora_core::protocols::http::client::HttpSession as UpstreamSession;
 use pingora_core::protocols::http::ServerSession;
 use pingora_error::ErrorType;
 
-use super::forward::Forwarded;
+use super::forward::{client_left, Forwarded};
 use super::usage::UsageObserver;
 use super::Gateway;
 use crate::metrics::GatewayMetrics;
@@ -93,14 +93,16 @@ impl Gateway {
                         return false;
                     }
                 },
-                idle = session.read_body_or_idle(true), if watch_client => match idle {
-                    Err(_) => {
+                idle = session.read_body_or_idle(true), if watch_client => {
+                    if client_left(idle) {
                         done.client_aborted = true;
                         return false;
                     }
-                    // Pipelined bytes from the client: not a disconnect; stop watching.
-                    Ok(_) => watch_client = false,
-                },
+                    // Bytes after the body (a stray CRLF, a pipelined request): not a
+                    // disconnect. Stop watching; the connection will not be reused.
+                    session.set_keepalive(None);
+                    watch_client = false;
+                }
             }
         }
     }
