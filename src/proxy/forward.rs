@@ -22,8 +22,10 @@ use pingora_core::protocols::http::ServerSession;
 use pingora_error::{Error, ErrorType};
 use pingora_http::RequestHeader;
 
+use super::forwarded::Origin;
+use super::retry::{backend_at_fault, client_left, may_resend, WriteFailure};
 use super::stream::StreamTiming;
-use super::upstream::{downstream_header, upstream_header, Origin};
+use super::upstream::{downstream_header, upstream_header};
 use super::usage::UsageObserver;
 use super::{Gateway, Stop};
 use crate::errors;
@@ -50,26 +52,6 @@ struct Written {
     upstream: UpstreamSession,
     backend: Arc<Backend>,
     _inflight: InflightGuard,
-}
-
-/// What failed while writing a request upstream.
-enum WriteFailure {
-    /// Nothing of the request can have been processed: safe to send again once.
-    Stale(Box<Error>),
-    Failed(Box<Error>),
-}
-
-/// Whether a failed write on a connection means the backend cannot have processed the
-/// request: only a reused keep-alive connection (the backend may have closed it while
-/// idle) whose write failed, before the whole request was written and before any response
-/// byte (we read nothing until the request is written), and only once per request.
-fn may_resend(reused: bool, already_resent: bool, error: &Error) -> bool {
-    reused
-        && !already_resent
-        && matches!(
-            error.etype(),
-            ErrorType::WriteError | ErrorType::ConnectionClosed
-        )
 }
 
 impl Gateway {
@@ -299,16 +281,6 @@ impl Gateway {
     }
 }
 
-/// Whether watching an idle client connection ended because the client went away (it
-/// closed or reset the connection), rather than because it sent bytes after its body
-/// (Pingora reports those as an error too when pipelining is off).
-pub(super) fn client_left(idle: pingora_error::Result<Option<Bytes>>) -> bool {
-    match idle {
-        Ok(_) => false,
-        Err(e) => e.etype() != &ErrorType::ConnectError,
-    }
-}
-
 /// Writes the request header and body. The time until the request is on its way is the
 /// gateway's own overhead (everything after it is the backend's).
 async fn write(
@@ -342,28 +314,6 @@ async fn write(
     Ok(())
 }
 
-/// Whether a failed connect speaks of the backend (refused, unreachable, too slow) rather
-/// than of this host (no file descriptor or port left to make a socket with).
-fn backend_at_fault(e: &Error) -> bool {
-    let mut current = Some(e);
-    while let Some(err) = current {
-        match err.etype() {
-            ErrorType::SocketError | ErrorType::BindError => return false,
-            ErrorType::ConnectRefused | ErrorType::ConnectTimedout | ErrorType::ConnectNoRoute => {
-                return true
-            }
-            _ => {}
-        }
-        // Pingora chains causes as boxed errors (`BError`), sometimes as bare ones.
-        current = err.cause.as_deref().and_then(|c| {
-            c.downcast_ref::<Box<Error>>()
-                .map(|b| b.as_ref())
-                .or_else(|| c.downcast_ref::<Error>())
-        });
-    }
-    true
-}
-
 /// The key `consistent_hash` pools hash on: the user when known, else the client address,
 /// so that one user's requests (and their shared prompt prefixes) land on one backend.
 fn affinity_key(ctx: &RequestCtx) -> u64 {
@@ -375,45 +325,4 @@ fn affinity_key(ctx: &RequestCtx) -> u64 {
         (None, None) => {}
     }
     hasher.finish()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn local_socket_exhaustion_is_not_the_backends_fault() {
-        let local = Error::because(
-            ErrorType::InternalError,
-            "Fail to connect",
-            Error::explain(
-                ErrorType::SocketError,
-                "failed to create socket: Too many open files",
-            ),
-        );
-        assert!(!backend_at_fault(&local));
-        assert!(backend_at_fault(&Error::new(ErrorType::ConnectRefused)));
-        let wrapped = Error::because(
-            ErrorType::InternalError,
-            "connect",
-            Error::new(ErrorType::ConnectTimedout),
-        );
-        assert!(backend_at_fault(&wrapped));
-    }
-
-    #[test]
-    fn only_a_failed_write_on_a_reused_connection_is_resent_and_only_once() {
-        let write = Error::new(ErrorType::WriteError);
-        assert!(may_resend(true, false, &write));
-        assert!(!may_resend(true, true, &write), "at most once");
-        assert!(!may_resend(false, false, &write), "a fresh connection");
-        for after_write in [
-            ErrorType::ReadError,
-            ErrorType::ReadTimedout,
-            ErrorType::WriteTimedout,
-            ErrorType::InvalidHTTPHeader,
-        ] {
-            assert!(!may_resend(true, false, &Error::new(after_write)));
-        }
-    }
 }

@@ -9,8 +9,10 @@
 mod body;
 mod connection;
 mod forward;
+mod forwarded;
 mod local;
 mod respond;
+mod retry;
 mod stream;
 mod upstream;
 pub mod usage;
@@ -30,11 +32,11 @@ use crate::metrics::{status_class, GatewayMetrics};
 use crate::plugins::Chain;
 use crate::routing::{match_route, Api, ModelTable, Pool, Route, Target};
 use forward::Forwarded;
+use forwarded::Origin;
 use respond::Sent;
-use upstream::Origin;
 
 pub use body::parse_routing_fields;
-pub use upstream::real_client;
+pub use forwarded::real_client;
 
 /// How long an unread request body is drained after an early error answer.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(2);

@@ -8,7 +8,8 @@ use pingora_core::protocols::http::client::HttpSession as UpstreamSession;
 use pingora_core::protocols::http::ServerSession;
 use pingora_error::ErrorType;
 
-use super::forward::{client_left, Forwarded};
+use super::forward::Forwarded;
+use super::retry::client_left;
 use super::usage::UsageObserver;
 use super::Gateway;
 use crate::metrics::GatewayMetrics;

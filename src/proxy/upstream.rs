@@ -5,13 +5,13 @@
 //! map, and every insert through it costs a few thousand instructions (case copy, name
 //! re-parse, two map updates). Header-name case means nothing to HTTP/1.1 backends.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use gateway_plugin_api::{ApiError, Plugin, RequestCtx};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use pingora_http::{RequestHeader, ResponseHeader};
 
+use super::forwarded::{Forwarding, Origin};
 use crate::errors;
 use crate::routing::{Api, Backend, Pool};
 
@@ -37,96 +37,14 @@ fn dropped_upstream(name: &str, trusted: bool) -> bool {
         }
 }
 
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 
-/// Where a request came from, as the upstream request reports it.
-#[derive(Debug, Clone, Copy)]
-pub struct Origin {
-    /// The TCP peer of this connection.
-    pub peer: Option<IpAddr>,
-    /// The peer is a configured trusted proxy: its forwarding headers are kept and extended.
-    pub trusted: bool,
-}
-
-/// The client's address as the gateway judges it: the TCP peer, unless the peer is a trusted
-/// proxy; then the rightmost `X-Forwarded-For` entry that is not itself a trusted proxy
-/// (nginx's `real_ip_recursive`). An entry that is not an address ends the walk.
-pub fn real_client(peer: IpAddr, headers: &HeaderMap, trusts: impl Fn(IpAddr) -> bool) -> IpAddr {
-    if !trusts(peer) {
-        return peer;
-    }
-    let mut client = peer;
-    let values: Vec<&str> = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    for entry in values.iter().rev().flat_map(|v| v.rsplit(',')) {
-        let Some(ip) = parse_forwarded_ip(entry.trim()) else {
-            break;
-        };
-        client = ip;
-        if !trusts(ip) {
-            break;
-        }
-    }
-    client
-}
-
-/// `1.2.3.4`, `1.2.3.4:80`, `::1` or `[::1]:80`.
-fn parse_forwarded_ip(entry: &str) -> Option<IpAddr> {
-    entry
-        .parse::<IpAddr>()
-        .ok()
-        .or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
-}
-
-/// Appends `ip` as text: IPv4 by hand (`Display` for addresses costs ~1.5k instructions,
-/// and every request carries one), IPv6 by `Display`.
-fn push_ip(out: &mut String, ip: IpAddr) {
-    match ip {
-        IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push('.');
-                }
-                if octet >= 100 {
-                    out.push(char::from(b'0' + octet / 100));
-                }
-                if octet >= 10 {
-                    out.push(char::from(b'0' + octet / 10 % 10));
-                }
-                out.push(char::from(b'0' + octet % 10));
-            }
-        }
-        IpAddr::V6(v6) => out.push_str(&v6.to_string()),
-    }
-}
-
 /// Drops what the backend must not get (`dropped_upstream`, and whatever the sender's
-/// `Connection` header names as hop-by-hop), then sets the forwarding headers: a trusted
-/// proxy's chain is extended with its own address, anyone else's restarts at the peer.
+/// `Connection` header names as hop-by-hop), then sets the forwarding headers (read before:
+/// a trusted proxy's chain is kept and extended).
 fn strip_and_forward(headers: &mut HeaderMap, origin: Origin) {
-    let mut chain = String::new();
-    let mut proto = HeaderValue::from_static("http");
-    if origin.trusted {
-        for value in headers.get_all(&X_FORWARDED_FOR) {
-            if let Ok(text) = value.to_str() {
-                if !chain.is_empty() {
-                    chain.push_str(", ");
-                }
-                chain.push_str(text.trim());
-            }
-        }
-        if let Some(p) = headers.get(&X_FORWARDED_PROTO) {
-            if p == "https" || p == "http" {
-                proto = p.clone();
-            }
-        }
-    }
+    let forwarding = Forwarding::of(headers, origin);
     // One pass over the names the request has, instead of a lookup per name it might have.
     let mut doomed = connection_named(headers);
     doomed.extend(
@@ -138,16 +56,7 @@ fn strip_and_forward(headers: &mut HeaderMap, origin: Origin) {
     for name in &doomed {
         headers.remove(name);
     }
-    if let Some(peer) = origin.peer {
-        if !chain.is_empty() {
-            chain.push_str(", ");
-        }
-        push_ip(&mut chain, peer);
-    }
-    if let (false, Ok(value)) = (chain.is_empty(), HeaderValue::from_str(&chain)) {
-        headers.insert(X_FORWARDED_FOR, value);
-    }
-    headers.insert(X_FORWARDED_PROTO, proto);
+    forwarding.insert_into(headers);
 }
 
 /// The client's request header as the backend gets it: the backend's own path and `Host`,
@@ -299,104 +208,25 @@ mod tests {
         assert_eq!(left, ["content-length", "host", "x-kept"]);
     }
 
-    fn ip(text: &str) -> IpAddr {
-        text.parse().expect("ip")
-    }
-
-    #[test]
-    fn addresses_are_written_as_display_writes_them() {
-        for text in [
-            "0.0.0.0",
-            "1.2.3.4",
-            "10.100.9.255",
-            "255.255.255.255",
-            "2001:db8::1",
-        ] {
-            let mut out = String::new();
-            push_ip(&mut out, ip(text));
-            assert_eq!(out, text);
-        }
-    }
-
     #[test]
     fn credentials_never_go_upstream() {
         let mut h = headers(&[
             ("authorization", "Bearer secret"),
             ("proxy-authorization", "Basic c2VjcmV0"),
             ("cookie", "session=secret"),
+            ("x-real-ip", "6.6.6.6"),
+            ("forwarded", "for=6.6.6.6"),
             ("x-kept", "yes"),
         ]);
         strip_and_forward(
             &mut h,
             Origin {
                 peer: None,
-                trusted: true,
+                trusted: false,
             },
         );
         let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         left.sort_unstable();
         assert_eq!(left, ["x-forwarded-proto", "x-kept"]);
-    }
-
-    #[test]
-    fn the_real_client_is_believed_only_through_trusted_proxies() {
-        let trusts = |a: IpAddr| a == ip("10.0.0.1") || a == ip("10.0.0.2");
-        let h = headers(&[("x-forwarded-for", "6.6.6.6, 1.2.3.4, 10.0.0.2")]);
-        assert_eq!(real_client(ip("10.0.0.1"), &h, trusts), ip("1.2.3.4"));
-        assert_eq!(real_client(ip("5.5.5.5"), &h, trusts), ip("5.5.5.5"));
-        let bad = headers(&[("x-forwarded-for", "1.2.3.4, nonsense")]);
-        assert_eq!(real_client(ip("10.0.0.1"), &bad, trusts), ip("10.0.0.1"));
-        let ported = headers(&[("x-forwarded-for", "[2001:db8::1]:4711")]);
-        assert_eq!(
-            real_client(ip("10.0.0.1"), &ported, trusts),
-            ip("2001:db8::1")
-        );
-    }
-
-    #[test]
-    fn forwarding_headers_restart_at_an_untrusted_peer() {
-        let mut h = headers(&[
-            ("x-forwarded-for", "6.6.6.6"),
-            ("x-forwarded-proto", "https"),
-            ("x-real-ip", "6.6.6.6"),
-            ("forwarded", "for=6.6.6.6"),
-        ]);
-        strip_and_forward(
-            &mut h,
-            Origin {
-                peer: Some(ip("5.5.5.5")),
-                trusted: false,
-            },
-        );
-        assert_eq!(
-            h.get("x-forwarded-for").map(|v| v.as_bytes()),
-            Some(&b"5.5.5.5"[..])
-        );
-        assert_eq!(
-            h.get("x-forwarded-proto").map(|v| v.as_bytes()),
-            Some(&b"http"[..])
-        );
-        assert!(h.get("x-real-ip").is_none() && h.get("forwarded").is_none());
-
-        let mut h = headers(&[
-            ("x-forwarded-for", "1.2.3.4"),
-            ("x-forwarded-for", "10.0.0.9"),
-            ("x-forwarded-proto", "https"),
-        ]);
-        strip_and_forward(
-            &mut h,
-            Origin {
-                peer: Some(ip("10.0.0.1")),
-                trusted: true,
-            },
-        );
-        assert_eq!(
-            h.get("x-forwarded-for").map(|v| v.as_bytes()),
-            Some(&b"1.2.3.4, 10.0.0.9, 10.0.0.1"[..])
-        );
-        assert_eq!(
-            h.get("x-forwarded-proto").map(|v| v.as_bytes()),
-            Some(&b"https"[..])
-        );
     }
 }

@@ -19,6 +19,7 @@
     reason = "the test kit: mocks for tests and benchmarks, never on the gateway's path"
 )]
 
+mod generation;
 pub mod globus;
 pub mod jwks;
 mod openai;

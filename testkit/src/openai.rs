@@ -14,12 +14,13 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+pub use crate::generation::{Generation, UsageReport};
 use crate::{Fault, MockConfig, MockState};
 
 type Shared = Arc<MockState>;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     Chat,
     Completion,
     Embedding,
@@ -65,7 +66,7 @@ async fn models(State(state): State<Shared>) -> Response {
     axum::Json(json!({"object": "list", "data": data})).into_response()
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -76,17 +77,6 @@ fn now() -> u64 {
 fn error(status: StatusCode, message: &str) -> Response {
     let body = json!({"object": "error", "message": message, "type": "BadRequestError", "param": null, "code": status.as_u16()});
     (status, axum::Json(body)).into_response()
-}
-
-/// What usage a request's answer reports (`x-mock-usage`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UsageReport {
-    /// The true counts.
-    Real,
-    /// No usage at all (no `usage` field, no usage chunk).
-    Omitted,
-    /// These prompt and completion counts, whatever was generated.
-    Fixed(u64, u64),
 }
 
 fn usage_report(headers: &HeaderMap) -> UsageReport {
@@ -298,121 +288,6 @@ fn count_prompt_tokens(request: &Value) -> u32 {
         (_, other) => other.to_string(),
     };
     text.split_whitespace().count().max(1) as u32
-}
-
-/// One generated answer: `tokens` tokens, each the word `tokN `.
-pub struct Generation {
-    pub id: String,
-    pub model: String,
-    kind: Kind,
-    pub tokens: u32,
-    pub prompt_tokens: u32,
-    pub finish_reason: &'static str,
-    pub report: UsageReport,
-}
-
-impl Generation {
-    pub fn token(i: u32) -> String {
-        format!("tok{i} ")
-    }
-
-    pub fn usage(&self) -> Value {
-        let (prompt, completion) = match self.report {
-            UsageReport::Fixed(p, c) => (p, c),
-            _ => (u64::from(self.prompt_tokens), u64::from(self.tokens)),
-        };
-        json!({
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt.saturating_add(completion),
-        })
-    }
-
-    /// The whole answer as vLLM writes it: `usage` after the choices (unless omitted), then,
-    /// when asked for, the prompt's logprobs and token ids (about 40 bytes per prompt token,
-    /// at least 8 KiB of them).
-    fn full_text(&self, prompt_logprobs: bool) -> String {
-        let mut full = self.full();
-        if self.report == UsageReport::Omitted {
-            if let Some(object) = full.as_object_mut() {
-                object.remove("usage");
-            }
-        }
-        let mut text = full.to_string();
-        if prompt_logprobs && text.ends_with('}') {
-            text.pop();
-            let entries = (self.prompt_tokens as usize).max(200);
-            let logprobs: Vec<String> = (1..entries)
-                .map(|i| {
-                    format!(
-                        "{{\"{i}\":{{\"logprob\":-1.25,\"rank\":1,\"decoded_token\":\"t{i}\"}}}}"
-                    )
-                })
-                .collect();
-            let ids: Vec<String> = (0..entries).map(|i| i.to_string()).collect();
-            text.push_str(&format!(
-                ",\"prompt_logprobs\":[null,{}],\"prompt_token_ids\":[{}],\"kv_transfer_params\":null}}",
-                logprobs.join(","),
-                ids.join(",")
-            ));
-        }
-        text
-    }
-
-    fn full(&self) -> Value {
-        let text: String = (0..self.tokens).map(Generation::token).collect();
-        let choice = if self.kind == Kind::Chat {
-            json!({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": null, "finish_reason": self.finish_reason})
-        } else {
-            json!({"index": 0, "text": text, "logprobs": null, "finish_reason": self.finish_reason})
-        };
-        json!({
-            "id": self.id,
-            "object": if self.kind == Kind::Chat { "chat.completion" } else { "text_completion" },
-            "created": now(),
-            "model": self.model,
-            "choices": [choice],
-            "usage": self.usage(),
-        })
-    }
-
-    /// The SSE event for token `i`, or the closing event (finish_reason) when `i == tokens`.
-    pub fn chunk(&self, i: Option<u32>) -> Value {
-        let finish = if i.is_none() {
-            Value::from(self.finish_reason)
-        } else {
-            Value::Null
-        };
-        let text = i.map(Generation::token).unwrap_or_default();
-        let choice = if self.kind == Kind::Chat {
-            let delta = if i == Some(0) {
-                json!({"role": "assistant", "content": text})
-            } else {
-                json!({"content": text})
-            };
-            json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish})
-        } else {
-            json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish})
-        };
-        json!({
-            "id": self.id,
-            "object": if self.kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" },
-            "created": now(),
-            "model": self.model,
-            "choices": [choice],
-        })
-    }
-
-    pub fn usage_chunk(&self) -> Value {
-        json!({
-            "id": self.id,
-            "object": if self.kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" },
-            "created": now(),
-            "model": self.model,
-            "choices": [],
-            "usage": self.usage(),
-        })
-    }
 }
 
 pub(crate) fn sse_response(body: Body) -> Response {

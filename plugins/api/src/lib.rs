@@ -24,6 +24,7 @@
 pub mod config;
 mod context;
 mod error;
+pub mod text;
 
 use std::sync::Arc;
 
