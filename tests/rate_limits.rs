@@ -81,13 +81,18 @@ async fn two_replicas(
     on_error: &str,
     limits: &str,
 ) -> (Gateway, Gateway, MockBackend) {
+    let backend = format!("backend = \"redis\"\nredis_url = \"{}\"\nredis_timeout = \"200ms\"\non_redis_error = \"{on_error}\"", redis.url());
+    replicas_with(&backend, limits).await
+}
+
+/// Two gateways with the same `rate_limits` backend settings and limits, in front of one mock.
+async fn replicas_with(backend: &str, limits: &str) -> (Gateway, Gateway, MockBackend) {
     let mock = MockBackend::start(MockConfig::default())
         .await
         .expect("mock");
-    let backend = format!("backend = \"redis\"\nredis_url = \"{}\"\nredis_timeout = \"200ms\"\non_redis_error = \"{on_error}\"", redis.url());
     let config = format!(
         "{}\n{}",
-        limits_plugin(&backend, limits),
+        limits_plugin(backend, limits),
         pool("p", "local", &[MODEL], &[mock.addr.to_string()], "")
     );
     let a = Gateway::start("", &config).await;
@@ -208,22 +213,13 @@ async fn redis_outage_fails_closed_when_configured() {
 #[tokio::test(flavor = "multi_thread")]
 async fn limits_are_shared_on_a_redis_cluster() {
     let cluster = RedisCluster::start();
-    let mock = MockBackend::start(MockConfig::default())
-        .await
-        .expect("mock");
     // fail_closed: a script Redis Cluster refused (keys in several slots) would show as 503s.
     let backend = format!(
         "backend = \"redis\"\nredis_url = \"{}\"\nredis_cluster = true\nredis_timeout = \"1s\"\non_redis_error = \"fail_closed\"",
         cluster.seed_url()
     );
     let limits = "[plugins.per_user]\nrequests_per_minute = 100\n[plugins.per_user_model]\ntokens_per_minute = 100000\n[plugins.per_model]\nrequests_per_minute = 5\nmax_concurrent = 50\n";
-    let config = format!(
-        "{}\n{}",
-        limits_plugin(&backend, limits),
-        pool("p", "local", &[MODEL], &[mock.addr.to_string()], "")
-    );
-    let a = Gateway::start("", &config).await;
-    let b = Gateway::start("", &config).await;
+    let (a, b, mock) = replicas_with(&backend, limits).await;
     let (ok, limited) = burst(&a, &b, 16).await;
     assert!((5..=6).contains(&ok), "admitted {ok}, limited {limited}");
     assert_eq!(count(&mock.stats().requests), ok as u64);

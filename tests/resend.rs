@@ -89,16 +89,26 @@ async fn a_client_that_leaves_before_the_answer_cancels_the_backend() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bytes_after_the_body_are_not_a_client_leaving() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (gw, mock) = with_mock(MockConfig::default(), "").await;
     let body = format!("{{\"model\":\"{MODEL}\",\"messages\":[],\"max_tokens\":3}}");
-    // Some clients send a CRLF after a POST body (RFC 9112 section 2.2 tolerates it).
     let request = format!(
         "POST /resource_server/v1/chat/completions HTTP/1.1\r\nhost: gw\r\n\
-         content-type: application/json\r\nx-mock-first-token-ms: 300\r\n\
-         content-length: {}\r\n\r\n{body}\r\n",
+         content-type: application/json\r\nx-mock-first-token-ms: 500\r\n\
+         content-length: {}\r\n\r\n{body}",
         body.len()
     );
-    let answer = raw_exchange(gw.port, request.as_bytes(), Duration::from_secs(5)).await;
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    // Some clients send a CRLF after a POST body (RFC 9112 section 2.2 tolerates it); here
+    // it arrives while the gateway waits for the backend's answer.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    stream.write_all(b"\r\n").await.expect("write");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("chat.completion"), "{answer}");
     assert_eq!(count(&mock.stats().requests_abandoned), 0);

@@ -123,7 +123,6 @@ struct FileConfig {
 pub struct LimitsConfig {
     pub backend: Backend,
     pub default_max_tokens: u64,
-    pub key_prefix: String,
     /// `{key_prefix}`: the Redis hash tag every key of a request starts with.
     pub key_tag: String,
     pub base: Limits,
@@ -227,7 +226,6 @@ impl LimitsConfig {
             backend,
             default_max_tokens,
             key_tag: format!("{{{key_prefix}}}"),
-            key_prefix,
             base,
             overrides: f.overrides,
         })
