@@ -7,6 +7,8 @@
 //! gateway forwards them untouched): `x-mock-fault` (`status=503`, `hang`, `reset`),
 //! `x-mock-first-token-ms`, `x-mock-token-gap-ms`, `x-mock-tokens`, and `x-mock-usage`
 //! (`none`: report no usage at all; `P,C`: report P prompt and C completion tokens).
+//! In `serial` mode it behaves like llama-cpp-python's server: one generation at a time,
+//! with its health and model routes blocked while one runs.
 //! A request with vLLM's `prompt_logprobs` gets them (and `prompt_token_ids`) after `usage`,
 //! in vLLM's order.
 //! Every response carries `x-mock-body-sha256` and `x-mock-body-len` of the request body it
@@ -82,6 +84,9 @@ pub struct MockConfig {
     pub fault: Fault,
     /// Dimensions of returned embeddings.
     pub embedding_dim: usize,
+    /// One model behind one lock, like llama-cpp-python's server: one request at a time
+    /// (others queue), and `/health` and `/v1/models` wait for the generation in progress.
+    pub serial: bool,
 }
 
 impl Default for MockConfig {
@@ -93,6 +98,7 @@ impl Default for MockConfig {
             tokens: 8,
             fault: Fault::None,
             embedding_dim: 8,
+            serial: false,
         }
     }
 }
@@ -124,6 +130,9 @@ impl MockStats {
 pub struct MockState {
     pub config: Mutex<MockConfig>,
     pub stats: MockStats,
+    /// The model, in `serial` mode: held for a whole generation. Tokio's mutex is fair, so
+    /// waiters are served in arrival order, as a single-slot server's queue would.
+    pub model: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl MockState {
@@ -153,6 +162,7 @@ impl MockBackend {
         let state = Arc::new(MockState {
             config: Mutex::new(config),
             stats: MockStats::default(),
+            model: Arc::new(tokio::sync::Mutex::new(())),
         });
         let (stop, stopped) = oneshot::channel::<()>();
         let app = router(state.clone());

@@ -36,6 +36,10 @@ struct Args {
     /// Fault mode: none, hang, reset, unhealthy, status=NNN.
     #[arg(long, default_value = "none")]
     fault: Fault,
+    /// One generation at a time, with /health and /v1/models blocked meanwhile (like
+    /// llama-cpp-python's server).
+    #[arg(long)]
+    serial: bool,
     /// Worker threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -66,6 +70,7 @@ fn main() -> std::io::Result<()> {
             token_gap: Duration::from_millis(args.token_gap_ms),
             tokens: args.tokens,
             fault: args.fault,
+            serial: args.serial,
             ..MockConfig::default()
         };
         let mock = MockBackend::serve(listener, config);

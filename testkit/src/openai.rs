@@ -47,8 +47,17 @@ pub fn router(state: Shared) -> Router {
         .with_state(state)
 }
 
+/// In serial mode, waits for the generation in progress (the model's lock), as
+/// llama-cpp-python's routes that touch the model do.
+async fn wait_for_model(state: &MockState) {
+    if state.config().serial {
+        drop(state.model.lock().await);
+    }
+}
+
 async fn health(State(state): State<Shared>) -> StatusCode {
     state.stats.health_checks.fetch_add(1, Ordering::SeqCst);
+    wait_for_model(&state).await;
     if state.config().fault == Fault::Unhealthy {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
@@ -57,6 +66,7 @@ async fn health(State(state): State<Shared>) -> StatusCode {
 }
 
 async fn models(State(state): State<Shared>) -> Response {
+    wait_for_model(&state).await;
     let data: Vec<Value> = state
         .config()
         .models
@@ -153,7 +163,13 @@ async fn inference(
         state: &state,
         finished: false,
     };
-    let mut response = answer(&state, &config, &body, kind, usage_report(&headers)).await;
+    // Serial: the whole generation (a stream included) holds the model.
+    let held = if config.serial {
+        Some(state.model.clone().lock_owned().await)
+    } else {
+        None
+    };
+    let mut response = answer(&state, &config, &body, kind, usage_report(&headers), held).await;
     guard.finished = true;
     let h = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&digest) {
@@ -169,6 +185,7 @@ async fn answer(
     body: &[u8],
     kind: Kind,
     report: UsageReport,
+    held: Option<tokio::sync::OwnedMutexGuard<()>>,
 ) -> Response {
     match config.fault {
         Fault::Status(code) => {
@@ -224,6 +241,7 @@ async fn answer(
             config.clone(),
             generation,
             include_usage,
+            held,
         );
     }
     tokio::time::sleep(config.first_token_delay + config.token_gap * tokens).await;

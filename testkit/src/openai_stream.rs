@@ -22,10 +22,13 @@ pub fn stream(
     config: MockConfig,
     generation: Generation,
     include_usage: bool,
+    model: Option<tokio::sync::OwnedMutexGuard<()>>,
 ) -> Response {
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     state.stats.streams_started.fetch_add(1, Ordering::SeqCst);
     tokio::spawn(async move {
+        // Held until the stream ends, however it ends.
+        let _model = model;
         let cancelled = || state.stats.streams_cancelled.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(config.first_token_delay).await;
         for i in 0..generation.tokens {
