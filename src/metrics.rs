@@ -16,6 +16,7 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
+use crate::routing::pool::Routing;
 use crate::routing::Pool;
 
 /// Latencies of LLM requests span milliseconds to minutes.
@@ -39,6 +40,8 @@ pub struct GatewayMetrics {
     pub connect_errors: IntCounterVec,
     pub retries: IntCounterVec,
     pub health_failures: IntCounterVec,
+    pub health_busy: IntCounterVec,
+    pub panic_routed: IntCounterVec,
     pub connections_refused: prometheus::IntCounter,
     known_models: HashSet<String>,
 }
@@ -131,8 +134,20 @@ impl GatewayMetrics {
             health_failures: counter(
                 registry,
                 "igw_health_check_failures_total",
-                "Failed active health checks",
+                "Failed active health checks (timed out without traffic, wrong status, refused)",
                 &["pool", "backend"],
+            )?,
+            health_busy: counter(
+                registry,
+                "igw_health_checks_busy_total",
+                "Health checks that timed out while the backend was sending responses: busy, not down",
+                &["pool", "backend"],
+            )?,
+            panic_routed: counter(
+                registry,
+                "igw_panic_routed_requests_total",
+                "Requests sent while the pool routed in panic mode (too few healthy backends: every backend that accepts connections)",
+                &["pool"],
             )?,
             connections_refused: {
                 let c = prometheus::IntCounter::new(
@@ -183,7 +198,7 @@ impl PoolCollector {
         Ok(PoolCollector { pools, descs })
     }
 
-    fn gauges() -> prometheus::Result<[GaugeVec; 3]> {
+    fn gauges() -> prometheus::Result<[GaugeVec; 4]> {
         Ok([
             GaugeVec::new(
                 Opts::new("igw_pool_inflight_requests", "Requests in flight per pool"),
@@ -200,6 +215,13 @@ impl PoolCollector {
                 Opts::new("igw_pool_healthy_backends", "Healthy backends per pool"),
                 &["pool"],
             )?,
+            GaugeVec::new(
+                Opts::new(
+                    "igw_pool_panic_routing",
+                    "1 while the pool routes in panic mode (too few healthy backends), else 0",
+                ),
+                &["pool"],
+            )?,
         ])
     }
 }
@@ -210,7 +232,7 @@ impl Collector for PoolCollector {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let Ok([inflight, healthy, healthy_count]) = Self::gauges() else {
+        let Ok([inflight, healthy, healthy_count, panic]) = Self::gauges() else {
             return Vec::new();
         };
         for pool in &self.pools {
@@ -220,12 +242,16 @@ impl Collector for PoolCollector {
             healthy_count
                 .with_label_values(&[&pool.name])
                 .set(pool.healthy_count() as f64);
+            let panicking = pool.routing() == Routing::Panic;
+            panic
+                .with_label_values(&[&pool.name])
+                .set(if panicking { 1.0 } else { 0.0 });
             for b in &pool.backends {
                 let up = if b.is_healthy() { 1.0 } else { 0.0 };
                 healthy.with_label_values(&[&pool.name, &b.address]).set(up);
             }
         }
-        [inflight, healthy, healthy_count]
+        [inflight, healthy, healthy_count, panic]
             .iter()
             .flat_map(|g| g.collect())
             .collect()

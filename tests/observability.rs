@@ -14,26 +14,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 
-/// The value of the first sample line starting with `prefix` (name and labels).
-fn sample(metrics: &str, prefix: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
-async fn scrape(port: u16) -> String {
-    client()
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("text")
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_count_known_traffic() {
     let mock = MockBackend::start(MockConfig::default())
@@ -161,6 +141,7 @@ async fn metrics_count_known_traffic() {
         "error_code",
         "user",
         "identity_provider",
+        "panic_routed",
     ] {
         assert!(line.get(key).is_some(), "access log lacks {key}: {line}");
     }
@@ -170,7 +151,7 @@ async fn metrics_count_known_traffic() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn readiness_and_model_status_follow_health() {
-    let mock = MockBackend::start(MockConfig::default())
+    let mut mock = MockBackend::start(MockConfig::default())
         .await
         .expect("mock");
     let pools = pool(
@@ -202,16 +183,29 @@ async fn readiness_and_model_status_follow_health() {
     let status = jobs().await;
     assert_eq!(status["models"][0]["model"], MODEL);
     assert_eq!(status["models"][0]["status"], "ready");
+    // Checks fail but the backend accepts connections: panic routing still serves it.
     mock.set_fault(Fault::Unhealthy);
-    let mut down = Value::Null;
-    for _ in 0..100 {
-        down = jobs().await;
-        if down["models"][0]["status"] == "down" {
-            break;
+    let status_becomes = |want: &'static str| {
+        let jobs = &jobs;
+        async move {
+            let mut last = Value::Null;
+            for _ in 0..100 {
+                last = jobs().await;
+                if last["models"][0]["status"] == want {
+                    return last;
+                }
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            panic!("status never became {want}: {last}");
         }
-        tokio::time::sleep(Duration::from_millis(30)).await;
-    }
-    assert_eq!(down["models"][0]["status"], "down", "{down}");
+    };
+    let degraded = status_becomes("degraded").await;
+    assert_eq!(degraded["models"][0]["backends_healthy"], 0);
+    let ready = http.get(gw.api("/ready")).send().await.expect("send");
+    assert_eq!(ready.status(), 200, "a pool in panic routing can serve");
+    // Nothing listens any more: down, and not ready.
+    mock.stop();
+    let down = status_becomes("down").await;
     assert!(down["models"][0]["since"].as_u64().is_some());
     assert_eq!(
         http.get(gw.api("/ready"))

@@ -65,4 +65,8 @@ pub struct HealthSection {
     pub timeout: Option<String>,
     pub unhealthy_threshold: Option<u32>,
     pub healthy_threshold: Option<u32>,
+    /// An integer status, a class like `"2xx"`, or an array of those; checked in `health.rs`.
+    pub expect_status: Option<toml::Value>,
+    pub panic_routing: Option<bool>,
+    pub panic_threshold: Option<u32>,
 }

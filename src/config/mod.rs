@@ -1,6 +1,7 @@
 //! Configuration: the TOML file format (`file`) turned into a validated model (`model`).
 
 mod file;
+mod health;
 mod model;
 mod server;
 mod units;

@@ -5,7 +5,9 @@ use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-use super::file::{FileConfig, HealthSection, PoolSection};
+use super::file::{FileConfig, PoolSection};
+use super::health::health_config;
+pub use super::health::HealthConfig;
 use super::server::server_config;
 pub use super::server::ServerConfig;
 use super::units::parse_duration;
@@ -64,15 +66,6 @@ pub struct BackendConfig {
     pub address: String,
     pub socket: SocketAddr,
     pub weight: u32,
-}
-
-#[derive(Debug, Clone)]
-pub struct HealthConfig {
-    pub path: String,
-    pub interval: Duration,
-    pub timeout: Duration,
-    pub unhealthy_threshold: u32,
-    pub healthy_threshold: u32,
 }
 
 pub(super) fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -310,36 +303,4 @@ fn resolve(address: &str) -> Result<SocketAddr, String> {
         .map_err(|e| format!("`{address}` does not resolve: {e}"))?
         .next()
         .ok_or_else(|| format!("`{address}` resolves to no address"))
-}
-
-fn health_config(h: &HealthSection, at: &str) -> Result<HealthConfig, ConfigError> {
-    let path = h.path.clone().unwrap_or_else(|| "/health".into());
-    if !path.starts_with('/') {
-        return Err(err(
-            format!("{at}.path"),
-            format!("`{path}` must start with `/`"),
-        ));
-    }
-    let threshold = |value: Option<u32>, key: &str, default: u32| match value.unwrap_or(default) {
-        0 => Err(err(format!("{at}.{key}"), "`0` must be at least 1")),
-        n => Ok(n),
-    };
-    let interval = duration_or(
-        &h.interval,
-        &format!("{at}.interval"),
-        Duration::from_secs(5),
-    )?;
-    if interval < Duration::from_millis(10) {
-        return Err(err(
-            format!("{at}.interval"),
-            format!("`{interval:?}` is below the 10ms minimum"),
-        ));
-    }
-    Ok(HealthConfig {
-        path,
-        interval,
-        timeout: duration_or(&h.timeout, &format!("{at}.timeout"), Duration::from_secs(1))?,
-        unhealthy_threshold: threshold(h.unhealthy_threshold, "unhealthy_threshold", 2)?,
-        healthy_threshold: threshold(h.healthy_threshold, "healthy_threshold", 1)?,
-    })
 }

@@ -16,6 +16,8 @@ fn defaults_fill_a_minimal_file() {
     assert_eq!(config.server.max_request_body, 10 << 20);
     assert_eq!(config.pools[0].balance, Balance::LeastRequests);
     assert_eq!(config.pools[0].health.path, "/health");
+    assert!(config.pools[0].health.panic_routing);
+    assert_eq!(config.pools[0].health.expect_status, vec![(200, 299)]);
     assert_eq!(config.server.listen[0].to_string(), "0.0.0.0:8000");
 }
 
@@ -56,6 +58,26 @@ fn errors_name_the_toml_path_and_the_bad_value() {
         (
             format!("{POOL}[pools.health]\nunhealthy_threshold = 0\n"),
             "pools[0].health.unhealthy_threshold",
+        ),
+        (
+            format!("{POOL}[pools.health]\nexpect_status = [200, \"2xy\"]\n"),
+            "pools[0].health.expect_status[1]: `\"2xy\"`",
+        ),
+        (
+            format!("{POOL}[pools.health]\nexpect_status = 700\n"),
+            "pools[0].health.expect_status: `700`",
+        ),
+        (
+            format!("{POOL}[pools.health]\nexpect_status = []\n"),
+            "pools[0].health.expect_status: an empty list",
+        ),
+        (
+            format!("{POOL}[pools.health]\npanic_threshold = 101\n"),
+            "pools[0].health.panic_threshold: `101`",
+        ),
+        (
+            format!("{POOL}[pools.health]\ntimeout = \"0s\"\n"),
+            "pools[0].health.timeout: `0ns` must be from 10ms",
         ),
         (
             format!("{POOL}{POOL}"),
@@ -129,4 +151,15 @@ fn trusted_proxies_match_ipv4_peers_of_a_dual_stack_listener() {
     assert!(config.server.trusts(ip("::ffff:10.1.2.3")));
     assert!(config.server.trusts(ip("2001:db8::1")));
     assert!(!config.server.trusts(ip("11.1.2.3")));
+}
+
+#[test]
+fn expect_status_takes_codes_and_classes() {
+    let config = Config::parse(&format!(
+        "{POOL}[pools.health]\nexpect_status = [204, \"3xx\"]\n"
+    ))
+    .expect("valid");
+    let health = &config.pools[0].health;
+    assert!(health.passes(204) && health.passes(301) && health.passes(399));
+    assert!(!health.passes(200) && !health.passes(400));
 }

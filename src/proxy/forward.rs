@@ -24,13 +24,13 @@ use pingora_http::RequestHeader;
 
 use super::forwarded::Origin;
 use super::retry::{backend_at_fault, client_left, may_resend, WriteFailure};
-use super::stream::StreamTiming;
+use super::stream::{StreamTiming, Watchers};
 use super::upstream::{downstream_header, upstream_header};
 use super::usage::UsageObserver;
 use super::{Gateway, Stop};
 use crate::errors;
 use crate::metrics::GatewayMetrics;
-use crate::routing::pool::InflightGuard;
+use crate::routing::pool::{InflightGuard, Picked};
 use crate::routing::{Api, Backend, NoBackend, Pool};
 
 /// How the forwarded request went, for `on_done`.
@@ -45,6 +45,8 @@ pub struct Forwarded {
     pub truncated: bool,
     /// Set when the response was cut short after its header was sent.
     pub error_code: Option<&'static str>,
+    /// The backend was picked by panic routing (too few healthy backends in the pool).
+    pub panic_routed: bool,
 }
 
 /// A connected upstream session with the request written.
@@ -106,6 +108,7 @@ impl Gateway {
         if let Err(e) = read {
             return Err(self.header_failure(&e, pool, &backend, ctx).into());
         }
+        backend.saw_progress();
         let response = match upstream.response_header() {
             Some(h) => downstream_header(h, ctx, &self.chain.all)?,
             None => return Err(errors::upstream_failed(&pool.name).into()),
@@ -129,8 +132,13 @@ impl Gateway {
             .as_ref()
             .filter(|_| ctx.stream)
             .map(|m| StreamTiming::new(m, ctx.model.as_deref(), &pool.name));
+        let watch = Watchers {
+            usage: &mut usage,
+            timing,
+            backend: &backend,
+        };
         let upstream_done = self
-            .stream_body(session, &mut upstream, ctx, &mut usage, timing, done)
+            .stream_body(session, &mut upstream, ctx, watch, done)
             .await;
         done.truncated = !upstream_done;
         ctx.usage = usage.finish(ctx.body_bytes);
@@ -187,7 +195,11 @@ impl Gateway {
         let mut resent = false;
         let affinity = affinity_key(ctx);
         loop {
-            let (index, backend) = match pool.pick(&tried, affinity) {
+            let Picked {
+                index,
+                backend,
+                panic,
+            } = match pool.pick(&tried, affinity) {
                 Ok(picked) => picked,
                 Err(NoBackend::NoneHealthy) if done.attempts == 0 => {
                     return Err(errors::no_healthy_backend(&pool.name, pool.retry_after()))
@@ -196,6 +208,12 @@ impl Gateway {
             };
             ctx.backend = Some(backend.address.clone());
             done.attempts += 1;
+            if panic && !done.panic_routed {
+                done.panic_routed = true;
+                if let Some(m) = &self.metrics {
+                    m.panic_routed.with_label_values(&[&pool.name]).inc();
+                }
+            }
             // Count the attempt as in flight at once, so that concurrent selections see it.
             let inflight = backend.start_request();
             let (mut upstream, reused) = match self.connector.get_http_session(&backend.peer).await

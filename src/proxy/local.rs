@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 
 use gateway_plugin_api::Principal;
 
+use crate::routing::pool::Routing;
 use crate::routing::{Api, ModelTable, Target};
 
 /// `GET {base}/health`: liveness.
@@ -13,9 +14,10 @@ pub fn health() -> Value {
     json!({"status": "ok"})
 }
 
-/// `GET {base}/ready`: 200 when some pool has a healthy backend, else 503.
+/// `GET {base}/ready`: 200 when some pool has a backend to route to (healthy, or in panic
+/// routing), else 503.
 pub fn ready(table: &ModelTable) -> (u16, Value) {
-    if table.pools.iter().any(|p| p.healthy_count() > 0) {
+    if table.pools.iter().any(|p| p.routing() != Routing::Nothing) {
         (200, json!({"status": "ready"}))
     } else {
         (503, json!({"status": "no healthy backend"}))

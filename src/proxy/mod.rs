@@ -115,6 +115,7 @@ impl Gateway {
         summary.client_aborted = forwarded.client_aborted;
         summary.truncated = forwarded.truncated;
         summary.error_code = forwarded.error_code;
+        summary.panic_routed = forwarded.panic_routed;
         let sent = match result {
             Ok(sent) => sent,
             Err(Stop::ClientGone) => {

@@ -13,6 +13,7 @@ use super::retry::client_left;
 use super::usage::UsageObserver;
 use super::Gateway;
 use crate::metrics::GatewayMetrics;
+use crate::routing::Backend;
 
 /// Per-stream timing histograms, observed as chunks pass.
 pub struct StreamTiming {
@@ -42,6 +43,14 @@ impl StreamTiming {
     }
 }
 
+/// What watches each chunk as it passes.
+pub struct Watchers<'a> {
+    pub usage: &'a mut UsageObserver,
+    pub timing: Option<StreamTiming>,
+    /// Told of every chunk: response bytes flowing are evidence the backend is alive.
+    pub backend: &'a Backend,
+}
+
 impl Gateway {
     /// Passes body chunks through as they arrive while watching the client connection.
     /// Returns true when the upstream response was read to its end.
@@ -50,8 +59,7 @@ impl Gateway {
         session: &mut ServerSession,
         upstream: &mut UpstreamSession,
         ctx: &mut RequestCtx,
-        usage: &mut UsageObserver,
-        mut timing: Option<StreamTiming>,
+        mut watch: Watchers<'_>,
         done: &mut Forwarded,
     ) -> bool {
         let mut watch_client = true;
@@ -60,8 +68,9 @@ impl Gateway {
                 biased;
                 chunk = upstream.read_response_body() => match chunk {
                     Ok(Some(chunk)) => {
-                        usage.observe(&chunk);
-                        if let Some(t) = &mut timing {
+                        watch.backend.saw_progress();
+                        watch.usage.observe(&chunk);
+                        if let Some(t) = &mut watch.timing {
                             t.chunk(ctx.started);
                         }
                         for plugin in self.chain.all.iter() {
@@ -78,6 +87,7 @@ impl Gateway {
                         }
                     }
                     Ok(None) => {
+                        watch.backend.saw_progress();
                         for plugin in self.chain.all.iter() {
                             plugin.on_response_chunk(&Bytes::new(), true, ctx);
                         }

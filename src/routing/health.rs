@@ -9,7 +9,7 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use pingora_http::RequestHeader;
 
-use super::pool::{Backend, Pool};
+use super::pool::{Backend, CheckResult, Pool};
 use crate::metrics::GatewayMetrics;
 
 pub struct HealthChecker {
@@ -31,21 +31,37 @@ impl HealthChecker {
 
     async fn check_pool(&self, pool: &Pool) {
         let checks = pool.backends.iter().map(|backend| async move {
-            let result = self.probe(backend, pool).await;
-            if let (Err(_), Some(m)) = (&result, &self.metrics) {
-                m.health_failures
-                    .with_label_values(&[&pool.name, &backend.address])
-                    .inc();
+            let (result, reason) = match self.probe(backend, pool).await {
+                Ok(()) => (CheckResult::Passed, String::new()),
+                // Read after the probe, so bytes that flowed while it waited count.
+                Err(Probe::TimedOut(_)) if backend.progressed_since_last_check() => {
+                    (CheckResult::Busy, String::new())
+                }
+                Err(Probe::TimedOut(reason) | Probe::Failed(reason)) => {
+                    (CheckResult::Failed, reason)
+                }
+                Err(Probe::Unreachable(reason)) => (CheckResult::Unreachable, reason),
+            };
+            // Every check moves the "since the last check" window forward.
+            backend.progressed_since_last_check();
+            if let Some(m) = &self.metrics {
+                let labels = [pool.name.as_str(), backend.address.as_str()];
+                match result {
+                    CheckResult::Busy => m.health_busy.with_label_values(&labels).inc(),
+                    CheckResult::Failed | CheckResult::Unreachable => {
+                        m.health_failures.with_label_values(&labels).inc()
+                    }
+                    CheckResult::Passed => {}
+                }
             }
             let h = &pool.health;
-            if let Some(now_healthy) =
-                backend.record_check(result.is_ok(), h.healthy_threshold, h.unhealthy_threshold)
+            if let Some(now) =
+                backend.record_check(result, h.healthy_threshold, h.unhealthy_threshold)
             {
-                let reason = result.err().unwrap_or_default();
                 log::warn!(
                     target: "health",
-                    "pool={} backend={} healthy={} reason={}",
-                    pool.name, backend.address, now_healthy, reason
+                    "pool={} backend={} health={} reason={}",
+                    pool.name, backend.address, now.as_str(), reason
                 );
             }
         });
@@ -54,51 +70,95 @@ impl HealthChecker {
         pool.status();
     }
 
-    async fn probe(&self, backend: &Backend, pool: &Pool) -> Result<(), String> {
-        let work = async {
-            let (mut session, _) = self
-                .connector
-                .get_http_session(&backend.peer)
-                .await
-                .map_err(|e| format!("connect: {e}"))?;
-            let mut req = RequestHeader::build("GET", pool.health.path.as_bytes(), None)
-                .map_err(|e| e.to_string())?;
-            req.insert_header("host", backend.address.as_str())
-                .map_err(|e| e.to_string())?;
-            req.insert_header("user-agent", "inference-gateway-health")
-                .map_err(|e| e.to_string())?;
-            if let Some(auth) = &pool.authorization {
-                req.insert_header("authorization", auth.clone())
-                    .map_err(|e| e.to_string())?;
+    async fn probe(&self, backend: &Backend, pool: &Pool) -> Result<(), Probe> {
+        let timeout = pool.health.timeout;
+        let connect = self.connector.get_http_session(&backend.peer);
+        let mut session = match tokio::time::timeout(timeout, connect).await {
+            Ok(Ok((session, _))) => session,
+            Ok(Err(e)) => return Err(Probe::Unreachable(format!("connect: {e}"))),
+            Err(_) => {
+                return Err(Probe::Unreachable(format!(
+                    "no connection within {timeout:?}"
+                )))
             }
+        };
+        let exchange = async {
+            let req = probe_request(backend, pool).map_err(Probe::Failed)?;
             session
                 .write_request_header(Box::new(req))
                 .await
-                .map_err(|e| format!("send: {e}"))?;
+                .map_err(|e| closed_or_failed("send", &e))?;
             session
                 .finish_request_body()
                 .await
-                .map_err(|e| format!("send: {e}"))?;
+                .map_err(|e| closed_or_failed("send", &e))?;
             session
                 .read_response_header()
                 .await
-                .map_err(|e| format!("read: {e}"))?;
+                .map_err(|e| closed_or_failed("read", &e))?;
             let status = session
                 .response_header()
                 .map(|h| h.status.as_u16())
                 .unwrap_or(0);
             // The session (and its connection) is dropped, not pooled.
-            if (200..300).contains(&status) {
+            if pool.health.passes(status) {
                 Ok(())
             } else {
-                Err(format!("status {status}"))
+                Err(Probe::Failed(format!("status {status}")))
             }
         };
-        match tokio::time::timeout(pool.health.timeout, work).await {
+        match tokio::time::timeout(timeout, exchange).await {
             Ok(result) => result,
-            Err(_) => Err(format!("no answer within {:?}", pool.health.timeout)),
+            Err(_) => Err(Probe::TimedOut(format!("no answer within {timeout:?}"))),
         }
     }
+}
+
+/// Why a check did not pass.
+enum Probe {
+    /// Connected, but no answer within the timeout.
+    TimedOut(String),
+    /// Connected and answered, wrongly (status, broken header).
+    Failed(String),
+    /// Refused, unreachable, or closed before any byte of an answer.
+    Unreachable(String),
+}
+
+fn probe_request(backend: &Backend, pool: &Pool) -> Result<RequestHeader, String> {
+    let mut req = RequestHeader::build("GET", pool.health.path.as_bytes(), None)
+        .map_err(|e| e.to_string())?;
+    req.insert_header("host", backend.address.as_str())
+        .map_err(|e| e.to_string())?;
+    req.insert_header("user-agent", "inference-gateway-health")
+        .map_err(|e| e.to_string())?;
+    if let Some(auth) = &pool.authorization {
+        req.insert_header("authorization", auth.clone())
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(req)
+}
+
+/// A connection reset or closed before any byte of the answer means nothing serves there
+/// (as a refused connect does); anything else is a failed check.
+fn closed_or_failed(step: &str, e: &pingora_error::Error) -> Probe {
+    use pingora_error::ErrorType;
+    match e.etype() {
+        ErrorType::ConnectionClosed => Probe::Unreachable(format!("{step}: {e}")),
+        _ if is_reset(e) => Probe::Unreachable(format!("{step}: {e}")),
+        _ => Probe::Failed(format!("{step}: {e}")),
+    }
+}
+
+fn is_reset(e: &pingora_error::Error) -> bool {
+    use std::io::ErrorKind;
+    let io = e
+        .root_cause()
+        .downcast_ref::<std::io::Error>()
+        .map(std::io::Error::kind);
+    matches!(
+        io,
+        Some(ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe)
+    )
 }
 
 #[async_trait]

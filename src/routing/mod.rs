@@ -1,5 +1,6 @@
 //! Routing: request paths to routes, models to pools, pools to backends, and health.
 
+pub mod backend;
 pub mod health;
 pub mod pool;
 pub mod route;

@@ -1,78 +1,15 @@
 //! A pool of backends serving the same models, and how one backend is picked from it.
 
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use pingora_core::upstreams::peer::HttpPeer;
 
+pub use super::backend::{Backend, CheckResult, Health, InflightGuard};
 use crate::config::{Balance, PoolConfig, ServerConfig};
 use gateway_plugin_api::Principal;
-
-pub struct Backend {
-    /// As configured (`host:port`).
-    pub address: String,
-    pub weight: u32,
-    /// Built once; the connector keys its keep-alive pool on it.
-    pub peer: HttpPeer,
-    /// The `Host` header requests to this backend carry (its configured address).
-    pub host: http::HeaderValue,
-    healthy: AtomicBool,
-    inflight: AtomicUsize,
-    consecutive_ok: AtomicU32,
-    consecutive_failed: AtomicU32,
-}
-
-impl Backend {
-    pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
-    }
-
-    pub fn inflight(&self) -> usize {
-        self.inflight.load(Ordering::Relaxed)
-    }
-
-    /// Feeds one health-check result; returns `Some(new_state)` when the state flips.
-    pub fn record_check(&self, ok: bool, healthy_after: u32, unhealthy_after: u32) -> Option<bool> {
-        if ok {
-            self.consecutive_failed.store(0, Ordering::Relaxed);
-            let run = self
-                .consecutive_ok
-                .fetch_add(1, Ordering::Relaxed)
-                .saturating_add(1);
-            (run >= healthy_after && !self.healthy.swap(true, Ordering::Relaxed)).then_some(true)
-        } else {
-            self.consecutive_ok.store(0, Ordering::Relaxed);
-            let run = self
-                .consecutive_failed
-                .fetch_add(1, Ordering::Relaxed)
-                .saturating_add(1);
-            (run >= unhealthy_after && self.healthy.swap(false, Ordering::Relaxed)).then_some(false)
-        }
-    }
-
-    /// Passive ejection: a refused connection takes the backend out at once; the health
-    /// check brings it back after `healthy_threshold` good checks.
-    pub fn eject(&self) -> bool {
-        self.consecutive_ok.store(0, Ordering::Relaxed);
-        self.healthy.swap(false, Ordering::Relaxed)
-    }
-
-    /// Counts the request as in flight until the guard drops.
-    pub fn start_request(self: &Arc<Self>) -> InflightGuard {
-        self.inflight.fetch_add(1, Ordering::Relaxed);
-        InflightGuard(self.clone())
-    }
-}
-
-pub struct InflightGuard(Arc<Backend>);
-
-impl Drop for InflightGuard {
-    fn drop(&mut self) {
-        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 pub struct Pool {
     pub name: String,
@@ -98,9 +35,9 @@ pub struct Pool {
 pub enum PoolStatus {
     /// Every backend healthy.
     Ready,
-    /// Some backends down.
+    /// Some backends down, or all down but routed to in panic mode.
     Degraded,
-    /// No healthy backend.
+    /// Nothing to route to.
     Down,
 }
 
@@ -121,10 +58,30 @@ fn unix_now() -> u64 {
         .unwrap_or_default()
 }
 
+/// Which backends of a pool requests may go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routing {
+    /// The healthy ones.
+    Healthy,
+    /// Too few are healthy: every backend that accepts connections.
+    Panic,
+    /// None: every backend is unreachable, or down with panic routing off.
+    Nothing,
+}
+
+/// A backend picked for one attempt.
+pub struct Picked {
+    /// Its place in the pool, for the attempt's `tried` list.
+    pub index: usize,
+    pub backend: Arc<Backend>,
+    /// Picked by panic routing.
+    pub panic: bool,
+}
+
 /// Why no backend could be picked.
 #[derive(Debug, PartialEq, Eq)]
 pub enum NoBackend {
-    /// Every backend of the pool is marked down.
+    /// Nothing to route to (see [`Routing::Nothing`]).
     NoneHealthy,
     /// Every healthy backend was already tried for this request.
     AllTried,
@@ -141,18 +98,7 @@ impl Pool {
                 peer.options.read_timeout = Some(server.upstream_idle_timeout);
                 peer.options.write_timeout = Some(server.upstream_idle_timeout);
                 peer.options.idle_timeout = Some(server.upstream_keepalive_timeout);
-                Arc::new(Backend {
-                    // A configured `host:port` is always a valid header value.
-                    host: http::HeaderValue::from_str(&b.address)
-                        .unwrap_or(http::HeaderValue::from_static("localhost")),
-                    address: b.address.clone(),
-                    weight: b.weight,
-                    peer,
-                    healthy: AtomicBool::new(true),
-                    inflight: AtomicUsize::new(0),
-                    consecutive_ok: AtomicU32::new(0),
-                    consecutive_failed: AtomicU32::new(0),
-                })
+                Arc::new(Backend::new(b.address.clone(), b.weight, peer))
             })
             .collect();
         Pool {
@@ -202,10 +148,9 @@ impl Pool {
 
     /// The current status, and since when (unix seconds) it has held.
     pub fn status(&self) -> (PoolStatus, u64) {
-        let healthy = self.healthy_count();
-        let now = if healthy == self.backends.len() {
+        let now = if self.healthy_count() == self.backends.len() {
             PoolStatus::Ready
-        } else if healthy == 0 {
+        } else if self.routing() == Routing::Nothing {
             PoolStatus::Down
         } else {
             PoolStatus::Degraded
@@ -221,6 +166,39 @@ impl Pool {
         self.backends.iter().filter(|b| b.is_healthy()).count()
     }
 
+    /// Which backends requests may go to now. Panic routing (Envoy's panic threshold, nginx
+    /// putting all failed upstreams back): when fewer than `panic_threshold` percent of the
+    /// backends are healthy, and always when none is, requests go to every backend that
+    /// accepts connections. Failed checks on a busy LLM server most often mean a health
+    /// route stuck behind generation; refusing every user would turn load into an outage.
+    pub fn routing(&self) -> Routing {
+        let up = self.healthy_count();
+        let h = &self.health;
+        let too_few = up == 0
+            || up.saturating_mul(100)
+                < usize::from(h.panic_threshold).saturating_mul(self.backends.len());
+        let failing = || self.backends.iter().any(|b| b.health() == Health::Failing);
+        if h.panic_routing && too_few && failing() {
+            Routing::Panic
+        } else if up > 0 {
+            Routing::Healthy
+        } else {
+            Routing::Nothing
+        }
+    }
+
+    /// Rank among pools serving the same model (lower first): pools with a healthy backend,
+    /// then pools routing in panic, then pools with nothing to route to.
+    pub fn preference(&self) -> u8 {
+        if self.healthy_count() > 0 {
+            0
+        } else if self.routing() == Routing::Panic {
+            1
+        } else {
+            2
+        }
+    }
+
     pub fn inflight(&self) -> usize {
         self.backends.iter().map(|b| b.inflight()).sum()
     }
@@ -230,21 +208,36 @@ impl Pool {
         self.health.interval.max(Duration::from_secs(1))
     }
 
-    /// Picks a healthy backend not in `tried`: its index (for `tried`) and the backend.
-    pub fn pick(&self, tried: &[usize], affinity: u64) -> Result<(usize, Arc<Backend>), NoBackend> {
-        let index = self.select(tried, affinity)?;
+    /// Picks a backend not in `tried` (see [`Pool::routing`]).
+    pub fn pick(&self, tried: &[usize], affinity: u64) -> Result<Picked, NoBackend> {
+        let routing = self.routing();
+        let index = self.choose(routing, tried, affinity)?;
         let backend = self.backends.get(index).ok_or(NoBackend::AllTried)?;
-        Ok((index, backend.clone()))
+        Ok(Picked {
+            index,
+            backend: backend.clone(),
+            panic: routing == Routing::Panic,
+        })
     }
 
-    /// Picks a healthy backend not in `tried`. `affinity` feeds `consistent_hash`.
+    /// The index [`Pool::pick`] would pick.
     pub fn select(&self, tried: &[usize], affinity: u64) -> Result<usize, NoBackend> {
-        let usable =
-            |i: &usize| self.backends.get(*i).is_some_and(|b| b.is_healthy()) && !tried.contains(i);
-        let n = self.backends.len();
-        if !self.backends.iter().any(|b| b.is_healthy()) {
+        self.choose(self.routing(), tried, affinity)
+    }
+
+    /// Picks a backend that `routing` allows, not in `tried`. `affinity` feeds
+    /// `consistent_hash`.
+    fn choose(&self, routing: Routing, tried: &[usize], affinity: u64) -> Result<usize, NoBackend> {
+        let allowed = |b: &Arc<Backend>| match routing {
+            Routing::Healthy => b.is_healthy(),
+            Routing::Panic => b.health() != Health::Unreachable,
+            Routing::Nothing => false,
+        };
+        if routing == Routing::Nothing {
             return Err(NoBackend::NoneHealthy);
         }
+        let usable = |i: &usize| self.backends.get(*i).is_some_and(allowed) && !tried.contains(i);
+        let n = self.backends.len();
         let start = self.cursor.fetch_add(1, Ordering::Relaxed);
         let load = |i: &usize| {
             self.backends

@@ -58,7 +58,7 @@ pub enum Route<'a> {
         cluster: &'a str,
     },
     Health,
-    /// Readiness: the configuration is loaded and some pool has a healthy backend.
+    /// Readiness: the configuration is loaded and some pool has a backend to route to.
     Ready,
     NotFound,
 }

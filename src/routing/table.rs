@@ -35,7 +35,7 @@ impl ModelTable {
     }
 
     /// Chooses the pool for `model`: among those that serve it, match `target` and admit
-    /// `principal`, pools with a healthy backend first, then lower `priority`, then fewer
+    /// `principal`, pools with a healthy backend first (then pools in panic routing), then lower `priority`, then fewer
     /// requests in flight. A model served only by pools the principal may not use is 403.
     pub fn resolve(
         &self,
@@ -56,7 +56,7 @@ impl ModelTable {
         }
         matching
             .filter(|p| p.permits(principal))
-            .min_by_key(|p| (p.healthy_count() == 0, p.priority, p.inflight()))
+            .min_by_key(|p| (p.preference(), p.priority, p.inflight()))
             .cloned()
             .ok_or_else(|| errors::model_forbidden(model, principal))
     }

@@ -198,6 +198,26 @@ pub async fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> 
     panic!("timed out waiting for: {what}");
 }
 
+/// The value of the first sample line starting with `prefix` (name and labels).
+pub fn sample(metrics: &str, prefix: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+pub async fn scrape(port: u16) -> String {
+    client()
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("text")
+}
+
 pub fn count(counter: &std::sync::atomic::AtomicU64) -> u64 {
     MockStats::get(counter)
 }

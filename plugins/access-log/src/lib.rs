@@ -132,6 +132,7 @@ impl Plugin for AccessLog {
         line.string("error_code", summary.error_code);
         line.boolean("client_aborted", Some(summary.client_aborted));
         line.boolean("truncated", Some(summary.truncated));
+        line.boolean("panic_routed", Some(summary.panic_routed));
         // A full disk or closed stdout must not fail the request; there is nowhere to report it.
         let _ = self.write(&line.finish());
     }

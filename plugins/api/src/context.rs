@@ -113,4 +113,7 @@ pub struct RequestSummary {
     pub client_aborted: bool,
     /// True when the response body was cut short, by the client or the backend.
     pub truncated: bool,
+    /// True when the backend was picked by panic routing: too few of the pool's backends
+    /// passed their health checks, so every backend that accepts connections was eligible.
+    pub panic_routed: bool,
 }

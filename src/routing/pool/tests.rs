@@ -100,9 +100,96 @@ fn consistent_hash_is_sticky_and_moves_only_lost_keys() {
 fn health_thresholds() {
     let p = pool("round_robin", r#"["127.0.0.1:1"]"#);
     let b = &p.backends[0];
-    assert_eq!(b.record_check(false, 2, 2), None);
-    assert_eq!(b.record_check(false, 2, 2), Some(false));
-    assert_eq!(b.record_check(false, 2, 2), None);
-    assert_eq!(b.record_check(true, 2, 2), None);
-    assert_eq!(b.record_check(true, 2, 2), Some(true));
+    assert_eq!(b.record_check(CheckResult::Failed, 2, 2), None);
+    assert_eq!(
+        b.record_check(CheckResult::Failed, 2, 2),
+        Some(Health::Failing)
+    );
+    assert_eq!(b.record_check(CheckResult::Failed, 2, 2), None);
+    assert_eq!(b.record_check(CheckResult::Passed, 2, 2), None);
+    assert_eq!(b.record_check(CheckResult::Busy, 2, 2), Some(Health::Up));
+    // Busy is alive: it never takes a backend out.
+    for _ in 0..5 {
+        assert_eq!(b.record_check(CheckResult::Busy, 2, 2), None);
+    }
+    // Nothing listening: out at once, whatever the threshold.
+    assert_eq!(
+        b.record_check(CheckResult::Unreachable, 2, 2),
+        Some(Health::Unreachable)
+    );
+    // A check that connects proves something listens again.
+    assert_eq!(
+        b.record_check(CheckResult::Failed, 2, 2),
+        Some(Health::Failing)
+    );
+}
+
+#[test]
+fn progress_is_evidence_between_two_checks() {
+    let p = pool("round_robin", r#"["127.0.0.1:1"]"#);
+    let b = &p.backends[0];
+    assert!(!b.progressed_since_last_check());
+    b.saw_progress();
+    assert!(b.progressed_since_last_check());
+    assert!(!b.progressed_since_last_check());
+}
+
+fn panic_pool(extra: &str) -> Pool {
+    let text = format!(
+        "[[pools]]\nname = \"p\"\ncluster = \"c\"\nframework = \"f\"\nmodels = [\"m\"]\nbackends = [\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:3\", \"127.0.0.1:4\"]\n[pools.health]\n{extra}\n"
+    );
+    let config = Config::parse(&text).expect("config");
+    Pool::new(&config.pools[0], &config.server)
+}
+
+fn fail(p: &Pool, i: usize) {
+    p.backends[i].record_check(CheckResult::Failed, 1, 1);
+}
+
+#[test]
+fn panic_routing_uses_failing_but_never_unreachable_backends() {
+    let p = panic_pool("");
+    for i in 0..3 {
+        fail(&p, i);
+    }
+    // One healthy backend left: it takes everything.
+    assert_eq!(p.routing(), Routing::Healthy);
+    assert_eq!(p.status().0, PoolStatus::Degraded);
+    p.backends[3].eject();
+    // None healthy, three failing: all three are eligible, the unreachable one never.
+    assert_eq!(p.routing(), Routing::Panic);
+    assert_eq!(p.status().0, PoolStatus::Degraded);
+    let mut seen = [0usize; 4];
+    for _ in 0..30 {
+        let picked = p.pick(&[], 0).expect("picked");
+        assert!(picked.panic);
+        seen[picked.index] += 1;
+    }
+    assert_eq!(seen[3], 0);
+    assert!(seen[..3].iter().all(|n| *n > 0), "spread: {seen:?}");
+    // All unreachable: nothing to route to, fail fast.
+    for i in 0..3 {
+        p.backends[i].eject();
+    }
+    assert_eq!(p.routing(), Routing::Nothing);
+    assert_eq!(p.status().0, PoolStatus::Down);
+    assert_eq!(p.select(&[], 0), Err(NoBackend::NoneHealthy));
+}
+
+#[test]
+fn panic_threshold_and_switch() {
+    let p = panic_pool("panic_threshold = 50");
+    fail(&p, 0);
+    fail(&p, 1);
+    // 2 of 4 healthy is not below 50 %.
+    assert_eq!(p.routing(), Routing::Healthy);
+    fail(&p, 2);
+    // 1 of 4 is: the failing ones join.
+    assert_eq!(p.routing(), Routing::Panic);
+    let off = panic_pool("panic_routing = false");
+    for i in 0..4 {
+        fail(&off, i);
+    }
+    assert_eq!(off.routing(), Routing::Nothing);
+    assert_eq!(off.status().0, PoolStatus::Down);
 }
