@@ -7,6 +7,9 @@
 #
 #   benches/callgrind.sh [gateway-binary=target/release/inference-gateway] [seconds=15]
 #
+# STREAM=1 asks for streamed answers instead (16 tokens: 18 SSE events a request), which is
+# how a change to the per-chunk path shows its cost: compare two builds in one run.
+#
 # Two shapes: `bare` (no plugins, metrics off) and `all` (globus_auth with a cached token,
 # rate_limits in memory with five admitting checks, access_log, metrics). Needs a release
 # build of the workspace (for mock-openai, mock-globus), wrk and valgrind
@@ -34,8 +37,11 @@ cat >"$work/post.lua" <<'LUA'
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer AgBenchToken"
-wrk.body = '{"model":"facebook/opt-125m","messages":[{"role":"user","content":"Explain the concept of Globus Compute in simple terms."}],"max_tokens":16}'
+wrk.body = '{"model":"facebook/opt-125m","messages":[{"role":"user","content":"Explain the concept of Globus Compute in simple terms."}],"max_tokens":16STREAM_FIELD}'
 LUA
+stream_field=""
+[ -n "${STREAM:-}" ] && stream_field=',"stream":true'
+sed -i "s/STREAM_FIELD/$stream_field/" "$work/post.lua"
 
 wait_port() { for _ in $(seq 600); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 

@@ -63,9 +63,15 @@ def start_mock(workdir: Path, name: str, *extra: str) -> Process:
 
 
 def start_gateway(
-    workdir: Path, name: str, backends: list[str], server_extra: str = "", extra: str = ""
+    workdir: Path,
+    name: str,
+    backends: list[str],
+    server_extra: str = "",
+    extra: str = "",
+    health: str = "",
 ) -> Process:
-    """A gateway with one pool `local-vllm`; `extra` is appended (more plugins and pools)."""
+    """A gateway with one pool `local-vllm`; `health` lines go into its `[pools.health]`,
+    `extra` is appended (more plugins and pools)."""
     port = free_port()
     config = workdir / f"{name}.toml"
     quoted = ", ".join(f'"{b}"' for b in backends)
@@ -89,6 +95,7 @@ backends = [{quoted}]
 [pools.health]
 interval = "200ms"
 unhealthy_threshold = 1
+{health}
 
 {extra}
 """

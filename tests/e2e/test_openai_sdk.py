@@ -1,6 +1,7 @@
 """The usage guide's Python examples, run with the official `openai` SDK against the gateway."""
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
@@ -135,9 +136,11 @@ def test_refused_backends_are_502_then_503(workdir):
         gw.stop()
 
 
-def test_unhealthy_backend_gets_503(workdir):
+def test_backend_failing_its_checks_is_503_without_panic_routing(workdir):
     mock = start_mock(workdir, "flaky", "--fault", "unhealthy")
-    gw = start_gateway(workdir, "flaky", [f"127.0.0.1:{mock.port}"], "")
+    gw = start_gateway(
+        workdir, "flaky", [f"127.0.0.1:{mock.port}"], health="panic_routing = false"
+    )
     try:
         client = make_client(gw.port)
         deadline = time.monotonic() + 5
@@ -149,6 +152,32 @@ def test_unhealthy_backend_gets_503(workdir):
                 break
             assert time.monotonic() < deadline, "health check never marked the backend down"
             time.sleep(0.05)
+    finally:
+        gw.stop()
+        mock.stop()
+
+
+def test_busy_single_slot_backend_serves_every_stream(workdir):
+    """A server like llama-cpp-python (one generation at a time, its health route blocked
+    meanwhile) behind checks far shorter than a generation: nothing is refused."""
+    mock = start_mock(workdir, "serial", "--serial", "--token-gap-ms", "23", "--tokens", "10")
+    gw = start_gateway(
+        workdir, "serial", [f"127.0.0.1:{mock.port}"], health='timeout = "30ms"'
+    )
+    try:
+        client = make_client(gw.port)
+
+        def stream_text() -> str:
+            stream = client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "hi"}], stream=True
+            )
+            return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+        for _ in range(12):
+            assert stream_text().startswith("tok0 ")
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            texts = list(pool.map(lambda _: stream_text(), range(8)))
+        assert all(t.startswith("tok0 ") and "tok9" in t for t in texts)
     finally:
         gw.stop()
         mock.stop()
