@@ -237,3 +237,33 @@ async fn a_dead_single_backend_fails_fast_with_panic_routing_on() {
     );
     assert_eq!(jobs_status(&gw).await, "down");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expect_status_decides_what_passes() {
+    // A server whose health route answers 503 by design: the operator says so.
+    let mock = MockBackend::start(MockConfig {
+        fault: Fault::Unhealthy,
+        ..MockConfig::default()
+    })
+    .await
+    .expect("mock");
+    let metrics_port = free_port();
+    let gw = start(
+        &[mock.addr.to_string()],
+        &impatient_checks("/health", "expect_status = [200, 503]"),
+        metrics_port,
+    )
+    .await;
+    eventually(Duration::from_secs(5), "a few checks", || {
+        count(&mock.stats().health_checks) >= 3
+    })
+    .await;
+    assert_eq!(jobs_status(&gw).await, "ready");
+    assert_complete_stream(&stream_one(&gw).await);
+    let metrics = scrape(metrics_port).await;
+    assert_eq!(sample(&metrics, "igw_backend_healthy{"), Some(1.0));
+    assert_eq!(
+        sample(&metrics, "igw_health_check_failures_total{").unwrap_or(0.0),
+        0.0
+    );
+}
