@@ -16,14 +16,7 @@ use common::*;
 use serde_json::Value;
 
 async fn healthy_backends(gw: &Gateway) -> u64 {
-    let v: Value = client()
-        .get(gw.api("/list-endpoints"))
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let v = get_json(&gw.api("/list-endpoints")).await;
     v["clusters"]["local"]["vllm"][0]["backends_healthy"]
         .as_u64()
         .unwrap_or(99)

@@ -64,15 +64,23 @@ fn assert_complete_stream((status, body): &(u16, String)) {
 }
 
 async fn jobs_status(gw: &Gateway) -> Value {
-    let v: Value = client()
-        .get(gw.api("/local/jobs"))
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
-    v["models"][0]["status"].clone()
+    get_json(&gw.api("/local/jobs")).await["models"][0]["status"].clone()
+}
+
+/// A backend whose health route answers 503 while inference works.
+async fn failing_checks_backend() -> MockBackend {
+    let config = MockConfig {
+        fault: Fault::Unhealthy,
+        ..MockConfig::default()
+    };
+    MockBackend::start(config).await.expect("mock")
+}
+
+async fn wait_for_checks(mock: &MockBackend, n: u64) {
+    eventually(Duration::from_secs(5), "health checks", || {
+        count(&mock.stats().health_checks) >= n
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -111,12 +119,7 @@ async fn a_busy_single_backend_serves_every_request_on_passive_evidence_alone() 
 async fn panic_routing_serves_a_pool_whose_checks_all_fail() {
     // Its health route answers 503 while inference works: every check fails, no traffic
     // flows to prove it alive, and the pool has no healthy backend.
-    let mock = MockBackend::start(MockConfig {
-        fault: Fault::Unhealthy,
-        ..MockConfig::default()
-    })
-    .await
-    .expect("mock");
+    let mock = failing_checks_backend().await;
     let metrics_port = free_port();
     let gw = start(
         &[mock.addr.to_string()],
@@ -124,12 +127,7 @@ async fn panic_routing_serves_a_pool_whose_checks_all_fail() {
         metrics_port,
     )
     .await;
-    eventually(
-        Duration::from_secs(5),
-        "the only backend fails its checks",
-        || count(&mock.stats().health_checks) >= 2,
-    )
-    .await;
+    wait_for_checks(&mock, 2).await;
     let ready = client().get(gw.api("/ready")).send().await.expect("send");
     assert_eq!(ready.status(), 200, "a pool in panic routing can serve");
     assert_eq!(jobs_status(&gw).await, "degraded");
@@ -159,24 +157,14 @@ async fn panic_routing_serves_a_pool_whose_checks_all_fail() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn without_panic_routing_a_pool_whose_checks_fail_is_503() {
-    let mock = MockBackend::start(MockConfig {
-        fault: Fault::Unhealthy,
-        ..MockConfig::default()
-    })
-    .await
-    .expect("mock");
+    let mock = failing_checks_backend().await;
     let gw = start(
         &[mock.addr.to_string()],
         &impatient_checks("/health", "panic_routing = false"),
         free_port(),
     )
     .await;
-    eventually(
-        Duration::from_secs(5),
-        "the only backend fails its checks",
-        || count(&mock.stats().health_checks) >= 2,
-    )
-    .await;
+    wait_for_checks(&mock, 2).await;
     let (status, body) = stream_one(&gw).await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("no_healthy_backend"), "{body}");
@@ -241,12 +229,7 @@ async fn a_dead_single_backend_fails_fast_with_panic_routing_on() {
 #[tokio::test(flavor = "multi_thread")]
 async fn expect_status_decides_what_passes() {
     // A server whose health route answers 503 by design: the operator says so.
-    let mock = MockBackend::start(MockConfig {
-        fault: Fault::Unhealthy,
-        ..MockConfig::default()
-    })
-    .await
-    .expect("mock");
+    let mock = failing_checks_backend().await;
     let metrics_port = free_port();
     let gw = start(
         &[mock.addr.to_string()],
@@ -254,10 +237,7 @@ async fn expect_status_decides_what_passes() {
         metrics_port,
     )
     .await;
-    eventually(Duration::from_secs(5), "a few checks", || {
-        count(&mock.stats().health_checks) >= 3
-    })
-    .await;
+    wait_for_checks(&mock, 3).await;
     assert_eq!(jobs_status(&gw).await, "ready");
     assert_complete_stream(&stream_one(&gw).await);
     let metrics = scrape(metrics_port).await;

@@ -208,14 +208,19 @@ pub fn sample(metrics: &str, prefix: &str) -> Option<f64> {
 }
 
 pub async fn scrape(port: u16) -> String {
-    client()
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("text")
+    get_text(&format!("http://127.0.0.1:{port}/metrics")).await
+}
+
+/// GET `url` and its body as text, whatever the status.
+pub async fn get_text(url: &str) -> String {
+    let resp = client().get(url).send().await.expect("send");
+    resp.text().await.expect("body")
+}
+
+/// GET `url` and its body as JSON, whatever the status.
+pub async fn get_json(url: &str) -> serde_json::Value {
+    let resp = client().get(url).send().await.expect("send");
+    resp.json().await.expect("json body")
 }
 
 pub fn count(counter: &std::sync::atomic::AtomicU64) -> u64 {
