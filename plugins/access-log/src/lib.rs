@@ -260,7 +260,8 @@ mod tests {
             .as_object()
             .map(|o| o.keys().map(|k| k.as_str()).collect())
             .unwrap_or_default();
-        assert_eq!(keys.len(), 27, "{keys:?}");
+        assert_eq!(keys.len(), 28, "{keys:?}");
+        assert_eq!(lines[0]["panic_routed"], false);
         assert!(lines[0]["user"].is_null() && lines[0]["client"].is_null());
         std::fs::remove_dir_all(&dir).ok();
     }
