@@ -22,7 +22,7 @@ GATEWAY=${2:-target/release/inference-gateway}
 BENCH=target/release/serving-bench
 PROMPTS=${PROMPTS:-12}
 OUTPUT_LEN=${OUTPUT_LEN:-48}
-[ -x "$GATEWAY" ] && [ -x "$BENCH" ] || cargo build --release --bins
+[ -x "$GATEWAY" ] && [ -x "$BENCH" ] || cargo build --release --workspace --bins
 MODEL=$(curl -sf -m 60 "http://$BACKEND/v1/models" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"][0]["id"])')
 
 WORK=$(mktemp -d)

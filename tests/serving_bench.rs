@@ -16,8 +16,21 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 
+/// `serving-bench` is its own workspace crate; `scripts/test.sh` builds every binary of the
+/// workspace before the tests, so it stands next to the gateway's binary.
+fn bench_binary() -> std::path::PathBuf {
+    let path = std::path::Path::new(env!("CARGO_BIN_EXE_inference-gateway"))
+        .with_file_name(format!("serving-bench{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
 fn bench(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_serving-bench"))
+    let out = Command::new(bench_binary())
         .args(args)
         .output()
         .expect("run serving-bench");
