@@ -233,7 +233,7 @@ fn pool_selection(c: &mut Criterion) {
         ));
     }
     let table = match Config::parse(&text) {
-        Ok(config) => ModelTable::new(&config),
+        Ok(config) => ModelTable::new(&config.pools, &inference_gateway::routing::bare_peer),
         Err(e) => panic!("bench config: {e}"),
     };
     c.bench_function("resolve_pool_and_select_backend", |b| {

@@ -5,8 +5,6 @@ use std::time::Duration;
 
 use gateway_plugin_api::{ApiError, Principal};
 
-use crate::routing::Target;
-
 const INVALID: &str = "invalid_request_error";
 
 pub fn invalid_json(detail: &str) -> ApiError {
@@ -46,12 +44,12 @@ pub fn body_timeout(limit: Duration) -> ApiError {
     )
 }
 
-pub fn model_not_found(model: &str, target: Option<Target<'_>>) -> ApiError {
-    let message = match target {
+/// `on` is the (cluster, framework) of a targeted route.
+pub fn model_not_found(model: &str, on: Option<(&str, &str)>) -> ApiError {
+    let message = match on {
         None => format!("The model `{model}` does not exist or is not served by this gateway."),
-        Some(t) => format!(
-            "The model `{model}` is not served by cluster `{}` with framework `{}`.",
-            t.cluster, t.framework
+        Some((cluster, framework)) => format!(
+            "The model `{model}` is not served by cluster `{cluster}` with framework `{framework}`."
         ),
     };
     ApiError::new(404, INVALID, "model_not_found", message).with_param("model")
@@ -198,4 +196,30 @@ pub fn invalid_body(detail: &str) -> ApiError {
         "invalid_body",
         format!("The request body could not be read: {detail}"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_errors_name_the_model_and_where_it_was_looked_for() {
+        let err = model_not_found("gpt-17", None);
+        assert_eq!((err.status, err.code), (404, "model_not_found"));
+        assert!(err.message.contains("gpt-17"));
+        let err = model_not_found("m1", Some(("sophia", "vllm")));
+        assert!(
+            err.message.contains("m1") && err.message.contains("sophia"),
+            "{}",
+            err.message
+        );
+        let outsider = Principal {
+            username: "bob@example.org".into(),
+            ..Principal::default()
+        };
+        let err = model_forbidden("secret", Some(&outsider));
+        assert_eq!((err.status, err.code), (403, "permission_denied"));
+        assert!(err.message.contains("bob@example.org"));
+        assert_eq!(model_forbidden("secret", None).status, 403);
+    }
 }

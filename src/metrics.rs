@@ -16,6 +16,8 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
+use gateway_plugin_api::{RequestCtx, RequestSummary};
+
 use crate::routing::pool::Routing;
 use crate::routing::Pool;
 
@@ -159,6 +161,27 @@ impl GatewayMetrics {
             },
             known_models: pools.iter().flat_map(|p| p.models.iter().cloned()).collect(),
         })
+    }
+
+    /// Counts a finished request: by route, model, pool and status class, its duration and
+    /// its tokens.
+    pub fn record(&self, summary: &RequestSummary, ctx: &RequestCtx) {
+        let model = self.model_label(ctx.model.as_deref());
+        let pool = ctx.pool.as_deref().unwrap_or("");
+        self.requests
+            .with_label_values(&[ctx.route, model, pool, status_class(summary.status)])
+            .inc();
+        self.duration
+            .with_label_values(&[ctx.route, model, pool])
+            .observe(summary.duration.as_secs_f64());
+        if let Some(usage) = ctx.usage {
+            self.tokens
+                .with_label_values(&[model, "prompt"])
+                .inc_by(usage.prompt_tokens as f64);
+            self.tokens
+                .with_label_values(&[model, "completion"])
+                .inc_by(usage.completion_tokens as f64);
+        }
     }
 
     /// The model label: configured models by name, anything a client made up as `other`.

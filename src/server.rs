@@ -15,7 +15,8 @@ use crate::config::{Config, ConfigError};
 use crate::metrics::{GatewayMetrics, MetricsApp};
 use crate::plugins::build_chain;
 use crate::proxy::Gateway;
-use crate::routing::health::HealthChecker;
+use crate::proxy::PeerSettings;
+use crate::routing::health::{CheckCounters, HealthChecker};
 use crate::routing::ModelTable;
 
 /// Validates everything `run` would, without binding sockets: the file and the plugins.
@@ -36,7 +37,8 @@ fn metrics_error(e: prometheus::Error) -> ConfigError {
 pub fn build(config: Config) -> Result<Server, ConfigError> {
     let registry = prometheus::Registry::new();
     let chain = build_chain(&config, &registry)?;
-    let table = Arc::new(ModelTable::new(&config));
+    let peers = PeerSettings::new(&config.server);
+    let table = Arc::new(ModelTable::new(&config.pools, &|socket| peers.peer(socket)));
     let metrics = match config.server.metrics_listen {
         Some(_) => Some(Arc::new(
             GatewayMetrics::register(&registry, &table.pools).map_err(metrics_error)?,
@@ -74,7 +76,13 @@ pub fn build(config: Config) -> Result<Server, ConfigError> {
     }
     server.add_service(background_service(
         "health-checks",
-        HealthChecker::new(table.pools.clone(), metrics),
+        HealthChecker::new(
+            table.pools.clone(),
+            metrics.map(|m| CheckCounters {
+                failures: m.health_failures.clone(),
+                busy: m.health_busy.clone(),
+            }),
+        ),
     ));
     server.bootstrap();
     exit_when_drained(&server, connections);

@@ -1,16 +1,39 @@
-//! Reading the request body once (bounded in size and time) and reading only the fields
-//! routing needs from it. The bytes themselves go upstream unchanged.
+//! Phase 3, read the body: once, bounded in size and time, and only the fields routing and
+//! limits need are parsed from it. The bytes themselves go upstream unchanged.
 
 use std::borrow::Cow;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use gateway_plugin_api::ApiError;
+use gateway_plugin_api::{ApiError, RequestCtx};
 use pingora_core::protocols::http::ServerSession;
 use serde::Deserialize;
 
-use crate::config::MAX_MODEL_NAME;
+use crate::config::{ServerConfig, MAX_MODEL_NAME};
 use crate::errors;
+use crate::routing::Api;
+
+/// Reads the body and records what routing and limits need in `ctx`.
+pub async fn read(
+    session: &mut ServerSession,
+    settings: &ServerConfig,
+    ctx: &mut RequestCtx,
+    api: Api,
+) -> Result<Bytes, ApiError> {
+    let body = read_body(
+        session,
+        settings.max_request_body,
+        settings.client_body_timeout,
+    )
+    .await?;
+    let fields = parse_routing_fields(&body, settings.max_tokens_limit)?;
+    ctx.model = Some(fields.model.into_owned());
+    ctx.stream = fields.stream && api != Api::Embeddings;
+    ctx.max_tokens = fields.max_tokens;
+    ctx.choices = fields.choices;
+    ctx.body_bytes = body.len() as u64;
+    Ok(body)
+}
 
 /// Reads the whole body. Answers `Expect: 100-continue` first, refuses a declared
 /// `Content-Length` over `limit` before reading a byte, and bounds the total read time (the

@@ -15,59 +15,52 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use gateway_plugin_api::{ApiError, RequestCtx};
+use gateway_plugin_api::{ApiError, Plugin, RequestCtx, RequestSummary};
 use http::header;
-use pingora_core::protocols::http::client::HttpSession as UpstreamSession;
+use pingora_core::connectors::http::Connector;
 use pingora_core::protocols::http::ServerSession;
 use pingora_error::{Error, ErrorType};
-use pingora_http::RequestHeader;
 
+use super::connect::Written;
 use super::forwarded::Origin;
-use super::retry::{backend_at_fault, client_left, may_resend, WriteFailure};
+use super::peer::PeerSettings;
+use super::respond::Sent;
+use super::retry::client_left;
 use super::stream::{StreamTiming, Watchers};
-use super::upstream::{downstream_header, upstream_header};
+use super::upstream::downstream_header;
 use super::usage::UsageObserver;
-use super::{Gateway, Stop};
+use super::Stop;
 use crate::errors;
 use crate::metrics::GatewayMetrics;
-use crate::routing::pool::{InflightGuard, Picked};
-use crate::routing::{Api, Backend, NoBackend, Pool};
+use crate::routing::{Api, Backend, Pool};
 
-/// How the forwarded request went, for `on_done`.
-#[derive(Debug, Default)]
-pub struct Forwarded {
-    pub status: u16,
-    pub bytes_sent: u64,
-    pub first_byte: Option<std::time::Duration>,
-    pub attempts: u32,
-    pub client_aborted: bool,
-    /// The response header went out but the body did not end properly.
-    pub truncated: bool,
-    /// Set when the response was cut short after its header was sent.
-    pub error_code: Option<&'static str>,
-    /// The backend was picked by panic routing (too few healthy backends in the pool).
-    pub panic_routed: bool,
+/// Sends requests to backends and streams their answers back: the connector, the upstream
+/// settings and the plugins that watch the exchange. It writes what happened into the
+/// request's summary itself (attempts, first byte, aborts, panic routing).
+pub struct Forwarder {
+    pub(super) connector: Connector,
+    pub(super) peers: PeerSettings,
+    pub(super) max_connect_attempts: usize,
+    /// Every plugin, in phase order: they see the upstream request, the response header and
+    /// every chunk.
+    pub(super) plugins: Arc<[Arc<dyn Plugin>]>,
+    pub(super) metrics: Option<Arc<GatewayMetrics>>,
 }
 
-/// A connected upstream session with the request written.
-struct Written {
-    upstream: UpstreamSession,
-    backend: Arc<Backend>,
-    _inflight: InflightGuard,
-}
-
-impl Gateway {
-    /// Forwards the request; `Err` means nothing was sent to the client yet.
-    pub(super) async fn forward(
+impl Forwarder {
+    /// Forwards the request and streams the answer; `Err` means nothing was sent to the
+    /// client yet.
+    #[expect(clippy::too_many_arguments, reason = "the parts of one request")]
+    pub async fn forward(
         &self,
         session: &mut ServerSession,
         ctx: &mut RequestCtx,
         pool: &Pool,
         api: Api,
         body: Bytes,
-        done: &mut Forwarded,
-    ) -> Result<(), Stop> {
-        let origin = self.origin(session);
+        origin: Origin,
+        done: &mut RequestSummary,
+    ) -> Result<Sent, Stop> {
         // Boxed: connecting nests Pingora's connector futures, the largest state of a request;
         // inline, every open stream would carry that size for its whole life.
         let Written {
@@ -110,7 +103,7 @@ impl Gateway {
         }
         backend.saw_progress();
         let response = match upstream.response_header() {
-            Some(h) => downstream_header(h, ctx, &self.chain.all)?,
+            Some(h) => downstream_header(h, ctx, &self.plugins)?,
             None => return Err(errors::upstream_failed(&pool.name).into()),
         };
         done.status = response.status.as_u16();
@@ -123,7 +116,7 @@ impl Gateway {
             log::debug!(request_id = ctx.request_id.as_str(); "client went away before the header: {e}");
             done.client_aborted = true;
             done.truncated = true;
-            return Ok(());
+            return Ok(Sent::of(done));
         }
 
         // Streams feed the first-token and inter-chunk histograms (children resolved once).
@@ -148,14 +141,14 @@ impl Gateway {
                 done.client_aborted = true;
                 done.truncated = true;
             }
-            let keepalive = Some(self.settings.upstream_keepalive_timeout);
+            let keepalive = Some(self.peers.keepalive_timeout);
             self.connector
                 .release_http_session(upstream, &backend.peer, keepalive)
                 .await;
         }
         // Otherwise `upstream` drops here and its connection closes, which is how a backend
         // learns to stop generating for a client that left.
-        Ok(())
+        Ok(Sent::of(done))
     }
 
     /// The 502 or 504 for a backend that failed after the whole request was written.
@@ -167,7 +160,7 @@ impl Gateway {
         ctx: &RequestCtx,
     ) -> ApiError {
         if e.etype() == &ErrorType::ReadTimedout {
-            return errors::upstream_timeout(&pool.name, self.settings.upstream_idle_timeout);
+            return errors::upstream_timeout(&pool.name, self.peers.idle_timeout);
         }
         log::warn!(
             request_id = ctx.request_id.as_str(), pool = pool.name.as_str(),
@@ -176,171 +169,4 @@ impl Gateway {
         );
         errors::upstream_failed(&pool.name)
     }
-
-    /// Picks backends until one takes the whole request. Tries again only where the backend
-    /// provably received nothing: a refused connect (another backend), or a failed write on
-    /// a reused keep-alive connection (once). At most `max_connect_attempts` attempts.
-    #[expect(clippy::too_many_arguments, reason = "the parts of one request")]
-    async fn connect_and_write(
-        &self,
-        client: &RequestHeader,
-        api: Api,
-        body: &Bytes,
-        origin: Origin,
-        ctx: &mut RequestCtx,
-        pool: &Pool,
-        done: &mut Forwarded,
-    ) -> Result<Written, ApiError> {
-        let mut tried: Vec<usize> = Vec::new();
-        let mut resent = false;
-        let affinity = affinity_key(ctx);
-        loop {
-            let Picked {
-                index,
-                backend,
-                panic,
-            } = match pool.pick(&tried, affinity) {
-                Ok(picked) => picked,
-                Err(NoBackend::NoneHealthy) if done.attempts == 0 => {
-                    return Err(errors::no_healthy_backend(&pool.name, pool.retry_after()))
-                }
-                Err(_) => return Err(errors::backends_refused(&pool.name, done.attempts)),
-            };
-            ctx.backend = Some(backend.address.clone());
-            done.attempts += 1;
-            if panic && !done.panic_routed {
-                done.panic_routed = true;
-                if let Some(m) = &self.metrics {
-                    m.panic_routed.with_label_values(&[&pool.name]).inc();
-                }
-            }
-            // Count the attempt as in flight at once, so that concurrent selections see it.
-            let inflight = backend.start_request();
-            let (mut upstream, reused) = match self.connector.get_http_session(&backend.peer).await
-            {
-                Ok(s) => s,
-                Err(e) if !backend_at_fault(&e) => {
-                    // Out of sockets or ports here: not the backend's fault, so nothing is
-                    // ejected, and another backend would fail the same way.
-                    log::error!(
-                        request_id = ctx.request_id.as_str(), pool = pool.name.as_str();
-                        "cannot open a connection to a backend (raise LimitNOFILE?): {e}"
-                    );
-                    return Err(errors::gateway_overloaded());
-                }
-                Err(e) => {
-                    if let Some(m) = &self.metrics {
-                        m.connect_errors
-                            .with_label_values(&[&pool.name, &backend.address])
-                            .inc();
-                    }
-                    if backend.eject() {
-                        log::warn!(
-                            request_id = ctx.request_id.as_str(), pool = pool.name.as_str(),
-                            backend = backend.address.as_str();
-                            "backend refused a connection; marked down until its health check passes: {e}"
-                        );
-                    }
-                    tried.push(index);
-                    self.next_attempt(pool, done)?;
-                    continue;
-                }
-            };
-            upstream.set_read_timeout(Some(self.settings.upstream_idle_timeout));
-            // Built per attempt: Pingora takes the header by value, so one copy per attempt.
-            let header = upstream_header(
-                client,
-                ctx,
-                pool,
-                &backend,
-                api,
-                body.len(),
-                origin,
-                &self.chain.all,
-            )?;
-            match write(&mut upstream, header, body, ctx, self.metrics.as_deref()).await {
-                Ok(()) => {
-                    return Ok(Written {
-                        upstream,
-                        backend,
-                        _inflight: inflight,
-                    })
-                }
-                Err(WriteFailure::Stale(e)) if may_resend(reused, resent, &e) => {
-                    log::info!(
-                        request_id = ctx.request_id.as_str(), pool = pool.name.as_str(),
-                        backend = backend.address.as_str();
-                        "a kept-alive connection failed before the request was written; sending it once more: {e}"
-                    );
-                    resent = true;
-                    self.next_attempt(pool, done)?;
-                }
-                Err(WriteFailure::Stale(e)) | Err(WriteFailure::Failed(e)) => {
-                    log::warn!(
-                        request_id = ctx.request_id.as_str(), pool = pool.name.as_str(),
-                        backend = backend.address.as_str();
-                        "writing the request to a backend failed (not resent): {e}"
-                    );
-                    return Err(errors::upstream_failed(&pool.name));
-                }
-            }
-        }
-    }
-
-    /// Counts a retry, or ends the request when `max_connect_attempts` are spent.
-    fn next_attempt(&self, pool: &Pool, done: &Forwarded) -> Result<(), ApiError> {
-        if done.attempts as usize >= self.settings.max_connect_attempts {
-            return Err(errors::backends_refused(&pool.name, done.attempts));
-        }
-        if let Some(m) = &self.metrics {
-            m.retries.with_label_values(&[&pool.name]).inc();
-        }
-        Ok(())
-    }
-}
-
-/// Writes the request header and body. The time until the request is on its way is the
-/// gateway's own overhead (everything after it is the backend's).
-async fn write(
-    upstream: &mut UpstreamSession,
-    header: RequestHeader,
-    body: &Bytes,
-    ctx: &RequestCtx,
-    metrics: Option<&GatewayMetrics>,
-) -> Result<(), WriteFailure> {
-    upstream
-        .write_request_header(Box::new(header))
-        .await
-        .map_err(WriteFailure::Stale)?;
-    if !body.is_empty() {
-        upstream
-            .write_request_body(body.clone(), true)
-            .await
-            .map_err(WriteFailure::Stale)?;
-    }
-    // The last bytes may already be on their way: from here a failure is not provably
-    // "nothing received".
-    upstream
-        .finish_request_body()
-        .await
-        .map_err(WriteFailure::Failed)?;
-    if let Some(m) = metrics {
-        m.overhead
-            .with_label_values(&[ctx.route])
-            .observe(ctx.started.elapsed().as_secs_f64());
-    }
-    Ok(())
-}
-
-/// The key `consistent_hash` pools hash on: the user when known, else the client address,
-/// so that one user's requests (and their shared prompt prefixes) land on one backend.
-fn affinity_key(ctx: &RequestCtx) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    match (&ctx.principal, ctx.client_addr) {
-        (Some(p), _) => p.id.hash(&mut hasher),
-        (None, Some(addr)) => addr.ip().hash(&mut hasher),
-        (None, None) => {}
-    }
-    hasher.finish()
 }

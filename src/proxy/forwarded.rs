@@ -6,6 +6,7 @@
 use std::net::IpAddr;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
+use pingora_core::protocols::http::ServerSession;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -17,6 +18,21 @@ pub struct Origin {
     pub peer: Option<IpAddr>,
     /// The peer is a configured trusted proxy: its forwarding headers are kept and extended.
     pub trusted: bool,
+}
+
+impl Origin {
+    /// Where the request on `session` comes from; `trusts` says which peers are proxies
+    /// whose forwarding headers are believed.
+    pub fn of(session: &ServerSession, trusts: impl Fn(IpAddr) -> bool) -> Origin {
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        Origin {
+            peer,
+            trusted: peer.is_some_and(trusts),
+        }
+    }
 }
 
 /// The client's address as the gateway judges it: the TCP peer, unless the peer is a trusted

@@ -2,12 +2,43 @@
 
 use std::collections::BTreeMap;
 
+use gateway_plugin_api::{ApiError, Principal};
 use serde_json::{json, Value};
 
-use gateway_plugin_api::Principal;
-
+use crate::errors;
 use crate::routing::pool::Routing;
-use crate::routing::{Api, ModelTable, Target};
+use crate::routing::{Api, ModelTable, Route, Target};
+
+/// What the routes the gateway answers itself may show.
+pub struct LocalView<'a> {
+    pub table: &'a ModelTable,
+    pub base_path: &'a str,
+    /// `created` of every model in `/v1/models`: when this configuration was loaded.
+    pub loaded_at: u64,
+}
+
+/// The body of a local route, for an authenticated caller.
+pub fn answer(
+    view: &LocalView<'_>,
+    route: Route<'_>,
+    principal: Option<&Principal>,
+) -> Result<Value, ApiError> {
+    Ok(match route {
+        Route::Models { target } => models(view.table, target, principal, view.loaded_at),
+        Route::ListEndpoints => list_endpoints(view.table, view.base_path, principal),
+        Route::Jobs { cluster } => jobs(view.table, cluster, principal),
+        Route::Whoami => match principal {
+            Some(p) => whoami(p),
+            None => return Err(errors::missing_token()),
+        },
+        other => {
+            return Err(errors::internal(&format!(
+                "{} is not a local route",
+                other.name()
+            )))
+        }
+    })
+}
 
 /// `GET {base}/health`: liveness.
 pub fn health() -> Value {
@@ -142,7 +173,10 @@ framework = "sglang"
 models = ["m2"]
 backends = ["127.0.0.1:2"]
 "#;
-        ModelTable::new(&Config::parse(text).expect("config"))
+        ModelTable::new(
+            &Config::parse(text).expect("config").pools,
+            &crate::routing::bare_peer,
+        )
     }
 
     #[test]

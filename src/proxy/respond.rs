@@ -1,15 +1,30 @@
 //! Writing the gateway's own answers (errors and local JSON) to the client.
 
 use bytes::Bytes;
-use gateway_plugin_api::ApiError;
+use gateway_plugin_api::{ApiError, RequestCtx, RequestSummary};
 use pingora_core::protocols::http::ServerSession;
 use pingora_http::ResponseHeader;
+
+use crate::errors;
+
+/// How long an unread request body is drained after an early error answer.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What was sent, for the access log.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Sent {
     pub status: u16,
     pub bytes: u64,
+}
+
+impl Sent {
+    /// What a forwarded answer sent, as the forwarder recorded it.
+    pub fn of(summary: &RequestSummary) -> Sent {
+        Sent {
+            status: summary.status,
+            bytes: summary.bytes_sent,
+        }
+    }
 }
 
 pub async fn json(
@@ -45,4 +60,47 @@ pub async fn json(
 
 pub async fn error(session: &mut ServerSession, err: &ApiError, request_id: &str) -> Sent {
     json(session, err.status, err.body(), request_id, &err.headers).await
+}
+
+/// A local route's JSON answer.
+pub async fn reply(
+    session: &mut ServerSession,
+    ctx: &RequestCtx,
+    status: u16,
+    body: &serde_json::Value,
+) -> Sent {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => json(session, status, bytes, &ctx.request_id, &[]).await,
+        Err(e) => error(session, &errors::internal(&e.to_string()), &ctx.request_id).await,
+    }
+}
+
+/// The answer to a request some phase refused (or the gateway failed): the error, logged
+/// when it is the gateway's or a backend's fault, and a lingering close when the client may
+/// still be sending its body.
+pub async fn refuse(
+    session: &mut ServerSession,
+    ctx: &RequestCtx,
+    err: &ApiError,
+    summary: &mut RequestSummary,
+) -> Sent {
+    summary.error_code = Some(err.code);
+    if err.status >= 500 {
+        log::warn!(
+            request_id = ctx.request_id.as_str(), route = ctx.route, code = err.code;
+            "{}", err.message
+        );
+    }
+    let unread_body = !session.is_body_done();
+    if unread_body {
+        // The body may still be on the wire; never parse it as the next request.
+        session.set_keepalive(None);
+    }
+    let sent = error(session, err, &ctx.request_id).await;
+    if unread_body {
+        // Lingering close: a client still sending would get a reset instead of our answer
+        // if we closed now, so discard (never buffer or parse) its body for a bounded while.
+        let _ = tokio::time::timeout(LINGER, session.drain_request_body()).await;
+    }
+    sent
 }

@@ -3,15 +3,14 @@
 //! side.
 
 use bytes::Bytes;
-use gateway_plugin_api::RequestCtx;
+use gateway_plugin_api::{RequestCtx, RequestSummary};
 use pingora_core::protocols::http::client::HttpSession as UpstreamSession;
 use pingora_core::protocols::http::ServerSession;
 use pingora_error::ErrorType;
 
-use super::forward::Forwarded;
+use super::forward::Forwarder;
 use super::retry::client_left;
 use super::usage::UsageObserver;
-use super::Gateway;
 use crate::metrics::GatewayMetrics;
 use crate::routing::Backend;
 
@@ -51,7 +50,7 @@ pub struct Watchers<'a> {
     pub backend: &'a Backend,
 }
 
-impl Gateway {
+impl Forwarder {
     /// Passes body chunks through as they arrive while watching the client connection.
     /// Returns true when the upstream response was read to its end.
     pub(super) async fn stream_body(
@@ -60,7 +59,7 @@ impl Gateway {
         upstream: &mut UpstreamSession,
         ctx: &mut RequestCtx,
         mut watch: Watchers<'_>,
-        done: &mut Forwarded,
+        done: &mut RequestSummary,
     ) -> bool {
         let mut watch_client = true;
         loop {
@@ -73,7 +72,7 @@ impl Gateway {
                         if let Some(t) = &mut watch.timing {
                             t.chunk(ctx.started);
                         }
-                        for plugin in self.chain.all.iter() {
+                        for plugin in self.plugins.iter() {
                             plugin.on_response_chunk(&chunk, false, ctx);
                         }
                         if done.first_byte.is_none() {
@@ -88,7 +87,7 @@ impl Gateway {
                     }
                     Ok(None) => {
                         watch.backend.saw_progress();
-                        for plugin in self.chain.all.iter() {
+                        for plugin in self.plugins.iter() {
                             plugin.on_response_chunk(&Bytes::new(), true, ctx);
                         }
                         return true;

@@ -10,21 +10,28 @@ use pingora_core::services::background::BackgroundService;
 use pingora_http::RequestHeader;
 
 use super::pool::{Backend, CheckResult, Pool};
-use crate::metrics::GatewayMetrics;
+
+/// The counters the checks increment, by pool and backend, handed in by whoever keeps the
+/// metrics.
+#[derive(Clone)]
+pub struct CheckCounters {
+    pub failures: prometheus::IntCounterVec,
+    pub busy: prometheus::IntCounterVec,
+}
 
 pub struct HealthChecker {
     pools: Vec<Arc<Pool>>,
-    metrics: Option<Arc<GatewayMetrics>>,
+    counters: Option<CheckCounters>,
     /// Its own connector, never released into: every check opens a fresh connection, so a
     /// pooled keep-alive connection cannot hide a backend that stopped accepting.
     connector: Connector,
 }
 
 impl HealthChecker {
-    pub fn new(pools: Vec<Arc<Pool>>, metrics: Option<Arc<GatewayMetrics>>) -> HealthChecker {
+    pub fn new(pools: Vec<Arc<Pool>>, counters: Option<CheckCounters>) -> HealthChecker {
         HealthChecker {
             pools,
-            metrics,
+            counters,
             connector: Connector::new(None),
         }
     }
@@ -44,12 +51,12 @@ impl HealthChecker {
             };
             // Every check moves the "since the last check" window forward.
             backend.progressed_since_last_check();
-            if let Some(m) = &self.metrics {
+            if let Some(c) = &self.counters {
                 let labels = [pool.name.as_str(), backend.address.as_str()];
                 match result {
-                    CheckResult::Busy => m.health_busy.with_label_values(&labels).inc(),
+                    CheckResult::Busy => c.busy.with_label_values(&labels).inc(),
                     CheckResult::Failed | CheckResult::Unreachable => {
-                        m.health_failures.with_label_values(&labels).inc()
+                        c.failures.with_label_values(&labels).inc()
                     }
                     CheckResult::Passed => {}
                 }

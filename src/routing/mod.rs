@@ -8,4 +8,10 @@ pub mod table;
 
 pub use pool::{Backend, NoBackend, Pool};
 pub use route::{match_route, Api, Route, Target};
-pub use table::ModelTable;
+pub use table::{ModelTable, Unresolved};
+
+/// A backend's connection target with Pingora's defaults, for tests and tools; the gateway
+/// builds its peers with its own timeouts (`proxy::peer`).
+pub fn bare_peer(socket: std::net::SocketAddr) -> pingora_core::upstreams::peer::HttpPeer {
+    pingora_core::upstreams::peer::HttpPeer::new(socket, false, String::new())
+}

@@ -1,6 +1,7 @@
 //! A pool of backends serving the same models, and how one backend is picked from it.
 
 use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use pingora_core::upstreams::peer::HttpPeer;
 
 pub use super::backend::{Backend, CheckResult, Health, InflightGuard};
-use crate::config::{Balance, PoolConfig, ServerConfig};
+use crate::config::{Balance, PoolConfig};
 use gateway_plugin_api::Principal;
 
 pub struct Pool {
@@ -88,18 +89,12 @@ pub enum NoBackend {
 }
 
 impl Pool {
-    pub fn new(config: &PoolConfig, server: &ServerConfig) -> Pool {
+    /// `peer` builds the connection target of a backend (the proxy layer's settings).
+    pub fn new(config: &PoolConfig, peer: &dyn Fn(SocketAddr) -> HttpPeer) -> Pool {
         let backends = config
             .backends
             .iter()
-            .map(|b| {
-                let mut peer = HttpPeer::new(b.socket, false, String::new());
-                peer.options.connection_timeout = Some(server.upstream_connect_timeout);
-                peer.options.read_timeout = Some(server.upstream_idle_timeout);
-                peer.options.write_timeout = Some(server.upstream_idle_timeout);
-                peer.options.idle_timeout = Some(server.upstream_keepalive_timeout);
-                Arc::new(Backend::new(b.address.clone(), b.weight, peer))
-            })
+            .map(|b| Arc::new(Backend::new(b.address.clone(), b.weight, peer(b.socket))))
             .collect();
         Pool {
             name: config.name.clone(),

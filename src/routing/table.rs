@@ -3,12 +3,25 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::config::Config;
-use crate::errors;
-use gateway_plugin_api::{ApiError, Principal};
+use std::net::SocketAddr;
+
+use crate::config::PoolConfig;
+use gateway_plugin_api::Principal;
+use pingora_core::upstreams::peer::HttpPeer;
 
 use super::pool::Pool;
 use super::route::Target;
+
+/// Why no pool was chosen for a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unresolved {
+    /// No pool serves the model.
+    UnknownModel,
+    /// Pools serve it, but none on the requested cluster and framework.
+    NotOnTarget,
+    /// Only pools the principal may not use serve it.
+    Forbidden,
+}
 
 pub struct ModelTable {
     pub pools: Vec<Arc<Pool>>,
@@ -16,12 +29,9 @@ pub struct ModelTable {
 }
 
 impl ModelTable {
-    pub fn new(config: &Config) -> ModelTable {
-        let pools: Vec<Arc<Pool>> = config
-            .pools
-            .iter()
-            .map(|p| Arc::new(Pool::new(p, &config.server)))
-            .collect();
+    /// `peer` builds the connection target of a backend (the proxy layer's settings).
+    pub fn new(pools: &[PoolConfig], peer: &dyn Fn(SocketAddr) -> HttpPeer) -> ModelTable {
+        let pools: Vec<Arc<Pool>> = pools.iter().map(|p| Arc::new(Pool::new(p, peer))).collect();
         let mut by_model: HashMap<String, Vec<Arc<Pool>>> = HashMap::new();
         for pool in &pools {
             for model in &pool.models {
@@ -35,30 +45,27 @@ impl ModelTable {
     }
 
     /// Chooses the pool for `model`: among those that serve it, match `target` and admit
-    /// `principal`, pools with a healthy backend first (then pools in panic routing), then lower `priority`, then fewer
-    /// requests in flight. A model served only by pools the principal may not use is 403.
+    /// `principal`, pools with a healthy backend first (then pools in panic routing), then
+    /// lower `priority`, then fewer requests in flight.
     pub fn resolve(
         &self,
         model: &str,
         target: Option<Target<'_>>,
         principal: Option<&Principal>,
-    ) -> Result<Arc<Pool>, ApiError> {
-        let serving = self
-            .by_model
-            .get(model)
-            .ok_or_else(|| errors::model_not_found(model, None))?;
+    ) -> Result<Arc<Pool>, Unresolved> {
+        let serving = self.by_model.get(model).ok_or(Unresolved::UnknownModel)?;
         let mut matching = serving
             .iter()
             .filter(|p| Target::admits(target, &p.cluster, &p.framework))
             .peekable();
         if matching.peek().is_none() {
-            return Err(errors::model_not_found(model, target));
+            return Err(Unresolved::NotOnTarget);
         }
         matching
             .filter(|p| p.permits(principal))
             .min_by_key(|p| (p.preference(), p.priority, p.inflight()))
             .cloned()
-            .ok_or_else(|| errors::model_forbidden(model, principal))
+            .ok_or(Unresolved::Forbidden)
     }
 
     /// Pools matching `target` (all pools when `None`), in configuration order.
@@ -75,6 +82,8 @@ impl ModelTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+    use crate::routing::bare_peer;
 
     fn table() -> ModelTable {
         let text = r#"
@@ -94,7 +103,7 @@ models = ["shared"]
 backends = ["127.0.0.1:2"]
 priority = 0
 "#;
-        ModelTable::new(&Config::parse(text).expect("config"))
+        ModelTable::new(&Config::parse(text).expect("config").pools, &bare_peer)
     }
 
     #[test]
@@ -116,30 +125,21 @@ priority = 0
             t.resolve("shared", Some(target), None).expect("pool").name,
             "a"
         );
-        let err = t
-            .resolve(
-                "m1",
-                Some(Target {
-                    cluster: "sophia",
-                    framework: "vllm",
-                }),
-                None,
-            )
-            .err()
-            .expect("404");
-        assert_eq!((err.status, err.code), (404, "model_not_found"));
-        assert!(
-            err.message.contains("m1") && err.message.contains("sophia"),
-            "{}",
-            err.message
+        let err = t.resolve(
+            "m1",
+            Some(Target {
+                cluster: "sophia",
+                framework: "vllm",
+            }),
+            None,
         );
+        assert_eq!(err.err(), Some(Unresolved::NotOnTarget));
     }
 
     #[test]
-    fn unknown_model_is_404_naming_it() {
-        let err = table().resolve("gpt-17", None, None).err().expect("404");
-        assert_eq!(err.status, 404);
-        assert!(err.message.contains("gpt-17"));
+    fn unknown_model_is_unresolved() {
+        let err = table().resolve("gpt-17", None, None).err();
+        assert_eq!(err, Some(Unresolved::UnknownModel));
     }
 
     #[test]
@@ -161,7 +161,7 @@ backends = ["127.0.0.1:2"]
 allowed_groups = ["g-secret"]
 allowed_domains = ["anl.gov"]
 "#;
-        let t = ModelTable::new(&Config::parse(text).expect("config"));
+        let t = ModelTable::new(&Config::parse(text).expect("config").pools, &bare_peer);
         let member = Principal {
             username: "ada@anl.gov".into(),
             groups: vec!["g-secret".into()],
@@ -176,15 +176,11 @@ allowed_domains = ["anl.gov"]
             t.resolve("secret", None, Some(&member)).expect("pool").name,
             "closed"
         );
-        let err = t
-            .resolve("secret", None, Some(&outsider))
-            .err()
-            .expect("403");
-        assert_eq!((err.status, err.code), (403, "permission_denied"));
-        assert!(err.message.contains("bob@example.org"));
+        let err = t.resolve("secret", None, Some(&outsider)).err();
+        assert_eq!(err, Some(Unresolved::Forbidden));
         assert_eq!(
-            t.resolve("secret", None, None).err().map(|e| e.status),
-            Some(403)
+            t.resolve("secret", None, None).err(),
+            Some(Unresolved::Forbidden)
         );
         assert_eq!(
             t.resolve("public", None, Some(&outsider))

@@ -6,7 +6,7 @@ fn pool(balance: &str, backends: &str) -> Pool {
         "[[pools]]\nname = \"p\"\ncluster = \"c\"\nframework = \"f\"\nmodels = [\"m\"]\nbackends = {backends}\nbalance = \"{balance}\"\n"
     );
     let config = Config::parse(&text).expect("config");
-    Pool::new(&config.pools[0], &config.server)
+    Pool::new(&config.pools[0], &crate::routing::bare_peer)
 }
 
 #[test]
@@ -139,7 +139,7 @@ fn panic_pool(extra: &str) -> Pool {
         "[[pools]]\nname = \"p\"\ncluster = \"c\"\nframework = \"f\"\nmodels = [\"m\"]\nbackends = [\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:3\", \"127.0.0.1:4\"]\n[pools.health]\n{extra}\n"
     );
     let config = Config::parse(&text).expect("config");
-    Pool::new(&config.pools[0], &config.server)
+    Pool::new(&config.pools[0], &crate::routing::bare_peer)
 }
 
 fn fail(p: &Pool, i: usize) {

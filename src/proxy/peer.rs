@@ -1,0 +1,44 @@
+//! How the gateway connects to backends, built once from `[server]`: the connect timeout
+//! goes into each backend's peer (Pingora's connector applies it), the idle and keep-alive
+//! timeouts onto each upstream session (Pingora's HTTP session does not read them from the
+//! peer).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use pingora_core::protocols::http::client::HttpSession as UpstreamSession;
+use pingora_core::upstreams::peer::HttpPeer;
+
+use crate::config::ServerConfig;
+
+#[derive(Debug, Clone, Copy)]
+pub struct PeerSettings {
+    pub connect_timeout: Duration,
+    /// The longest a backend may stay silent (while generating, or mid-stream).
+    pub idle_timeout: Duration,
+    /// How long an idle upstream connection is kept for reuse.
+    pub keepalive_timeout: Duration,
+}
+
+impl PeerSettings {
+    pub fn new(server: &ServerConfig) -> PeerSettings {
+        PeerSettings {
+            connect_timeout: server.upstream_connect_timeout,
+            idle_timeout: server.upstream_idle_timeout,
+            keepalive_timeout: server.upstream_keepalive_timeout,
+        }
+    }
+
+    /// The peer for a backend at `socket` (plain HTTP/1.1).
+    pub fn peer(&self, socket: SocketAddr) -> HttpPeer {
+        let mut peer = HttpPeer::new(socket, false, String::new());
+        peer.options.connection_timeout = Some(self.connect_timeout);
+        peer
+    }
+
+    /// Applies the idle timeout to a session just taken from the connector.
+    pub fn prepare(&self, session: &mut UpstreamSession) {
+        session.set_read_timeout(Some(self.idle_timeout));
+        session.set_write_timeout(Some(self.idle_timeout));
+    }
+}
