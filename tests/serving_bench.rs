@@ -1,4 +1,4 @@
-//! The serving benchmark (`serving-bench`) as the usage guide runs it, against the real
+//! The serving benchmark (`serving-bench`) as docs/user-guide.md runs it, against the real
 //! gateway in front of the mock backend.
 
 #![allow(

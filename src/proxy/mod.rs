@@ -1,6 +1,6 @@
 //! The HTTP application: one request in, routed, answered locally or forwarded.
 //!
-//! The phases of a request, in this order whatever the order of `[[plugins]]` (design.md):
+//! The phases of a request, in this order whatever the order of `[[plugins]]` (README.md, "Architecture"):
 //! route → authenticate (headers only) → read and parse the body → authorize (model → pool
 //! the principal may use, then authorize plugins) → admit (limits) → forward → observe.
 //! A request that fails a phase never reaches the next, so a refused request never reads a
@@ -144,7 +144,7 @@ impl Gateway {
         summary
     }
 
-    /// The phases of one request, in order (design.md); each returns early with its answer.
+    /// The phases of one request, in order (README.md, "Architecture"); each returns early with its answer.
     async fn phases(
         &self,
         session: &mut ServerSession,

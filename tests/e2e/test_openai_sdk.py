@@ -1,4 +1,4 @@
-"""The usage guide's Python examples, run with the official `openai` SDK against the gateway."""
+"""The Python examples of docs/user-guide.md, run with the official `openai` SDK against the gateway."""
 
 import time
 from concurrent.futures import ThreadPoolExecutor

@@ -1,4 +1,4 @@
-//! `serving-bench`: the usage guide's serving benchmark, against the gateway or any
+//! `serving-bench`: the serving benchmark of the project's user guide (docs/user-guide.md), against the gateway or any
 //! OpenAI-compatible server. Sends `--num-prompts` requests with Poisson arrivals at
 //! `--request-rate` (`inf`: all at once), at most `--max-concurrency` in flight, and reports
 //! throughput and TTFT / TPOT / ITL / end-to-end latency (mean, median, p99).
