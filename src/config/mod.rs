@@ -10,8 +10,8 @@ use std::fmt;
 use std::path::Path;
 
 pub use model::{
-    BackendConfig, Balance, Config, HealthConfig, PluginConfig, PoolConfig, ServerConfig,
-    MAX_MODEL_NAME,
+    BackendConfig, Balance, Config, EnvLookup, HealthConfig, PluginConfig, PoolConfig,
+    ServerConfig, MAX_MODEL_NAME,
 };
 
 /// Why a configuration was refused. Every variant names the file or the TOML path.
@@ -58,6 +58,11 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse_with_env(text, &|name| std::env::var(name).ok())
+    }
+
+    /// [`Config::parse`] with the environment variables `env` gives (secrets the file names).
+    pub fn parse_with_env(text: &str, env: EnvLookup<'_>) -> Result<Config, ConfigError> {
         let deserializer = toml::Deserializer::new(text);
         let file: file::FileConfig =
             serde_path_to_error::deserialize(deserializer).map_err(|e| {
@@ -67,7 +72,7 @@ impl Config {
                     message: e.into_inner().to_string().trim_end().to_string(),
                 }
             })?;
-        Config::try_from(file)
+        Config::build(file, env)
     }
 }
 

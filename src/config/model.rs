@@ -1,4 +1,4 @@
-//! The validated configuration the gateway runs on. Built from [`super::file`] by `TryFrom`;
+//! The validated configuration the gateway runs on. Built from [`super::file`] by `Config::build`;
 //! nothing here derives `Deserialize`, so an unchecked value cannot sneak in.
 
 use std::collections::HashSet;
@@ -86,10 +86,11 @@ pub(super) fn duration_or(
     }
 }
 
-impl TryFrom<FileConfig> for Config {
-    type Error = ConfigError;
+/// Reads an environment variable (secrets named in the file); tests pass their own.
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
-    fn try_from(file: FileConfig) -> Result<Self, ConfigError> {
+impl Config {
+    pub(super) fn build(file: FileConfig, env: EnvLookup<'_>) -> Result<Config, ConfigError> {
         let server = server_config(&file.server)?;
         let plugins = file
             .plugins
@@ -103,7 +104,7 @@ impl TryFrom<FileConfig> for Config {
         let mut names = HashSet::new();
         let mut pools = Vec::with_capacity(file.pools.len());
         for (i, section) in file.pools.iter().enumerate() {
-            let pool = pool_config(i, section)?;
+            let pool = pool_config(i, section, env)?;
             if !names.insert(pool.name.clone()) {
                 return Err(err(
                     format!("pools[{i}].name"),
@@ -160,7 +161,7 @@ fn check_segment(value: &str, path: &str) -> Result<(), ConfigError> {
 /// log lines and error messages.
 pub const MAX_MODEL_NAME: usize = 256;
 
-fn pool_config(i: usize, p: &PoolSection) -> Result<PoolConfig, ConfigError> {
+fn pool_config(i: usize, p: &PoolSection, env: EnvLookup<'_>) -> Result<PoolConfig, ConfigError> {
     let at = |key: &str| format!("pools[{i}].{key}");
     check_segment(&p.name, &at("name"))?;
     check_segment(&p.cluster, &at("cluster"))?;
@@ -198,8 +199,8 @@ fn pool_config(i: usize, p: &PoolSection) -> Result<PoolConfig, ConfigError> {
     };
     let api_key = match &p.api_key_env {
         None => None,
-        Some(var) => match std::env::var(var) {
-            Ok(key) if !key.is_empty() => {
+        Some(var) => match env(var) {
+            Some(key) if !key.is_empty() => {
                 if http::HeaderValue::from_str(&key).is_err() {
                     return Err(err(
                         at("api_key_env"),

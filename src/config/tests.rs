@@ -104,10 +104,17 @@ fn errors_name_the_toml_path_and_the_bad_value() {
 
 #[test]
 fn a_pool_key_that_cannot_be_a_header_is_refused_without_echoing_it() {
-    std::env::set_var("CONFIG_TEST_KEY_WITH_NEWLINE", "sk-secret\ninjected: 1");
-    let got = error_of(&format!(
-        "{POOL}api_key_env = \"CONFIG_TEST_KEY_WITH_NEWLINE\"\n"
-    ));
+    // An environment of its own: setting the process's would race the parallel tests.
+    let env = |name: &str| {
+        (name == "CONFIG_TEST_KEY_WITH_NEWLINE").then(|| "sk-secret\ninjected: 1".to_string())
+    };
+    let got = Config::parse_with_env(
+        &format!("{POOL}api_key_env = \"CONFIG_TEST_KEY_WITH_NEWLINE\"\n"),
+        &env,
+    )
+    .err()
+    .map(|e| e.to_string())
+    .expect("config should be refused");
     assert!(
         got.starts_with("pools[0].api_key_env: environment variable `CONFIG_TEST_KEY_WITH_NEWLINE` holds characters an Authorization header cannot carry"),
         "{got}"
