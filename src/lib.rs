@@ -12,3 +12,6 @@ pub mod plugins;
 pub mod proxy;
 pub mod routing;
 pub mod server;
+
+#[cfg(test)]
+mod test_support;

@@ -113,17 +113,7 @@ impl Forwarding {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        for (name, value) in pairs {
-            headers.append(
-                HeaderName::from_static(name),
-                HeaderValue::from_static(value),
-            );
-        }
-        headers
-    }
+    use crate::test_support::headers;
 
     fn ip(text: &str) -> IpAddr {
         text.parse().expect("ip")

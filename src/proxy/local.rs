@@ -156,27 +156,14 @@ pub fn list_endpoints(table: &ModelTable, base_path: &str, principal: Option<&Pr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::test_support::pool_toml;
 
     fn table() -> ModelTable {
-        let text = r#"
-[[pools]]
-name = "a"
-cluster = "local"
-framework = "vllm"
-models = ["m1", "m2"]
-backends = ["127.0.0.1:1"]
-[[pools]]
-name = "b"
-cluster = "remote"
-framework = "sglang"
-models = ["m2"]
-backends = ["127.0.0.1:2"]
-"#;
-        ModelTable::new(
-            &Config::parse(text).expect("config").pools,
-            &crate::routing::bare_peer,
-        )
+        crate::test_support::table(&format!(
+            "{}{}",
+            pool_toml("a", ("local", "vllm"), &["m1", "m2"], 1, ""),
+            pool_toml("b", ("remote", "sglang"), &["m2"], 2, "")
+        ))
     }
 
     #[test]

@@ -179,17 +179,7 @@ fn request_id_value(ctx: &RequestCtx) -> Result<HeaderValue, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        for (name, value) in pairs {
-            headers.append(
-                HeaderName::from_static(name),
-                HeaderValue::from_static(value),
-            );
-        }
-        headers
-    }
+    use crate::test_support::headers;
 
     #[test]
     fn headers_named_by_connection_are_hop_by_hop_but_framing_and_host_stay() {

@@ -82,28 +82,20 @@ impl ModelTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
-    use crate::routing::bare_peer;
+    use crate::test_support::pool_toml;
 
     fn table() -> ModelTable {
-        let text = r#"
-[[pools]]
-name = "a"
-cluster = "polaris"
-framework = "vllm"
-models = ["m1", "shared"]
-backends = ["127.0.0.1:1"]
-priority = 1
-
-[[pools]]
-name = "b"
-cluster = "sophia"
-framework = "vllm"
-models = ["shared"]
-backends = ["127.0.0.1:2"]
-priority = 0
-"#;
-        ModelTable::new(&Config::parse(text).expect("config").pools, &bare_peer)
+        crate::test_support::table(&format!(
+            "{}{}",
+            pool_toml(
+                "a",
+                ("polaris", "vllm"),
+                &["m1", "shared"],
+                1,
+                "priority = 1"
+            ),
+            pool_toml("b", ("sophia", "vllm"), &["shared"], 2, "priority = 0")
+        ))
     }
 
     #[test]
@@ -144,24 +136,17 @@ priority = 0
 
     #[test]
     fn restricted_pools_admit_only_their_groups_and_domains() {
-        let text = r#"
-[[pools]]
-name = "open"
-cluster = "c"
-framework = "vllm"
-models = ["public"]
-backends = ["127.0.0.1:1"]
-
-[[pools]]
-name = "closed"
-cluster = "c"
-framework = "vllm"
-models = ["secret"]
-backends = ["127.0.0.1:2"]
-allowed_groups = ["g-secret"]
-allowed_domains = ["anl.gov"]
-"#;
-        let t = ModelTable::new(&Config::parse(text).expect("config").pools, &bare_peer);
+        let t = crate::test_support::table(&format!(
+            "{}{}",
+            pool_toml("open", ("c", "vllm"), &["public"], 1, ""),
+            pool_toml(
+                "closed",
+                ("c", "vllm"),
+                &["secret"],
+                2,
+                "allowed_groups = [\"g-secret\"]\nallowed_domains = [\"anl.gov\"]"
+            )
+        ));
         let member = Principal {
             username: "ada@anl.gov".into(),
             groups: vec!["g-secret".into()],
