@@ -239,7 +239,6 @@ async fn backend_errors_pass_through_unchanged() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn client_token_never_reaches_the_backend_and_request_ids_flow() {
-    std::env::set_var("ROUTES_TEST_POOL_KEY", "pool-secret");
     let mock = MockBackend::start(MockConfig::default())
         .await
         .expect("mock");
@@ -250,7 +249,7 @@ async fn client_token_never_reaches_the_backend_and_request_ids_flow() {
         &[mock.addr.to_string()],
         "api_key_env = \"ROUTES_TEST_POOL_KEY\"",
     );
-    let gw = Gateway::start("", &pools).await;
+    let gw = Gateway::start_with_env("", &pools, &[("ROUTES_TEST_POOL_KEY", "pool-secret")]).await;
     let http = client();
     let resp = http
         .post(gw.api("/v1/chat/completions"))

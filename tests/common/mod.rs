@@ -28,6 +28,12 @@ impl Gateway {
     /// Starts the gateway on `[server]` + `rest` (pools, plugins) and waits until it answers.
     /// `server_extra` lines are added to `[server]`.
     pub async fn start(server_extra: &str, rest: &str) -> Gateway {
+        Gateway::start_with_env(server_extra, rest, &[]).await
+    }
+
+    /// As `start`, with `env` set in the gateway process only: setting the test process's
+    /// own environment would race with the tests running beside it.
+    pub async fn start_with_env(server_extra: &str, rest: &str, env: &[(&str, &str)]) -> Gateway {
         let port = free_port();
         let dir = tempfile::tempdir().expect("tempdir");
         // Metrics stay off unless a test asks: every gateway would want the same default port.
@@ -47,6 +53,7 @@ impl Gateway {
             .arg("run")
             .arg("--config")
             .arg(&config_path)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
