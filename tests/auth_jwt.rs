@@ -52,12 +52,7 @@ fn sign(key: &str, kid: Option<&str>, claims: &Value) -> String {
 }
 
 async fn status_of(gw: &Gateway, token: &str) -> (u16, Value) {
-    let resp = client()
-        .get(gw.api("/whoami"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .expect("send");
+    let resp = get_with(&gw.api("/whoami"), &[("authorization", &bearer(token))]).await;
     (
         resp.status().as_u16(),
         resp.json().await.unwrap_or(Value::Null),

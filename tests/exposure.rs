@@ -23,13 +23,9 @@ async fn gateway(server_extra: &str) -> (Gateway, MockBackend) {
     open_and_secret_pools(server_extra, &plugins, "polaris").await
 }
 
-async fn get_json(gw: &Gateway, path: &str, key: &str) -> Value {
-    let resp = client()
-        .get(gw.api(path))
-        .bearer_auth(key)
-        .send()
-        .await
-        .expect("send");
+/// GET `path` as the holder of `key`, which must succeed: its body as JSON.
+async fn get_json_as(gw: &Gateway, path: &str, key: &str) -> Value {
+    let resp = get_with(&gw.api(path), &[("authorization", &bearer(key))]).await;
     assert_eq!(resp.status(), 200);
     resp.json().await.expect("json")
 }
@@ -38,7 +34,7 @@ async fn get_json(gw: &Gateway, path: &str, key: &str) -> Value {
 async fn catalogues_show_only_the_pools_a_caller_may_use() {
     let (gw, _mock) = gateway("").await;
     for (key, sees_secret) in [("key-ada", true), ("key-bob", false)] {
-        let endpoints = get_json(&gw, "/list-endpoints", key).await.to_string();
+        let endpoints = get_json_as(&gw, "/list-endpoints", key).await.to_string();
         assert_eq!(
             endpoints.contains(SECRET),
             sees_secret,
@@ -50,7 +46,7 @@ async fn catalogues_show_only_the_pools_a_caller_may_use() {
             "{key}: {endpoints}"
         );
         assert!(endpoints.contains(MODEL));
-        let jobs = get_json(&gw, "/polaris/jobs", key).await.to_string();
+        let jobs = get_json_as(&gw, "/polaris/jobs", key).await.to_string();
         assert_eq!(jobs.contains(SECRET), sees_secret, "{key}: {jobs}");
         assert!(jobs.contains(MODEL));
     }

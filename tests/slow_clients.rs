@@ -123,14 +123,7 @@ async fn connections_past_the_cap_get_a_quick_503() {
         answer.to_ascii_lowercase().contains("retry-after: 1"),
         "{answer}"
     );
-    let metrics = client()
-        .get(format!("http://127.0.0.1:{metrics_port}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = scrape(metrics_port).await;
     assert!(
         metrics.contains("igw_connections_refused_total 1"),
         "{metrics}"
