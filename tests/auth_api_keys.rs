@@ -21,15 +21,7 @@ fn sha256_hex(text: &str) -> String {
         .collect()
 }
 
-const SECRET_MODEL: &str = "meta-llama/Meta-Llama-3-8B-Instruct";
-
 async fn gateway_with_keys() -> (Gateway, MockBackend) {
-    let mock = MockBackend::start(MockConfig {
-        models: vec![MODEL.into(), SECRET_MODEL.into()],
-        ..MockConfig::default()
-    })
-    .await
-    .expect("mock");
     let plugins = format!(
         r#"[[plugins]]
 kind = "api_keys"
@@ -44,19 +36,7 @@ username = "bob@example.org"
         sha256_hex("key-ada"),
         sha256_hex("key-bob")
     );
-    let pools = format!(
-        "{}{}",
-        pool("open", "local", &[MODEL], &[mock.addr.to_string()], ""),
-        pool(
-            "llama",
-            "local",
-            &[SECRET_MODEL],
-            &[mock.addr.to_string()],
-            "allowed_groups = [\"llama-users\"]"
-        )
-    );
-    let gw = Gateway::start("", &format!("{plugins}\n{pools}")).await;
-    (gw, mock)
+    open_and_secret_pools("", &plugins, "local", "llama-users").await
 }
 
 fn chat(model: &str) -> Value {
@@ -133,13 +113,7 @@ async fn group_rules_decide_access_and_model_lists() {
             .contains("bob@example.org"));
     }
     assert_eq!(count(&mock.stats().requests), 2);
-    let seen = mock
-        .stats()
-        .last_headers
-        .lock()
-        .expect("lock")
-        .clone()
-        .expect("headers");
+    let seen = last_headers(&mock);
     assert!(
         seen.get("authorization").is_none(),
         "the user's key never goes upstream"

@@ -19,7 +19,6 @@ use serde_json::Value;
 const CLIENT_ID: &str = "6b2a3c4d-0000-4000-8000-00000000beef";
 const SECRET: &str = "resource-server-secret";
 const LLAMA_GROUP: &str = "aaaaaaaa-1111-2222-3333-444444444444";
-const SECRET_MODEL: &str = "meta-llama/Meta-Llama-3-8B-Instruct";
 
 struct Setup {
     gw: Gateway,
@@ -36,12 +35,6 @@ async fn setup_with_server(plugin_extra: &str, secret: &str, server_extra: &str)
     let globus = MockGlobus::start(CLIENT_ID, SECRET)
         .await
         .expect("mock globus");
-    let mock = MockBackend::start(MockConfig {
-        models: vec![MODEL.into(), SECRET_MODEL.into()],
-        ..MockConfig::default()
-    })
-    .await
-    .expect("mock backend");
     let secret_file = tempfile::NamedTempFile::new().expect("secret file");
     std::fs::write(secret_file.path(), format!("{secret}\n")).expect("write secret");
     let (_, secret_path) = secret_file.keep().expect("keep");
@@ -50,18 +43,7 @@ async fn setup_with_server(plugin_extra: &str, secret: &str, server_extra: &str)
         secret_path.display(),
         globus.plugin_urls()
     );
-    let pools = format!(
-        "{}{}",
-        pool("open", "local", &[MODEL], &[mock.addr.to_string()], ""),
-        pool(
-            "llama",
-            "local",
-            &[SECRET_MODEL],
-            &[mock.addr.to_string()],
-            &format!("allowed_groups = [\"{LLAMA_GROUP}\"]")
-        )
-    );
-    let gw = Gateway::start(server_extra, &format!("{plugins}\n{pools}")).await;
+    let (gw, mock) = open_and_secret_pools(server_extra, &plugins, "local", LLAMA_GROUP).await;
     Setup {
         gw,
         globus,

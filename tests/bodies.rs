@@ -86,9 +86,7 @@ async fn bodies_arrive_byte_for_byte() {
 async fn expect_100_continue_is_answered_at_once() {
     let (gw, _mock) = with_mock(MockConfig::default(), "").await;
     let body = body_of_size(200 * 1024);
-    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
-        .await
-        .expect("connect");
+    let mut socket = gw.connect().await;
     let head = format!(
         "POST /resource_server/v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
         body.len()

@@ -20,7 +20,7 @@ const SECRET: &str = SECRET_MODEL;
 
 async fn gateway(server_extra: &str) -> (Gateway, MockBackend) {
     let plugins = api_keys_plugin(&[("ada", &["g-secret"]), ("bob", &[])]);
-    open_and_secret_pools(server_extra, &plugins, "polaris").await
+    open_and_secret_pools(server_extra, &plugins, "polaris", "g-secret").await
 }
 
 /// GET `path` as the holder of `key`, which must succeed: its body as JSON.
@@ -66,12 +66,7 @@ async fn forged_request(gw: &Gateway, mock: &MockBackend) -> http::HeaderMap {
     );
     let answer = raw_exchange(gw.port, request.as_bytes(), Duration::from_secs(5)).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    mock.stats()
-        .last_headers
-        .lock()
-        .expect("lock")
-        .clone()
-        .expect("the backend got the request")
+    last_headers(mock)
 }
 
 fn all(headers: &http::HeaderMap, name: &str) -> Vec<String> {

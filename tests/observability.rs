@@ -15,20 +15,10 @@ use common::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_count_known_traffic() {
-    let mock = MockBackend::start(MockConfig::default())
-        .await
-        .expect("mock");
     let metrics_port = free_port();
-    let pools = pool(
-        "local-vllm",
-        "local",
-        &[MODEL],
-        &[mock.addr.to_string()],
-        "",
-    );
-    let gw = Gateway::start(
+    let (gw, mock) = with_mock(
+        MockConfig::default(),
         &format!("metrics_listen = \"127.0.0.1:{metrics_port}\""),
-        &pools,
     )
     .await;
     let url = gw.api("/v1/chat/completions");

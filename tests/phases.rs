@@ -24,7 +24,7 @@ async fn gateway(server_extra: &str) -> (Gateway, MockBackend) {
         "[[plugins]]\nkind = \"rate_limits\"\n[plugins.per_model]\nrequests_per_minute = 3\n\n{}",
         api_keys_plugin(&[("ada", &[]), ("bob", &[]), ("carol", &["g-secret"])])
     );
-    open_and_secret_pools(server_extra, &plugins, "local").await
+    open_and_secret_pools(server_extra, &plugins, "local", "g-secret").await
 }
 
 async fn post(gw: &Gateway, key: Option<&str>, body: &Value) -> u16 {

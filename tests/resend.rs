@@ -88,9 +88,7 @@ async fn bytes_after_the_body_are_not_a_client_leaving() {
          content-length: {}\r\n\r\n{body}",
         body.len()
     );
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
-        .await
-        .expect("connect");
+    let mut stream = gw.connect().await;
     stream.write_all(request.as_bytes()).await.expect("write");
     // Some clients send a CRLF after a POST body (RFC 9112 section 2.2 tolerates it); here
     // it arrives while the gateway waits for the backend's answer.

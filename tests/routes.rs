@@ -193,13 +193,7 @@ async fn client_token_never_reaches_the_backend_and_request_ids_flow() {
     let resp = post_json_with(&gw.api("/v1/chat/completions"), &chat_body(false), &headers).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-request-id"], "abc-123");
-    let seen = mock
-        .stats()
-        .last_headers
-        .lock()
-        .expect("lock")
-        .clone()
-        .expect("headers");
+    let seen = last_headers(&mock);
     assert_eq!(seen["authorization"], "Bearer pool-secret");
     assert_eq!(seen["x-request-id"], "abc-123");
     assert!(!seen.contains_key("x-trace-hop"), "{seen:?}");

@@ -81,6 +81,13 @@ impl Gateway {
         panic!("gateway did not start; stderr:\n{}", self.stderr());
     }
 
+    /// A bare TCP connection to the gateway, for what an HTTP client cannot send.
+    pub async fn connect(&self) -> tokio::net::TcpStream {
+        tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .expect("connect")
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
@@ -204,6 +211,12 @@ pub fn count(counter: &std::sync::atomic::AtomicU64) -> u64 {
     MockStats::get(counter)
 }
 
+/// The headers of the last request `mock` received; panics if none came.
+pub fn last_headers(mock: &MockBackend) -> http::HeaderMap {
+    let last = mock.stats().last_headers.lock().expect("lock").clone();
+    last.expect("the backend got a request")
+}
+
 /// A gateway with one pool `local` (cluster `local`) in front of one fresh mock.
 pub async fn with_mock(config: MockConfig, server_extra: &str) -> (Gateway, MockBackend) {
     let mock = MockBackend::start(config).await.expect("mock");
@@ -288,15 +301,16 @@ pub fn api_keys_plugin(users: &[(&str, &[&str])]) -> String {
     text
 }
 
-/// A model only some users may use (pool `allowed_groups = ["g-secret"]`).
+/// A model only some users may use (pool `secret`, `allowed_groups = [group]`).
 pub const SECRET_MODEL: &str = "meta-llama/Meta-Llama-3-8B-Instruct";
 
-/// A gateway with `plugins`, an open pool serving `MODEL` and a pool serving `SECRET_MODEL`
-/// to group `g-secret` only, both on `cluster` and one mock.
+/// A gateway with `plugins`, a pool `open` serving `MODEL` and a pool `secret` serving
+/// `SECRET_MODEL` to `group` only, both on `cluster` and one mock.
 pub async fn open_and_secret_pools(
     server_extra: &str,
     plugins: &str,
     cluster: &str,
+    group: &str,
 ) -> (Gateway, MockBackend) {
     let mock = MockBackend::start(MockConfig {
         models: vec![MODEL.into(), SECRET_MODEL.into()],
@@ -313,7 +327,7 @@ pub async fn open_and_secret_pools(
             cluster,
             &[SECRET_MODEL],
             &backend,
-            "allowed_groups = [\"g-secret\"]"
+            &format!("allowed_groups = [{group:?}]")
         ),
     );
     (Gateway::start(server_extra, &config).await, mock)
