@@ -27,11 +27,7 @@ async fn gateway() -> (Gateway, MockBackend) {
 
 /// Sends `body` with extra headers; returns the response's remaining-tokens header.
 async fn send(gw: &Gateway, body: &Value, headers: &[(&str, &str)]) -> u64 {
-    let mut req = client().post(gw.api("/v1/chat/completions")).json(body);
-    for (name, value) in headers {
-        req = req.header(*name, *value);
-    }
-    let resp = req.send().await.expect("send");
+    let resp = post_json_with(&gw.api("/v1/chat/completions"), body, headers).await;
     assert_eq!(resp.status(), 200);
     let remaining = resp.headers()["x-ratelimit-remaining-tokens"]
         .to_str()

@@ -21,15 +21,7 @@ fn sha256_hex(text: &str) -> String {
         .collect()
 }
 
-const SECRET_MODEL: &str = "meta-llama/Meta-Llama-3-8B-Instruct";
-
 async fn gateway_with_keys() -> (Gateway, MockBackend) {
-    let mock = MockBackend::start(MockConfig {
-        models: vec![MODEL.into(), SECRET_MODEL.into()],
-        ..MockConfig::default()
-    })
-    .await
-    .expect("mock");
     let plugins = format!(
         r#"[[plugins]]
 kind = "api_keys"
@@ -44,19 +36,7 @@ username = "bob@example.org"
         sha256_hex("key-ada"),
         sha256_hex("key-bob")
     );
-    let pools = format!(
-        "{}{}",
-        pool("open", "local", &[MODEL], &[mock.addr.to_string()], ""),
-        pool(
-            "llama",
-            "local",
-            &[SECRET_MODEL],
-            &[mock.addr.to_string()],
-            "allowed_groups = [\"llama-users\"]"
-        )
-    );
-    let gw = Gateway::start("", &format!("{plugins}\n{pools}")).await;
-    (gw, mock)
+    open_and_secret_pools("", &plugins, "local", "llama-users").await
 }
 
 fn chat(model: &str) -> Value {
@@ -66,13 +46,14 @@ fn chat(model: &str) -> Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn requests_without_a_known_token_get_401() {
     let (gw, mock) = gateway_with_keys().await;
-    let http = client();
     for auth in [None, Some("Bearer not-a-key"), Some("Basic a2V5LWFkYQ==")] {
-        let mut req = http.post(gw.api("/v1/chat/completions")).json(&chat(MODEL));
-        if let Some(auth) = auth {
-            req = req.header("authorization", auth);
-        }
-        let resp = req.send().await.expect("send");
+        let header = auth.map(|auth| ("authorization", auth));
+        let resp = post_json_with(
+            &gw.api("/v1/chat/completions"),
+            &chat(MODEL),
+            header.as_slice(),
+        )
+        .await;
         assert_eq!(resp.status(), 401, "{auth:?}");
         assert_eq!(resp.headers()["www-authenticate"], "Bearer");
         let body: Value = resp.json().await.expect("json");
@@ -82,29 +63,19 @@ async fn requests_without_a_known_token_get_401() {
             .unwrap_or_default()
             .contains("Authorization: Bearer"));
     }
-    let resp = http.get(gw.api("/v1/models")).send().await.expect("send");
-    assert_eq!(resp.status(), 401);
+    assert_eq!(get(&gw.api("/v1/models")).await.status(), 401);
     // Liveness stays open for load balancers and systemd.
-    assert_eq!(
-        http.get(gw.api("/health"))
-            .send()
-            .await
-            .expect("send")
-            .status(),
-        200
-    );
+    assert_eq!(get(&gw.api("/health")).await.status(), 200);
     assert_eq!(count(&mock.stats().requests), 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn group_rules_decide_access_and_model_lists() {
     let (gw, mock) = gateway_with_keys().await;
-    let http = client();
-    let models_of = |key: &'static str| {
-        let req = http.get(gw.api("/v1/models")).bearer_auth(key);
+    let models_of = |key: &str| {
+        let (url, auth) = (gw.api("/v1/models"), bearer(key));
         async move {
-            let v: Value = req.send().await.expect("send").json().await.expect("json");
-            v["data"]
+            get_json_with(&url, &[("authorization", &auth)]).await["data"]
                 .as_array()
                 .expect("data")
                 .iter()
@@ -116,27 +87,23 @@ async fn group_rules_decide_access_and_model_lists() {
     assert_eq!(models_of("key-bob").await, [MODEL]);
 
     let send = |key: &str, path: &str, model: &str| {
-        http.post(gw.api(path))
-            .bearer_auth(key)
-            .json(&chat(model))
-            .send()
+        let (url, auth, body) = (gw.api(path), bearer(key), chat(model));
+        async move { post_json_with(&url, &body, &[("authorization", &auth)]).await }
     };
     assert_eq!(
         send("key-ada", "/v1/chat/completions", SECRET_MODEL)
             .await
-            .expect("send")
             .status(),
         200
     );
     assert_eq!(
         send("key-bob", "/v1/chat/completions", MODEL)
             .await
-            .expect("send")
             .status(),
         200
     );
     for path in ["/v1/chat/completions", "/local/vllm/v1/chat/completions"] {
-        let resp = send("key-bob", path, SECRET_MODEL).await.expect("send");
+        let resp = send("key-bob", path, SECRET_MODEL).await;
         assert_eq!(resp.status(), 403, "{path}");
         let body: Value = resp.json().await.expect("json");
         assert_eq!(body["error"]["code"], "permission_denied");
@@ -146,13 +113,7 @@ async fn group_rules_decide_access_and_model_lists() {
             .contains("bob@example.org"));
     }
     assert_eq!(count(&mock.stats().requests), 2);
-    let seen = mock
-        .stats()
-        .last_headers
-        .lock()
-        .expect("lock")
-        .clone()
-        .expect("headers");
+    let seen = last_headers(&mock);
     assert!(
         seen.get("authorization").is_none(),
         "the user's key never goes upstream"
@@ -162,15 +123,7 @@ async fn group_rules_decide_access_and_model_lists() {
 #[tokio::test(flavor = "multi_thread")]
 async fn whoami_shows_the_principal() {
     let (gw, _mock) = gateway_with_keys().await;
-    let me: Value = client()
-        .get(gw.api("/whoami"))
-        .bearer_auth("key-ada")
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let me = get_json_with(&gw.api("/whoami"), &[("authorization", "Bearer key-ada")]).await;
     assert_eq!(me["username"], "ada@anl.gov");
     assert_eq!(me["groups"], serde_json::json!(["llama-users"]));
     assert_eq!(me["auth_method"], "api_key");

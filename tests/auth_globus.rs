@@ -19,7 +19,6 @@ use serde_json::Value;
 const CLIENT_ID: &str = "6b2a3c4d-0000-4000-8000-00000000beef";
 const SECRET: &str = "resource-server-secret";
 const LLAMA_GROUP: &str = "aaaaaaaa-1111-2222-3333-444444444444";
-const SECRET_MODEL: &str = "meta-llama/Meta-Llama-3-8B-Instruct";
 
 struct Setup {
     gw: Gateway,
@@ -36,12 +35,6 @@ async fn setup_with_server(plugin_extra: &str, secret: &str, server_extra: &str)
     let globus = MockGlobus::start(CLIENT_ID, SECRET)
         .await
         .expect("mock globus");
-    let mock = MockBackend::start(MockConfig {
-        models: vec![MODEL.into(), SECRET_MODEL.into()],
-        ..MockConfig::default()
-    })
-    .await
-    .expect("mock backend");
     let secret_file = tempfile::NamedTempFile::new().expect("secret file");
     std::fs::write(secret_file.path(), format!("{secret}\n")).expect("write secret");
     let (_, secret_path) = secret_file.keep().expect("keep");
@@ -50,18 +43,7 @@ async fn setup_with_server(plugin_extra: &str, secret: &str, server_extra: &str)
         secret_path.display(),
         globus.plugin_urls()
     );
-    let pools = format!(
-        "{}{}",
-        pool("open", "local", &[MODEL], &[mock.addr.to_string()], ""),
-        pool(
-            "llama",
-            "local",
-            &[SECRET_MODEL],
-            &[mock.addr.to_string()],
-            &format!("allowed_groups = [\"{LLAMA_GROUP}\"]")
-        )
-    );
-    let gw = Gateway::start(server_extra, &format!("{plugins}\n{pools}")).await;
+    let (gw, mock) = open_and_secret_pools(server_extra, &plugins, "local", LLAMA_GROUP).await;
     Setup {
         gw,
         globus,
@@ -71,13 +53,13 @@ async fn setup_with_server(plugin_extra: &str, secret: &str, server_extra: &str)
 
 async fn chat_as(gw: &Gateway, token: &str, model: &str) -> (u16, Value) {
     let body = serde_json::json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
-    let resp = client()
-        .post(gw.api("/v1/chat/completions"))
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .expect("send");
+    let auth = bearer(token);
+    let resp = post_json_with(
+        &gw.api("/v1/chat/completions"),
+        &body,
+        &[("authorization", &auth)],
+    )
+    .await;
     let status = resp.status().as_u16();
     if status == 401 {
         assert_eq!(resp.headers()["www-authenticate"], "Bearer");
@@ -169,30 +151,22 @@ async fn groups_decide_access_and_whoami_shows_them() {
     assert_eq!((status, code(&body)), (403, "permission_denied"));
     assert_eq!(chat_as(&s.gw, "AgOutsider", MODEL).await.0, 200);
 
-    let me: Value = client()
-        .get(s.gw.api("/whoami"))
-        .bearer_auth("AgMember")
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let me = get_json_with(
+        &s.gw.api("/whoami"),
+        &[("authorization", "Bearer AgMember")],
+    )
+    .await;
     assert_eq!(me["username"], "ada@anl.gov");
     assert_eq!(me["auth_method"], "globus");
     assert_eq!(me["identity_provider"], "anl.gov");
     assert!(me["groups"]
         .as_array()
         .is_some_and(|g| g.iter().any(|x| x == LLAMA_GROUP)));
-    let models: Value = client()
-        .get(s.gw.api("/v1/models"))
-        .bearer_auth("AgOutsider")
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let models = get_json_with(
+        &s.gw.api("/v1/models"),
+        &[("authorization", "Bearer AgOutsider")],
+    )
+    .await;
     assert_eq!(models["data"].as_array().map(Vec::len), Some(1));
     // Each token was introspected once and its groups fetched once; the rest came from cache.
     assert_eq!(s.globus.introspections(), 2);
@@ -205,18 +179,12 @@ async fn concurrent_requests_with_one_fresh_token_cause_one_introspection() {
     s.globus
         .add_token("AgFresh", TokenSpec::user("ada@anl.gov", CLIENT_ID));
     s.globus.set_latency(Duration::from_millis(300));
-    let url = s.gw.api("/v1/chat/completions");
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(256)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("client");
-    let requests = (0..200).map(|_| {
-        let req = http
-            .post(&url)
-            .bearer_auth("AgFresh")
-            .json(&chat_body(false));
-        async move { req.send().await.expect("send").status().as_u16() }
+    let (url, body) = (s.gw.api("/v1/chat/completions"), chat_body(false));
+    let requests = (0..200).map(|_| async {
+        post_json_with(&url, &body, &[("authorization", "Bearer AgFresh")])
+            .await
+            .status()
+            .as_u16()
     });
     let statuses = futures_util::future::join_all(requests).await;
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
@@ -247,13 +215,12 @@ async fn an_outage_keeps_cached_users_and_refuses_new_ones_with_503() {
         "cached principal keeps working"
     );
     let body = serde_json::json!({"model": MODEL, "messages": []});
-    let resp = client()
-        .post(s.gw.api("/v1/chat/completions"))
-        .bearer_auth("AgNew")
-        .json(&body)
-        .send()
-        .await
-        .expect("send");
+    let resp = post_json_with(
+        &s.gw.api("/v1/chat/completions"),
+        &body,
+        &[("authorization", "Bearer AgNew")],
+    )
+    .await;
     assert_eq!(resp.status(), 503);
     assert_eq!(resp.headers()["retry-after"], "7");
     let err: Value = resp.json().await.expect("json");
@@ -297,14 +264,7 @@ async fn cache_hits_and_misses_are_counted() {
     for _ in 0..4 {
         assert_eq!(chat_as(&s.gw, "AgCounted", MODEL).await.0, 200);
     }
-    let metrics = client()
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("text");
+    let metrics = scrape(port).await;
     assert!(
         metrics.contains("igw_globus_auth_checks_total{result=\"miss\"} 1"),
         "{metrics}"

@@ -52,16 +52,17 @@ fn sign(key: &str, kid: Option<&str>, claims: &Value) -> String {
 }
 
 async fn status_of(gw: &Gateway, token: &str) -> (u16, Value) {
-    let resp = client()
-        .get(gw.api("/whoami"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .expect("send");
+    let resp = get_with(&gw.api("/whoami"), &[("authorization", &bearer(token))]).await;
     (
         resp.status().as_u16(),
         resp.json().await.unwrap_or(Value::Null),
     )
+}
+
+/// A gateway with the auth plugins in `cfg` in front of a pool nobody serves (`/whoami` only).
+async fn gateway(cfg: &str) -> Gateway {
+    let pools = pool("p", "local", &[MODEL], &["127.0.0.1:9".into()], "");
+    Gateway::start("", &format!("{cfg}\n{pools}")).await
 }
 
 fn plugin(keys: &str) -> String {
@@ -77,14 +78,7 @@ async fn jwks_tokens_are_verified_and_rotation_is_picked_up() {
         "jwks_url = \"{}\"\njwks_min_refresh_interval = \"1s\"",
         jwks.url()
     ));
-    let gw = Gateway::start(
-        "",
-        &format!(
-            "{cfg}\n{}",
-            pool("p", "local", &[MODEL], &["127.0.0.1:9".into()], "")
-        ),
-    )
-    .await;
+    let gw = gateway(&cfg).await;
 
     let (status, me) = status_of(&gw, &sign("key1", Some("key1"), &claims())).await;
     assert_eq!(status, 200, "{me}");
@@ -116,14 +110,7 @@ async fn jwks_tokens_are_verified_and_rotation_is_picked_up() {
 #[tokio::test(flavor = "multi_thread")]
 async fn claim_checks_with_a_static_key() {
     let cfg = plugin(&format!("key_file = \"{FIXTURES}/key1-public.pem\""));
-    let gw = Gateway::start(
-        "",
-        &format!(
-            "{cfg}\n{}",
-            pool("p", "local", &[MODEL], &["127.0.0.1:9".into()], "")
-        ),
-    )
-    .await;
+    let gw = gateway(&cfg).await;
     assert_eq!(status_of(&gw, &sign("key1", None, &claims())).await.0, 200);
     // A token without the id claim names nobody: refused, not accepted as an empty id.
     let mut anonymous = claims();
@@ -185,14 +172,7 @@ async fn chained_with_api_keys_the_first_that_recognises_decides() {
         "[[plugins]]\nkind = \"api_keys\"\n[[plugins.keys]]\nsha256 = \"{hash}\"\nusername = \"svc@anl.gov\"\n\n{}",
         plugin(&format!("key_file = \"{FIXTURES}/key1-public.pem\""))
     );
-    let gw = Gateway::start(
-        "",
-        &format!(
-            "{cfg}\n{}",
-            pool("p", "local", &[MODEL], &["127.0.0.1:9".into()], "")
-        ),
-    )
-    .await;
+    let gw = gateway(&cfg).await;
     let (_, me) = status_of(&gw, "svc-key").await;
     assert_eq!(me["auth_method"], "api_key");
     let (_, me) = status_of(&gw, &sign("key1", None, &claims())).await;

@@ -23,13 +23,19 @@ async fn healthy_backends(gw: &Gateway) -> u64 {
 }
 
 async fn wait_healthy(gw: &Gateway, want: u64) {
-    for _ in 0..200 {
-        if healthy_backends(gw).await == want {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+    let reached = poll(
+        Duration::from_secs(5),
+        Duration::from_millis(25),
+        || async { (healthy_backends(gw).await == want).then_some(()) },
+    );
+    if reached.await.is_none() {
+        panic!("pool never reached {want} healthy backends");
     }
-    panic!("pool never reached {want} healthy backends");
+}
+
+/// POSTs the standard chat request to the federated route.
+async fn chat(gw: &Gateway) -> reqwest::Response {
+    post_json(&gw.api("/v1/chat/completions"), &chat_body(false)).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -59,15 +65,8 @@ async fn down_slow_and_healthy_backends_under_least_requests() {
     let workers = (0..8).map(|_| {
         let url = gw.api("/v1/chat/completions");
         tokio::spawn(async move {
-            let http = client();
             for _ in 0..10 {
-                let resp = http
-                    .post(&url)
-                    .json(&chat_body(false))
-                    .send()
-                    .await
-                    .expect("send");
-                assert_eq!(resp.status(), 200);
+                assert_eq!(post_json(&url, &chat_body(false)).await.status(), 200);
             }
         })
     });
@@ -82,15 +81,9 @@ async fn down_slow_and_healthy_backends_under_least_requests() {
         to_slow <= 40 && to_slow < to_fast,
         "slow got {to_slow}, fast got {to_fast}"
     );
-    eventually(Duration::from_secs(5), "80 access lines", || {
-        gw.access_log()
-            .iter()
-            .filter(|l| l["route"] == "chat_completions")
-            .count()
-            == 80
-    })
-    .await;
-    let log = gw.access_log();
+    let log = gw
+        .wait_access_lines(80, |l| l["route"] == "chat_completions")
+        .await;
     assert!(
         log.iter().all(|l| l["backend"] != down.as_str()),
         "nothing went to the down backend"
@@ -118,23 +111,11 @@ async fn refused_connections_are_retried_on_another_backend_and_ejected() {
     );
     let gw = Gateway::start("", &pools).await;
     for _ in 0..6 {
-        let resp = client()
-            .post(gw.api("/v1/chat/completions"))
-            .json(&chat_body(false))
-            .send()
-            .await
-            .expect("send");
-        assert_eq!(resp.status(), 200);
+        assert_eq!(chat(&gw).await.status(), 200);
     }
-    eventually(Duration::from_secs(5), "6 access lines", || {
-        gw.access_log()
-            .iter()
-            .filter(|l| l["route"] == "chat_completions")
-            .count()
-            == 6
-    })
-    .await;
-    let log = gw.access_log();
+    let log = gw
+        .wait_access_lines(6, |l| l["route"] == "chat_completions")
+        .await;
     let attempts: u64 = log
         .iter()
         .filter_map(|l| l["upstream_attempts"].as_u64())
@@ -155,12 +136,7 @@ async fn all_backends_refusing_is_502_then_503_with_retry_after() {
     ];
     let slow_checks = "[pools.health]\ninterval = \"60s\"\nunhealthy_threshold = 5\n";
     let gw = Gateway::start("", &pool("dead", "local", &[MODEL], &backends, slow_checks)).await;
-    let resp = client()
-        .post(gw.api("/v1/chat/completions"))
-        .json(&chat_body(false))
-        .send()
-        .await
-        .expect("send");
+    let resp = chat(&gw).await;
     // 502 if the request found them first, 503 if the start-up check did.
     let status = resp.status();
     let body: Value = resp.json().await.expect("json");
@@ -171,12 +147,7 @@ async fn all_backends_refusing_is_502_then_503_with_retry_after() {
     }
     // Both were ejected by the refusals: now the pool has no backend to route to, panic
     // routing or not (nothing listens there).
-    let resp = client()
-        .post(gw.api("/v1/chat/completions"))
-        .json(&chat_body(false))
-        .send()
-        .await
-        .expect("send");
+    let resp = chat(&gw).await;
     assert_eq!(resp.status(), 503);
     assert_eq!(resp.headers()["retry-after"], "60");
     let body: Value = resp.json().await.expect("json");
@@ -203,22 +174,12 @@ async fn health_checks_take_backends_out_and_put_them_back() {
     wait_healthy(&gw, 1).await;
     mock.set_fault(Fault::Unhealthy);
     wait_healthy(&gw, 0).await;
-    let resp = client()
-        .post(gw.api("/v1/chat/completions"))
-        .json(&chat_body(false))
-        .send()
-        .await
-        .expect("send");
+    let resp = chat(&gw).await;
     assert_eq!(resp.status(), 503);
     assert_eq!(resp.headers()["retry-after"], "1");
     mock.set_fault(Fault::None);
     wait_healthy(&gw, 1).await;
-    let resp = client()
-        .post(gw.api("/v1/chat/completions"))
-        .json(&chat_body(false))
-        .send()
-        .await
-        .expect("send");
+    let resp = chat(&gw).await;
     assert_eq!(resp.status(), 200);
     assert!(count(&mock.stats().health_checks) >= 3);
 }
@@ -249,17 +210,11 @@ async fn federated_route_fails_over_to_a_healthy_pool() {
         )
     );
     let gw = Gateway::start("", &pools).await;
-    let send = || {
-        client()
-            .post(gw.api("/v1/chat/completions"))
-            .json(&chat_body(false))
-            .send()
-    };
-    assert_eq!(send().await.expect("send").status(), 200);
+    assert_eq!(chat(&gw).await.status(), 200);
     assert_eq!(count(&primary.stats().requests), 1);
     primary.set_fault(Fault::Unhealthy);
     wait_healthy(&gw, 0).await;
-    assert_eq!(send().await.expect("send").status(), 200);
+    assert_eq!(chat(&gw).await.status(), 200);
     assert_eq!(
         count(&secondary.stats().requests),
         1,
@@ -267,12 +222,11 @@ async fn federated_route_fails_over_to_a_healthy_pool() {
     );
     // The targeted route stays on its cluster, whose only backend fails its checks but
     // accepts connections: panic routing sends the request there rather than refuse it.
-    let resp = client()
-        .post(gw.api("/local/vllm/v1/chat/completions"))
-        .json(&chat_body(false))
-        .send()
-        .await
-        .expect("send");
+    let resp = post_json(
+        &gw.api("/local/vllm/v1/chat/completions"),
+        &chat_body(false),
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(count(&primary.stats().requests), 2);
     let line = gw

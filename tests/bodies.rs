@@ -45,17 +45,12 @@ async fn bodies_arrive_byte_for_byte() {
         &format!("max_request_body = \"{LIMIT}\""),
     )
     .await;
-    let http = client();
+    let url = gw.api("/v1/chat/completions");
     for size in [1024, 64 * 1024 + 1, 1 << 20, LIMIT] {
         let body = body_of_size(size);
         let want = hex_sha256(&body);
-        let resp = http
-            .post(gw.api("/v1/chat/completions"))
-            .header("content-type", "application/json")
-            .body(body.clone())
-            .send()
-            .await
-            .expect("send");
+        let json = [("content-type", "application/json")];
+        let resp = post_body(&url, body.clone(), &json).await;
         assert_eq!(resp.status(), 200, "content-length body of {size}");
         assert_eq!(
             resp.headers()["x-mock-body-sha256"],
@@ -65,14 +60,8 @@ async fn bodies_arrive_byte_for_byte() {
 
         let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
             body.chunks(16 * 1024).map(|c| Ok(c.to_vec())).collect();
-        let resp = http
-            .post(gw.api("/v1/chat/completions"))
-            .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
-                chunks,
-            )))
-            .send()
-            .await
-            .expect("send");
+        let stream = futures_util::stream::iter(chunks);
+        let resp = post_body(&url, reqwest::Body::wrap_stream(stream), &[]).await;
         assert_eq!(resp.status(), 200, "chunked body of {size}");
         assert_eq!(
             resp.headers()["x-mock-body-sha256"],
@@ -89,12 +78,7 @@ async fn bodies_arrive_byte_for_byte() {
             .map(|b| b.1),
         Some(LIMIT)
     );
-    let resp = http
-        .post(gw.api("/v1/chat/completions"))
-        .body(body_of_size(LIMIT + 1))
-        .send()
-        .await
-        .expect("send");
+    let resp = post_body(&url, body_of_size(LIMIT + 1), &[]).await;
     assert_eq!(resp.status(), 413);
 }
 
@@ -102,9 +86,7 @@ async fn bodies_arrive_byte_for_byte() {
 async fn expect_100_continue_is_answered_at_once() {
     let (gw, _mock) = with_mock(MockConfig::default(), "").await;
     let body = body_of_size(200 * 1024);
-    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
-        .await
-        .expect("connect");
+    let mut socket = gw.connect().await;
     let head = format!(
         "POST /resource_server/v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
         body.len()

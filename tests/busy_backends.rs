@@ -48,12 +48,7 @@ async fn start(backends: &[String], health: &str, metrics_port: u16) -> Gateway 
 
 /// Sends one streamed chat request and reads it to the end: its status and body.
 async fn stream_one(gw: &Gateway) -> (u16, String) {
-    let resp = client()
-        .post(gw.api("/v1/chat/completions"))
-        .json(&chat_body(true))
-        .send()
-        .await
-        .expect("send");
+    let resp = post_json(&gw.api("/v1/chat/completions"), &chat_body(true)).await;
     let status = resp.status().as_u16();
     (status, resp.text().await.expect("body"))
 }
@@ -128,7 +123,7 @@ async fn panic_routing_serves_a_pool_whose_checks_all_fail() {
     )
     .await;
     wait_for_checks(&mock, 2).await;
-    let ready = client().get(gw.api("/ready")).send().await.expect("send");
+    let ready = get(&gw.api("/ready")).await;
     assert_eq!(ready.status(), 200, "a pool in panic routing can serve");
     assert_eq!(jobs_status(&gw).await, "degraded");
     for _ in 0..3 {
@@ -190,11 +185,7 @@ async fn a_refused_backend_gets_no_traffic_even_while_its_busy_peer_is_in_panic(
         assert_complete_stream(&stream_one(&gw).await);
     }
     // At most the first requests, sent before anything was known, tried the refused one.
-    eventually(Duration::from_secs(5), "12 access-log lines", || {
-        gw.access_log().len() == 12
-    })
-    .await;
-    let log = gw.access_log();
+    let log = gw.wait_access_lines(12, |_| true).await;
     let retried = log
         .iter()
         .filter(|l| l["upstream_attempts"].as_u64() != Some(1))

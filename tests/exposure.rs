@@ -20,16 +20,12 @@ const SECRET: &str = SECRET_MODEL;
 
 async fn gateway(server_extra: &str) -> (Gateway, MockBackend) {
     let plugins = api_keys_plugin(&[("ada", &["g-secret"]), ("bob", &[])]);
-    open_and_secret_pools(server_extra, &plugins, "polaris").await
+    open_and_secret_pools(server_extra, &plugins, "polaris", "g-secret").await
 }
 
-async fn get_json(gw: &Gateway, path: &str, key: &str) -> Value {
-    let resp = client()
-        .get(gw.api(path))
-        .bearer_auth(key)
-        .send()
-        .await
-        .expect("send");
+/// GET `path` as the holder of `key`, which must succeed: its body as JSON.
+async fn get_json_as(gw: &Gateway, path: &str, key: &str) -> Value {
+    let resp = get_with(&gw.api(path), &[("authorization", &bearer(key))]).await;
     assert_eq!(resp.status(), 200);
     resp.json().await.expect("json")
 }
@@ -38,7 +34,7 @@ async fn get_json(gw: &Gateway, path: &str, key: &str) -> Value {
 async fn catalogues_show_only_the_pools_a_caller_may_use() {
     let (gw, _mock) = gateway("").await;
     for (key, sees_secret) in [("key-ada", true), ("key-bob", false)] {
-        let endpoints = get_json(&gw, "/list-endpoints", key).await.to_string();
+        let endpoints = get_json_as(&gw, "/list-endpoints", key).await.to_string();
         assert_eq!(
             endpoints.contains(SECRET),
             sees_secret,
@@ -50,7 +46,7 @@ async fn catalogues_show_only_the_pools_a_caller_may_use() {
             "{key}: {endpoints}"
         );
         assert!(endpoints.contains(MODEL));
-        let jobs = get_json(&gw, "/polaris/jobs", key).await.to_string();
+        let jobs = get_json_as(&gw, "/polaris/jobs", key).await.to_string();
         assert_eq!(jobs.contains(SECRET), sees_secret, "{key}: {jobs}");
         assert!(jobs.contains(MODEL));
     }
@@ -70,12 +66,7 @@ async fn forged_request(gw: &Gateway, mock: &MockBackend) -> http::HeaderMap {
     );
     let answer = raw_exchange(gw.port, request.as_bytes(), Duration::from_secs(5)).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    mock.stats()
-        .last_headers
-        .lock()
-        .expect("lock")
-        .clone()
-        .expect("the backend got the request")
+    last_headers(mock)
 }
 
 fn all(headers: &http::HeaderMap, name: &str) -> Vec<String> {

@@ -40,14 +40,12 @@ async fn post(
     body: &Value,
     headers: &[(&str, &str)],
 ) -> reqwest::Response {
-    let mut req = client()
-        .post(gw.api("/v1/chat/completions"))
-        .bearer_auth(key)
-        .json(body);
-    for (name, value) in headers {
-        req = req.header(*name, *value);
-    }
-    req.send().await.expect("send")
+    let auth = bearer(key);
+    let headers: Vec<(&str, &str)> = [("authorization", auth.as_str())]
+        .into_iter()
+        .chain(headers.iter().copied())
+        .collect();
+    post_json_with(&gw.api("/v1/chat/completions"), body, &headers).await
 }
 
 fn header_u64(resp: &reqwest::Response, name: &str) -> u64 {
@@ -95,22 +93,22 @@ async fn absurd_usage_costs_one_window_at_most(backend: &str) {
     let _ = resp.bytes().await;
     // Until the settlement has run (after the answer, on Redis in a task), the model's one
     // concurrency slot may still be held: wait for the refusal that names the token budget.
-    let mut refused = None;
-    for _ in 0..100 {
-        let resp = post(&gw, "key-ada", &chat(json!(10)), &[]).await;
-        if resp.status() == 429 {
+    let refused = poll(
+        Duration::from_secs(2),
+        Duration::from_millis(20),
+        || async {
+            let resp = post(&gw, "key-ada", &chat(json!(10)), &[]).await;
+            if resp.status() != 429 {
+                return None;
+            }
             let wait = header_u64(&resp, "retry-after");
             assert!((1..=60).contains(&wait), "retry-after {wait}");
             let body: Value = resp.json().await.expect("json");
             let message = body["error"]["message"].as_str().unwrap_or_default();
-            if message.contains("1000 tokens per minute") {
-                refused = Some(body);
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(refused.is_some(), "ada's token budget is spent");
+            message.contains("1000 tokens per minute").then_some(())
+        },
+    );
+    assert!(refused.await.is_some(), "ada's token budget is spent");
     // The concurrency slot was released: bob (own token budget) gets through.
     let resp = post(&gw, "key-bob", &chat(json!(10)), &[]).await;
     assert_eq!(resp.status(), 200);
@@ -146,25 +144,19 @@ async fn leased_replicas(redis: &Redis) -> (Gateway, Gateway, MockBackend) {
 
 /// Starts a stream of 80 tokens 100 ms apart on `gw` (8 s) and waits for its first bytes.
 async fn long_stream(gw: &Gateway) -> reqwest::Response {
-    let resp = client()
-        .post(gw.api("/v1/chat/completions"))
-        .header("x-mock-tokens", "80")
-        .header("x-mock-token-gap-ms", "100")
-        .json(&json!({"model": MODEL, "messages": [], "max_tokens": 100, "stream": true}))
-        .send()
-        .await
-        .expect("send");
+    let resp = post_json_with(
+        &gw.api("/v1/chat/completions"),
+        &json!({"model": MODEL, "messages": [], "max_tokens": 100, "stream": true}),
+        &[("x-mock-tokens", "80"), ("x-mock-token-gap-ms", "100")],
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     resp
 }
 
 async fn status_on(gw: &Gateway) -> u16 {
-    client()
-        .post(gw.api("/v1/chat/completions"))
-        .json(&chat(json!(5)))
-        .send()
+    post_json(&gw.api("/v1/chat/completions"), &chat(json!(5)))
         .await
-        .expect("send")
         .status()
         .as_u16()
 }
@@ -179,15 +171,12 @@ async fn a_stream_longer_than_its_lease_keeps_its_slot() {
     assert_eq!(status_on(&b).await, 429);
     let body = stream.bytes().await.expect("the whole stream");
     assert!(body.ends_with(b"data: [DONE]\n\n"));
-    let mut freed = false;
-    for _ in 0..50 {
-        if status_on(&b).await == 200 {
-            freed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(freed, "the slot is released when the stream ends");
+    eventually_async(
+        Duration::from_secs(1),
+        "the slot is released when the stream ends",
+        || async { status_on(&b).await == 200 },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -203,14 +192,10 @@ async fn a_replica_that_dies_loses_its_slots_within_one_lease() {
         429,
         "the slot outlives its holder for a while"
     );
-    let mut freed = None;
-    while killed.elapsed() < Duration::from_secs(10) {
-        if status_on(&b).await == 200 {
-            freed = Some(killed.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let freed = freed.expect("the dead replica's slot expired");
+    let within = Duration::from_secs(10).saturating_sub(killed.elapsed());
+    let freed = poll(within, Duration::from_millis(100), || async {
+        (status_on(&b).await == 200).then(|| killed.elapsed())
+    });
+    let freed = freed.await.expect("the dead replica's slot expired");
     assert!(freed <= Duration::from_secs(5), "{freed:?}");
 }

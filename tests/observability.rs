@@ -12,72 +12,49 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_count_known_traffic() {
-    let mock = MockBackend::start(MockConfig::default())
-        .await
-        .expect("mock");
     let metrics_port = free_port();
-    let pools = pool(
-        "local-vllm",
-        "local",
-        &[MODEL],
-        &[mock.addr.to_string()],
-        "",
-    );
-    let gw = Gateway::start(
+    let (gw, mock) = with_mock(
+        MockConfig::default(),
         &format!("metrics_listen = \"127.0.0.1:{metrics_port}\""),
-        &pools,
     )
     .await;
-    let http = client();
+    let url = gw.api("/v1/chat/completions");
     for _ in 0..2 {
-        let resp = http
-            .post(gw.api("/v1/chat/completions"))
-            .json(&chat_body(false))
-            .send()
-            .await
-            .expect("send");
-        assert_eq!(resp.status(), 200);
+        assert_eq!(post_json(&url, &chat_body(false)).await.status(), 200);
     }
     // A stream whose first token comes after 400 ms, then 5 more 100 ms apart.
     let mut body = chat_body(true);
     body["stream_options"] = serde_json::json!({"include_usage": true});
-    let text = http
-        .post(gw.api("/v1/chat/completions"))
-        .header("x-mock-first-token-ms", "400")
-        .header("x-mock-token-gap-ms", "100")
-        .header("x-mock-tokens", "6")
-        .json(&body)
-        .send()
+    let slow = [
+        ("x-mock-first-token-ms", "400"),
+        ("x-mock-token-gap-ms", "100"),
+        ("x-mock-tokens", "6"),
+    ];
+    let text = post_json_with(&url, &body, &slow)
         .await
-        .expect("send")
         .text()
         .await
         .expect("text");
     assert!(text.ends_with("data: [DONE]\n\n"));
     let bogus = serde_json::json!({"model": "made-up-model-12345", "messages": []});
-    assert_eq!(
-        http.post(gw.api("/v1/chat/completions"))
-            .json(&bogus)
-            .send()
-            .await
-            .expect("send")
-            .status(),
-        404
-    );
+    assert_eq!(post_json(&url, &bogus).await.status(), 404);
 
     // The request metrics are recorded as each request ends; give the last one a moment.
-    let mut m = String::new();
-    for _ in 0..50 {
-        m = scrape(metrics_port).await;
-        if sample(&m, "igw_requests_total{model=\"other\"").is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let last = poll(
+        Duration::from_secs(1),
+        Duration::from_millis(20),
+        || async {
+            let m = scrape(metrics_port).await;
+            sample(&m, "igw_requests_total{model=\"other\"").map(|_| m)
+        },
+    );
+    let m = match last.await {
+        Some(m) => m,
+        None => scrape(metrics_port).await,
+    };
     let ok = "igw_requests_total{model=\"facebook/opt-125m\",pool=\"local-vllm\",route=\"chat_completions\",status=\"2xx\"}";
     assert_eq!(sample(&m, ok), Some(3.0), "{m}");
     let unknown =
@@ -162,24 +139,9 @@ async fn readiness_and_model_status_follow_health() {
         FAST_HEALTH,
     );
     let gw = Gateway::start("", &pools).await;
-    let http = client();
-    let jobs = || async {
-        http.get(gw.api("/polaris/jobs"))
-            .send()
-            .await
-            .expect("send")
-            .json::<Value>()
-            .await
-            .expect("json")
-    };
-    assert_eq!(
-        http.get(gw.api("/ready"))
-            .send()
-            .await
-            .expect("send")
-            .status(),
-        200
-    );
+    let jobs = || async { get_json(&gw.api("/polaris/jobs")).await };
+    let ready = || async { get(&gw.api("/ready")).await.status() };
+    assert_eq!(ready().await, 200);
     let status = jobs().await;
     assert_eq!(status["models"][0]["model"], MODEL);
     assert_eq!(status["models"][0]["status"], "ready");
@@ -188,39 +150,30 @@ async fn readiness_and_model_status_follow_health() {
     let status_becomes = |want: &'static str| {
         let jobs = &jobs;
         async move {
-            let mut last = Value::Null;
-            for _ in 0..100 {
-                last = jobs().await;
-                if last["models"][0]["status"] == want {
-                    return last;
-                }
-                tokio::time::sleep(Duration::from_millis(30)).await;
+            let became = poll(
+                Duration::from_secs(3),
+                Duration::from_millis(30),
+                || async {
+                    let status = jobs().await;
+                    (status["models"][0]["status"] == want).then_some(status)
+                },
+            );
+            match became.await {
+                Some(status) => status,
+                None => panic!("status never became {want}: {}", jobs().await),
             }
-            panic!("status never became {want}: {last}");
         }
     };
     let degraded = status_becomes("degraded").await;
     assert_eq!(degraded["models"][0]["backends_healthy"], 0);
-    let ready = http.get(gw.api("/ready")).send().await.expect("send");
-    assert_eq!(ready.status(), 200, "a pool in panic routing can serve");
+    assert_eq!(ready().await, 200, "a pool in panic routing can serve");
     // Nothing listens any more: down, and not ready.
     mock.stop();
     let down = status_becomes("down").await;
     assert!(down["models"][0]["since"].as_u64().is_some());
+    assert_eq!(ready().await, 503);
     assert_eq!(
-        http.get(gw.api("/ready"))
-            .send()
-            .await
-            .expect("send")
-            .status(),
-        503
-    );
-    assert_eq!(
-        http.get(gw.api("/health"))
-            .send()
-            .await
-            .expect("send")
-            .status(),
+        get(&gw.api("/health")).await.status(),
         200,
         "liveness stays up"
     );

@@ -24,15 +24,16 @@ async fn gateway(server_extra: &str) -> (Gateway, MockBackend) {
         "[[plugins]]\nkind = \"rate_limits\"\n[plugins.per_model]\nrequests_per_minute = 3\n\n{}",
         api_keys_plugin(&[("ada", &[]), ("bob", &[]), ("carol", &["g-secret"])])
     );
-    open_and_secret_pools(server_extra, &plugins, "local").await
+    open_and_secret_pools(server_extra, &plugins, "local", "g-secret").await
 }
 
 async fn post(gw: &Gateway, key: Option<&str>, body: &Value) -> u16 {
-    let mut req = client().post(gw.api("/v1/chat/completions")).json(body);
-    if let Some(key) = key {
-        req = req.bearer_auth(key);
-    }
-    req.send().await.expect("send").status().as_u16()
+    let auth = key.map(bearer);
+    let header = auth.as_deref().map(|auth| ("authorization", auth));
+    post_json_with(&gw.api("/v1/chat/completions"), body, header.as_slice())
+        .await
+        .status()
+        .as_u16()
 }
 
 fn chat(model: &str) -> Value {
@@ -103,14 +104,16 @@ async fn an_anonymous_body_is_never_read_nor_continued() {
 async fn client_strings_reach_logs_bounded() {
     let (gw, _mock) = gateway("").await;
     let long_model = "m".repeat(100_000);
-    let resp = client()
-        .post(gw.api("/v1/chat/completions"))
-        .bearer_auth("key-ada")
-        .header("x-request-id", "r".repeat(4096))
-        .json(&chat(&long_model))
-        .send()
-        .await
-        .expect("send");
+    let long_id = "r".repeat(4096);
+    let resp = post_json_with(
+        &gw.api("/v1/chat/completions"),
+        &chat(&long_model),
+        &[
+            ("authorization", "Bearer key-ada"),
+            ("x-request-id", &long_id),
+        ],
+    )
+    .await;
     assert_eq!(resp.status(), 400);
     let request_id = resp.headers()["x-request-id"]
         .to_str()
@@ -123,11 +126,7 @@ async fn client_strings_reach_logs_bounded() {
     let line = gw.access_line(|l| l["status"] == 400).await;
     assert!(line.to_string().len() < 2000, "{line}");
     // A path is echoed only in part.
-    let resp = client()
-        .get(gw.url(&format!("/{}", "p".repeat(8000))))
-        .send()
-        .await
-        .expect("send");
+    let resp = get(&gw.url(&format!("/{}", "p".repeat(8000)))).await;
     assert_eq!(resp.status(), 404);
     assert!(resp.text().await.expect("text").len() < 1000);
 }

@@ -41,14 +41,9 @@ async fn memory_limits_answer_429_with_openai_headers() {
         ),
     )
     .await;
-    let http = client();
+    let url = gw.api("/v1/chat/completions");
     for expect_remaining in ["2", "1", "0"] {
-        let resp = http
-            .post(gw.api("/v1/chat/completions"))
-            .json(&chat(50))
-            .send()
-            .await
-            .expect("send");
+        let resp = post_json(&url, &chat(50)).await;
         assert_eq!(resp.status(), 200);
         let h = resp.headers();
         assert_eq!(h["x-ratelimit-limit-requests"], "3");
@@ -58,12 +53,7 @@ async fn memory_limits_answer_429_with_openai_headers() {
         assert!(h.contains_key("x-ratelimit-remaining-tokens"));
         assert!(h.contains_key("x-ratelimit-reset-tokens"));
     }
-    let resp = http
-        .post(gw.api("/v1/chat/completions"))
-        .json(&chat(50))
-        .send()
-        .await
-        .expect("send");
+    let resp = post_json(&url, &chat(50)).await;
     assert_eq!(resp.status(), 429);
     assert_eq!(resp.headers()["retry-after"], "20");
     let body: Value = resp.json().await.expect("json");
@@ -102,13 +92,13 @@ async fn replicas_with(backend: &str, limits: &str) -> (Gateway, Gateway, MockBa
 
 /// Sends `n` requests spread over both gateways at once; returns how many got 200 and 429.
 async fn burst(a: &Gateway, b: &Gateway, n: usize) -> (usize, usize) {
-    let http = client();
     let urls = [a.api("/v1/chat/completions"), b.api("/v1/chat/completions")];
-    let sends = (0..n).map(|i| http.post(&urls[i % 2]).json(&chat(10)).send());
+    let body = chat(10);
+    let sends = (0..n).map(|i| post_json(&urls[i % 2], &body));
     let statuses: Vec<u16> = futures_util::future::join_all(sends)
         .await
         .into_iter()
-        .map(|r| r.expect("send").status().as_u16())
+        .map(|r| r.status().as_u16())
         .collect();
     let ok = statuses.iter().filter(|s| **s == 200).count();
     let limited = statuses.iter().filter(|s| **s == 429).count();
@@ -162,20 +152,21 @@ async fn redis_outage_fails_open_to_local_limits_and_recovers() {
 
     let redis = Redis::start_on(port);
     // The connection comes back on its own; the (empty) shared state is used again.
-    let mut resumed = false;
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let _ = client()
-            .post(a.api("/v1/chat/completions"))
-            .json(&chat(1))
-            .send()
-            .await;
-        if a.stderr().contains("reachable again") {
-            resumed = true;
-            break;
-        }
-    }
-    assert!(resumed, "limits resumed on Redis: {}", a.stderr());
+    // Each try sends a request, and does not mind whether it is answered.
+    let resumed = poll(
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        || async {
+            let sent = client().post(a.api("/v1/chat/completions")).json(&chat(1));
+            let _ = sent.send().await;
+            a.stderr().contains("reachable again").then_some(())
+        },
+    );
+    assert!(
+        resumed.await.is_some(),
+        "limits resumed on Redis: {}",
+        a.stderr()
+    );
     drop(redis);
 }
 
@@ -189,22 +180,13 @@ async fn redis_outage_fails_closed_when_configured() {
     )
     .await;
     assert_eq!(
-        client()
-            .post(a.api("/v1/chat/completions"))
-            .json(&chat(1))
-            .send()
+        post_json(&a.api("/v1/chat/completions"), &chat(1))
             .await
-            .expect("send")
             .status(),
         200
     );
     redis.kill();
-    let resp = client()
-        .post(b.api("/v1/chat/completions"))
-        .json(&chat(1))
-        .send()
-        .await
-        .expect("send");
+    let resp = post_json(&b.api("/v1/chat/completions"), &chat(1)).await;
     assert_eq!(resp.status(), 503);
     let body: Value = resp.json().await.expect("json");
     assert_eq!(body["error"]["code"], "rate_limiter_unavailable");

@@ -32,24 +32,14 @@ async fn a_backend_that_dies_on_a_prompt_gets_it_once() {
     );
     let gw = Gateway::start("max_connect_attempts = 3", &pools).await;
     // Fill the gateway's keep-alive pool with several connections to the backend.
-    let warm = (0..8).map(|_| {
-        client()
-            .post(gw.api("/v1/chat/completions"))
-            .json(&chat())
-            .send()
-    });
+    let (url, body) = (gw.api("/v1/chat/completions"), chat());
+    let warm = (0..8).map(|_| post_json(&url, &body));
     for resp in futures_util::future::join_all(warm).await {
-        assert_eq!(resp.expect("send").status(), 200);
+        assert_eq!(resp.status(), 200);
     }
     let before = count(&backend.posts);
     backend.crash();
-    let resp = client()
-        .post(gw.api("/v1/chat/completions"))
-        .header("x-request-id", "crasher")
-        .json(&chat())
-        .send()
-        .await
-        .expect("send");
+    let resp = post_json_with(&url, &body, &[("x-request-id", "crasher")]).await;
     assert_eq!(resp.status(), 502);
     let body: serde_json::Value = resp.json().await.expect("json");
     assert_eq!(body["error"]["code"], "upstream_error");
@@ -66,13 +56,13 @@ async fn a_backend_that_dies_on_a_prompt_gets_it_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_leaves_before_the_answer_cancels_the_backend() {
     let (gw, mock) = with_mock(MockConfig::default(), "").await;
-    let request = client()
-        .post(gw.api("/v1/chat/completions"))
-        .header("x-request-id", "impatient")
+    let headers = [
+        ("x-request-id", "impatient"),
         // A non-streaming answer that takes 30 s to generate.
-        .header("x-mock-first-token-ms", "30000")
-        .json(&chat())
-        .send();
+        ("x-mock-first-token-ms", "30000"),
+    ];
+    let (url, body) = (gw.api("/v1/chat/completions"), chat());
+    let request = post_json_with(&url, &body, &headers);
     let gave_up = tokio::time::timeout(Duration::from_millis(500), request).await;
     assert!(gave_up.is_err(), "the client gave up first");
     eventually(
@@ -98,9 +88,7 @@ async fn bytes_after_the_body_are_not_a_client_leaving() {
          content-length: {}\r\n\r\n{body}",
         body.len()
     );
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
-        .await
-        .expect("connect");
+    let mut stream = gw.connect().await;
     stream.write_all(request.as_bytes()).await.expect("write");
     // Some clients send a CRLF after a POST body (RFC 9112 section 2.2 tolerates it); here
     // it arrives while the gateway waits for the backend's answer.

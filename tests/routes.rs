@@ -16,38 +16,22 @@ use serde_json::{json, Value};
 #[tokio::test(flavor = "multi_thread")]
 async fn chat_completions_and_embeddings_reach_the_backend() {
     let (gw, mock) = with_mock(MockConfig::default(), "").await;
-    let http = client();
     for path in ["/v1/chat/completions", "/local/vllm/v1/chat/completions"] {
-        let resp = http
-            .post(gw.api(path))
-            .json(&chat_body(false))
-            .send()
-            .await
-            .expect("send");
+        let resp = post_json(&gw.api(path), &chat_body(false)).await;
         assert_eq!(resp.status(), 200, "{path}");
         let body: Value = resp.json().await.expect("json");
         assert_eq!(body["object"], "chat.completion");
         assert_eq!(body["model"], MODEL);
     }
     let completion = json!({"model": MODEL, "prompt": "The future of AI is", "max_tokens": 100});
-    let resp = http
-        .post(gw.api("/v1/completions"))
-        .json(&completion)
-        .send()
-        .await
-        .expect("send");
+    let resp = post_json(&gw.api("/v1/completions"), &completion).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(
         resp.json::<Value>().await.expect("json")["object"],
         "text_completion"
     );
     let embed = json!({"model": MODEL, "input": ["a", "b"]});
-    let resp = http
-        .post(gw.api("/local/vllm/v1/embeddings"))
-        .json(&embed)
-        .send()
-        .await
-        .expect("send");
+    let resp = post_json(&gw.api("/local/vllm/v1/embeddings"), &embed).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(
         resp.json::<Value>().await.expect("json")["data"]
@@ -61,50 +45,20 @@ async fn chat_completions_and_embeddings_reach_the_backend() {
 #[tokio::test(flavor = "multi_thread")]
 async fn local_routes_answer_without_a_backend() {
     let (gw, mock) = with_mock(MockConfig::default(), "").await;
-    let http = client();
-    let models: Value = http
-        .get(gw.api("/v1/models"))
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let models = get_json(&gw.api("/v1/models")).await;
     assert_eq!(models["object"], "list");
     assert_eq!(models["data"][0]["id"], MODEL);
     assert_eq!(models["data"][0]["object"], "model");
-    let targeted: Value = http
-        .get(gw.api("/local/vllm/v1/models"))
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let targeted = get_json(&gw.api("/local/vllm/v1/models")).await;
     assert_eq!(targeted["data"].as_array().map(Vec::len), Some(1));
-    let other: Value = http
-        .get(gw.api("/elsewhere/vllm/v1/models"))
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let other = get_json(&gw.api("/elsewhere/vllm/v1/models")).await;
     assert_eq!(other["data"].as_array().map(Vec::len), Some(0));
-    let endpoints: Value = http
-        .get(gw.api("/list-endpoints"))
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let endpoints = get_json(&gw.api("/list-endpoints")).await;
     assert_eq!(
         endpoints["clusters"]["local"]["vllm"][0]["endpoints"]["chat_completions"],
         "/resource_server/local/vllm/v1/chat/completions"
     );
-    let health = http.get(gw.api("/health")).send().await.expect("send");
-    assert_eq!(health.status(), 200);
+    assert_eq!(get(&gw.api("/health")).await.status(), 200);
     assert_eq!(count(&mock.stats().requests), 0);
 }
 
@@ -125,35 +79,23 @@ async fn error_of(resp: reqwest::Response) -> (u16, Value) {
 #[tokio::test(flavor = "multi_thread")]
 async fn gateway_errors_are_openai_shaped() {
     let (gw, mock) = with_mock(MockConfig::default(), "max_request_body = \"4KiB\"").await;
-    let http = client();
-    let post = |path: &str, body: &'static str| http.post(gw.api(path)).body(body).send();
+    let post = |path: &str, body: &'static str| {
+        let url = gw.api(path);
+        async move { post_body(&url, body, &[]).await }
+    };
 
-    let (status, body) = error_of(
-        post("/v1/chat/completions", "{not json")
-            .await
-            .expect("send"),
-    )
-    .await;
+    let (status, body) = error_of(post("/v1/chat/completions", "{not json").await).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (400, Some("invalid_json"))
     );
-    let (status, body) = error_of(
-        post("/v1/chat/completions", r#"{"messages":[]}"#)
-            .await
-            .expect("send"),
-    )
-    .await;
+    let (status, body) = error_of(post("/v1/chat/completions", r#"{"messages":[]}"#).await).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (400, Some("missing_model"))
     );
-    let (status, body) = error_of(
-        post("/v1/chat/completions", r#"{"model":"gpt-17"}"#)
-            .await
-            .expect("send"),
-    )
-    .await;
+    let (status, body) =
+        error_of(post("/v1/chat/completions", r#"{"model":"gpt-17"}"#).await).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (404, Some("model_not_found"))
@@ -167,21 +109,16 @@ async fn gateway_errors_are_openai_shaped() {
             "/other/vllm/v1/chat/completions",
             r#"{"model":"facebook/opt-125m"}"#,
         )
-        .await
-        .expect("send"),
+        .await,
     )
     .await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (404, Some("model_not_found"))
     );
-    let (status, _) = error_of(post("/v2/nothing", "{}").await.expect("send")).await;
+    let (status, _) = error_of(post("/v2/nothing", "{}").await).await;
     assert_eq!(status, 404);
-    let resp = http
-        .get(gw.api("/v1/chat/completions"))
-        .send()
-        .await
-        .expect("send");
+    let resp = get(&gw.api("/v1/chat/completions")).await;
     assert_eq!(
         resp.headers().get("allow").and_then(|v| v.to_str().ok()),
         Some("POST")
@@ -189,14 +126,8 @@ async fn gateway_errors_are_openai_shaped() {
     let (status, _) = error_of(resp).await;
     assert_eq!(status, 405);
     let big = format!(r#"{{"model":"{MODEL}","prompt":"{}"}}"#, "x".repeat(8192));
-    let (status, body) = error_of(
-        http.post(gw.api("/v1/completions"))
-            .body(big.clone())
-            .send()
-            .await
-            .expect("send"),
-    )
-    .await;
+    let (status, body) =
+        error_of(post_body(&gw.api("/v1/completions"), big.clone(), &[]).await).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (413, Some("request_too_large"))
@@ -208,12 +139,12 @@ async fn gateway_errors_are_openai_shaped() {
             .map(|c| Ok::<_, std::io::Error>(c.to_vec()))
             .collect::<Vec<_>>(),
     );
-    let resp = http
-        .post(gw.api("/v1/completions"))
-        .body(reqwest::Body::wrap_stream(chunks))
-        .send()
-        .await
-        .expect("send");
+    let resp = post_body(
+        &gw.api("/v1/completions"),
+        reqwest::Body::wrap_stream(chunks),
+        &[],
+    )
+    .await;
     assert_eq!(error_of(resp).await.0, 413);
     assert_eq!(
         count(&mock.stats().requests),
@@ -225,13 +156,12 @@ async fn gateway_errors_are_openai_shaped() {
 #[tokio::test(flavor = "multi_thread")]
 async fn backend_errors_pass_through_unchanged() {
     let (gw, _mock) = with_mock(MockConfig::default(), "").await;
-    let resp = client()
-        .post(gw.api("/v1/chat/completions"))
-        .header("x-mock-fault", "status=400")
-        .json(&chat_body(false))
-        .send()
-        .await
-        .expect("send");
+    let resp = post_json_with(
+        &gw.api("/v1/chat/completions"),
+        &chat_body(false),
+        &[("x-mock-fault", "status=400")],
+    )
+    .await;
     assert_eq!(resp.status(), 400);
     let body: Value = resp.json().await.expect("json");
     assert_eq!(body["object"], "error", "vLLM's own error body, untouched");
@@ -239,7 +169,6 @@ async fn backend_errors_pass_through_unchanged() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn client_token_never_reaches_the_backend_and_request_ids_flow() {
-    std::env::set_var("ROUTES_TEST_POOL_KEY", "pool-secret");
     let mock = MockBackend::start(MockConfig::default())
         .await
         .expect("mock");
@@ -250,31 +179,21 @@ async fn client_token_never_reaches_the_backend_and_request_ids_flow() {
         &[mock.addr.to_string()],
         "api_key_env = \"ROUTES_TEST_POOL_KEY\"",
     );
-    let gw = Gateway::start("", &pools).await;
-    let http = client();
-    let resp = http
-        .post(gw.api("/v1/chat/completions"))
-        .bearer_auth("users-globus-token")
-        .header("x-request-id", "abc-123")
+    let gw = Gateway::start_with_env("", &pools, &[("ROUTES_TEST_POOL_KEY", "pool-secret")]).await;
+    let headers = [
+        ("authorization", "Bearer users-globus-token"),
+        ("x-request-id", "abc-123"),
         // A header the client marks as hop-by-hop stops at the gateway.
-        .header("connection", "keep-alive, x-trace-hop")
-        .header("x-trace-hop", "1")
+        ("connection", "keep-alive, x-trace-hop"),
+        ("x-trace-hop", "1"),
         // Repeated headers travel as they came, every value in order.
-        .header("x-multi", "a")
-        .header("x-multi", "b")
-        .json(&chat_body(false))
-        .send()
-        .await
-        .expect("send");
+        ("x-multi", "a"),
+        ("x-multi", "b"),
+    ];
+    let resp = post_json_with(&gw.api("/v1/chat/completions"), &chat_body(false), &headers).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-request-id"], "abc-123");
-    let seen = mock
-        .stats()
-        .last_headers
-        .lock()
-        .expect("lock")
-        .clone()
-        .expect("headers");
+    let seen = last_headers(&mock);
     assert_eq!(seen["authorization"], "Bearer pool-secret");
     assert_eq!(seen["x-request-id"], "abc-123");
     assert!(!seen.contains_key("x-trace-hop"), "{seen:?}");
@@ -287,13 +206,12 @@ async fn client_token_never_reaches_the_backend_and_request_ids_flow() {
     assert!(seen.contains_key("host"), "{seen:?}");
 
     // An insane request id is replaced, not forwarded.
-    let resp = http
-        .post(gw.api("/v1/chat/completions"))
-        .header("x-request-id", "bad id with spaces")
-        .json(&chat_body(false))
-        .send()
-        .await
-        .expect("send");
+    let resp = post_json_with(
+        &gw.api("/v1/chat/completions"),
+        &chat_body(false),
+        &[("x-request-id", "bad id with spaces")],
+    )
+    .await;
     let id = resp.headers()["x-request-id"]
         .to_str()
         .expect("ascii")
@@ -314,11 +232,6 @@ async fn empty_base_path_serves_at_the_root() {
         .expect("mock");
     let pools = pool("root", "local", &[MODEL], &[mock.addr.to_string()], "");
     let gw = Gateway::start("base_path = \"\"", &pools).await;
-    let resp = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body(false))
-        .send()
-        .await
-        .expect("send");
+    let resp = post_json(&gw.url("/v1/chat/completions"), &chat_body(false)).await;
     assert_eq!(resp.status(), 200);
 }

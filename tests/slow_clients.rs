@@ -33,9 +33,7 @@ async fn until_closed(stream: &mut tokio::net::TcpStream, limit: Duration) -> Op
 #[tokio::test(flavor = "multi_thread")]
 async fn an_idle_keep_alive_connection_is_closed() {
     let (gw, _mock) = with_mock(MockConfig::default(), "client_keepalive_timeout = \"1s\"").await;
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
-        .await
-        .expect("connect");
+    let mut stream = gw.connect().await;
     stream.write_all(GET_HEALTH).await.expect("write");
     let closed = until_closed(&mut stream, Duration::from_secs(10)).await;
     let closed = closed.expect("the idle connection was closed");
@@ -63,9 +61,7 @@ async fn a_client_that_asks_to_close_is_answered_and_closed_at_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_trickled_header_is_cut_off() {
     let (gw, _mock) = with_mock(MockConfig::default(), "client_header_timeout = \"2s\"").await;
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
-        .await
-        .expect("connect");
+    let mut stream = gw.connect().await;
     let started = Instant::now();
     stream
         .write_all(b"GET /resource_server/health HTTP/1.1\r\n")
@@ -109,11 +105,7 @@ async fn connections_past_the_cap_get_a_quick_503() {
     .await;
     let mut held = Vec::new();
     for _ in 0..3 {
-        held.push(
-            tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
-                .await
-                .expect("connect"),
-        );
+        held.push(gw.connect().await);
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let answer = raw_exchange(gw.port, GET_HEALTH, Duration::from_secs(3)).await;
@@ -123,14 +115,7 @@ async fn connections_past_the_cap_get_a_quick_503() {
         answer.to_ascii_lowercase().contains("retry-after: 1"),
         "{answer}"
     );
-    let metrics = client()
-        .get(format!("http://127.0.0.1:{metrics_port}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = scrape(metrics_port).await;
     assert!(
         metrics.contains("igw_connections_refused_total 1"),
         "{metrics}"

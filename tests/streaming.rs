@@ -15,10 +15,9 @@ use std::time::{Duration, Instant};
 use common::*;
 use futures_util::StreamExt;
 
-fn stream_request(gw: &Gateway) -> reqwest::RequestBuilder {
-    client()
-        .post(gw.api("/v1/chat/completions"))
-        .json(&chat_body(true))
+/// Starts the standard chat request, streamed.
+async fn stream(gw: &Gateway) -> reqwest::Response {
+    post_json(&gw.api("/v1/chat/completions"), &chat_body(true)).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -30,7 +29,7 @@ async fn chunks_arrive_as_the_backend_sends_them() {
     };
     let (gw, _mock) = with_mock(config, "").await;
     let started = Instant::now();
-    let resp = stream_request(&gw).send().await.expect("send");
+    let resp = stream(&gw).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-accel-buffering"], "no");
     assert!(resp.headers()["content-type"]
@@ -64,12 +63,8 @@ async fn usage_chunk_passes_through() {
     let (gw, _mock) = with_mock(MockConfig::default(), "").await;
     let mut body = chat_body(true);
     body["stream_options"] = serde_json::json!({"include_usage": true});
-    let text = client()
-        .post(gw.api("/v1/chat/completions"))
-        .json(&body)
-        .send()
+    let text = post_json(&gw.api("/v1/chat/completions"), &body)
         .await
-        .expect("send")
         .text()
         .await
         .expect("text");
@@ -87,7 +82,7 @@ async fn client_disconnect_stops_the_backend_stream() {
         ..MockConfig::default()
     };
     let (gw, mock) = with_mock(config, "").await;
-    let resp = stream_request(&gw).send().await.expect("send");
+    let resp = stream(&gw).await;
     let mut body = resp.bytes_stream();
     body.next().await.expect("first chunk").expect("ok");
     drop(body);
@@ -117,13 +112,7 @@ async fn long_generations_are_bounded_by_the_idle_gap_only() {
         ..MockConfig::default()
     };
     let (gw, mock) = with_mock(config, "upstream_idle_timeout = \"1s\"").await;
-    let text = stream_request(&gw)
-        .send()
-        .await
-        .expect("send")
-        .text()
-        .await
-        .expect("text");
+    let text = stream(&gw).await.text().await.expect("text");
     assert!(text.ends_with("data: [DONE]\n\n"));
     assert_eq!(count(&mock.stats().streams_completed), 1);
 }
@@ -136,12 +125,7 @@ async fn a_silent_backend_gets_504() {
     };
     let (gw, _mock) = with_mock(config, "upstream_idle_timeout = \"500ms\"").await;
     let started = Instant::now();
-    let resp = client()
-        .post(gw.api("/v1/chat/completions"))
-        .json(&chat_body(false))
-        .send()
-        .await
-        .expect("send");
+    let resp = post_json(&gw.api("/v1/chat/completions"), &chat_body(false)).await;
     assert_eq!(resp.status(), 504);
     assert!(started.elapsed() < Duration::from_secs(5));
     let body: serde_json::Value = resp.json().await.expect("json");
@@ -157,7 +141,7 @@ async fn a_backend_reset_mid_stream_reaches_the_client_as_a_cut_stream() {
         ..MockConfig::default()
     };
     let (gw, _mock) = with_mock(config, "").await;
-    let resp = stream_request(&gw).send().await.expect("send");
+    let resp = stream(&gw).await;
     assert_eq!(resp.status(), 200);
     let mut body = resp.bytes_stream();
     let mut text = String::new();
@@ -177,13 +161,12 @@ async fn a_backend_reset_mid_stream_reaches_the_client_as_a_cut_stream() {
     );
     assert!(!text.contains("[DONE]"));
     // The gateway itself keeps serving.
-    let resp = client()
-        .post(gw.api("/v1/chat/completions"))
-        .header("x-mock-fault", "none")
-        .json(&chat_body(false))
-        .send()
-        .await
-        .expect("send");
+    let resp = post_json_with(
+        &gw.api("/v1/chat/completions"),
+        &chat_body(false),
+        &[("x-mock-fault", "none")],
+    )
+    .await;
     assert_eq!(resp.status(), 200);
 }
 
@@ -195,7 +178,7 @@ async fn sigterm_lets_in_flight_streams_finish() {
         ..MockConfig::default()
     };
     let (mut gw, mock) = with_mock(config, "shutdown_grace_period = \"30s\"").await;
-    let resp = stream_request(&gw).send().await.expect("send");
+    let resp = stream(&gw).await;
     let mut body = resp.bytes_stream();
     let mut text = String::new();
     let first = body.next().await.expect("first chunk").expect("ok");

@@ -6,6 +6,7 @@
     reason = "each test file uses a different part of the harness"
 )]
 
+use std::future::Future;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,12 @@ impl Gateway {
     /// Starts the gateway on `[server]` + `rest` (pools, plugins) and waits until it answers.
     /// `server_extra` lines are added to `[server]`.
     pub async fn start(server_extra: &str, rest: &str) -> Gateway {
+        Gateway::start_with_env(server_extra, rest, &[]).await
+    }
+
+    /// As `start`, with `env` set in the gateway process only: setting the test process's
+    /// own environment would race with the tests running beside it.
+    pub async fn start_with_env(server_extra: &str, rest: &str, env: &[(&str, &str)]) -> Gateway {
         let port = free_port();
         let dir = tempfile::tempdir().expect("tempdir");
         // Metrics stay off unless a test asks: every gateway would want the same default port.
@@ -47,6 +54,7 @@ impl Gateway {
             .arg("run")
             .arg("--config")
             .arg(&config_path)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
@@ -71,6 +79,13 @@ impl Gateway {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         panic!("gateway did not start; stderr:\n{}", self.stderr());
+    }
+
+    /// A bare TCP connection to the gateway, for what an HTTP client cannot send.
+    pub async fn connect(&self) -> tokio::net::TcpStream {
+        tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .expect("connect")
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -100,13 +115,26 @@ impl Gateway {
         &self,
         pick: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Some(line) = self.access_log().into_iter().find(|l| pick(l)) {
-                return line;
-            }
-            assert!(Instant::now() < deadline, "no matching access-log line");
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        let found = poll(Duration::from_secs(5), Duration::from_millis(10), || {
+            std::future::ready(self.access_log().into_iter().find(|l| pick(l)))
+        });
+        found.await.expect("no matching access-log line")
+    }
+
+    /// The whole access log once exactly `n` of its lines match `pick`, waiting up to 5 s:
+    /// each line is written after its response has gone out.
+    pub async fn wait_access_lines(
+        &self,
+        n: usize,
+        pick: impl Fn(&serde_json::Value) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let found = poll(Duration::from_secs(5), Duration::from_millis(20), || {
+            let log = self.access_log();
+            std::future::ready((log.iter().filter(|l| pick(l)).count() == n).then_some(log))
+        });
+        match found.await {
+            Some(log) => log,
+            None => panic!("timed out waiting for {n} matching access-log lines"),
         }
     }
 
@@ -170,13 +198,6 @@ pub fn pool(
 /// A fast health check so tests see state changes quickly.
 pub const FAST_HEALTH: &str = "[pools.health]\ninterval = \"100ms\"\ntimeout = \"200ms\"\nunhealthy_threshold = 1\nhealthy_threshold = 1\n";
 
-pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("client")
-}
-
 pub fn chat_body(stream: bool) -> serde_json::Value {
     serde_json::json!({
         "model": MODEL,
@@ -186,45 +207,14 @@ pub fn chat_body(stream: bool) -> serde_json::Value {
     })
 }
 
-/// Waits until `check` holds, or panics with `what` after `limit`.
-pub async fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for: {what}");
-}
-
-/// The value of the first sample line starting with `prefix` (name and labels).
-pub fn sample(metrics: &str, prefix: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
-pub async fn scrape(port: u16) -> String {
-    get_text(&format!("http://127.0.0.1:{port}/metrics")).await
-}
-
-/// GET `url` and its body as text, whatever the status.
-pub async fn get_text(url: &str) -> String {
-    let resp = client().get(url).send().await.expect("send");
-    resp.text().await.expect("body")
-}
-
-/// GET `url` and its body as JSON, whatever the status.
-pub async fn get_json(url: &str) -> serde_json::Value {
-    let resp = client().get(url).send().await.expect("send");
-    resp.json().await.expect("json body")
-}
-
 pub fn count(counter: &std::sync::atomic::AtomicU64) -> u64 {
     MockStats::get(counter)
+}
+
+/// The headers of the last request `mock` received; panics if none came.
+pub fn last_headers(mock: &MockBackend) -> http::HeaderMap {
+    let last = mock.stats().last_headers.lock().expect("lock").clone();
+    last.expect("the backend got a request")
 }
 
 /// A gateway with one pool `local` (cluster `local`) in front of one fresh mock.
@@ -243,25 +233,53 @@ pub async fn with_mock(config: MockConfig, server_extra: &str) -> (Gateway, Mock
 
 pub mod raw;
 pub mod redis;
+pub mod requests;
 
-/// Opens a connection to the gateway, writes `request` as is, and returns what comes back
-/// until the gateway closes the connection or `wait` passes.
-pub async fn raw_exchange(port: u16, request: &[u8], wait: Duration) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect");
-    stream.write_all(request).await.expect("write");
-    let mut received = Vec::new();
-    let deadline = tokio::time::Instant::now() + wait;
-    let mut chunk = [0u8; 4096];
-    loop {
-        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
-            Ok(Ok(n)) if n > 0 => received.extend_from_slice(&chunk[..n]),
-            _ => break,
+#[allow(unused_imports, reason = "not every test file makes HTTP calls")]
+pub use requests::*;
+
+/// Calls `check` every `every` until it gives `Some`, for at most `limit`; `None` if it
+/// never did.
+pub async fn poll<T, Fut>(
+    limit: Duration,
+    every: Duration,
+    mut check: impl FnMut() -> Fut,
+) -> Option<T>
+where
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(found) = check().await {
+            return Some(found);
         }
+        tokio::time::sleep(every).await;
     }
-    String::from_utf8_lossy(&received).into_owned()
+    None
+}
+
+/// Waits until `check` holds, or panics with `what` after `limit`.
+pub async fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let held = poll(limit, Duration::from_millis(20), || {
+        std::future::ready(check().then_some(()))
+    });
+    if held.await.is_none() {
+        panic!("timed out waiting for: {what}");
+    }
+}
+
+/// Waits until the async `check` holds, or panics with `what` after `limit`.
+pub async fn eventually_async<Fut>(limit: Duration, what: &str, mut check: impl FnMut() -> Fut)
+where
+    Fut: Future<Output = bool>,
+{
+    let held = poll(limit, Duration::from_millis(20), || {
+        let holds = check();
+        async move { holds.await.then_some(()) }
+    });
+    if held.await.is_none() {
+        panic!("timed out waiting for: {what}");
+    }
 }
 
 /// An `api_keys` plugin with one key (`key-<name>` for each name, username `<name>@anl.gov`,
@@ -283,15 +301,16 @@ pub fn api_keys_plugin(users: &[(&str, &[&str])]) -> String {
     text
 }
 
-/// A model only some users may use (pool `allowed_groups = ["g-secret"]`).
+/// A model only some users may use (pool `secret`, `allowed_groups = [group]`).
 pub const SECRET_MODEL: &str = "meta-llama/Meta-Llama-3-8B-Instruct";
 
-/// A gateway with `plugins`, an open pool serving `MODEL` and a pool serving `SECRET_MODEL`
-/// to group `g-secret` only, both on `cluster` and one mock.
+/// A gateway with `plugins`, a pool `open` serving `MODEL` and a pool `secret` serving
+/// `SECRET_MODEL` to `group` only, both on `cluster` and one mock.
 pub async fn open_and_secret_pools(
     server_extra: &str,
     plugins: &str,
     cluster: &str,
+    group: &str,
 ) -> (Gateway, MockBackend) {
     let mock = MockBackend::start(MockConfig {
         models: vec![MODEL.into(), SECRET_MODEL.into()],
@@ -308,7 +327,7 @@ pub async fn open_and_secret_pools(
             cluster,
             &[SECRET_MODEL],
             &backend,
-            "allowed_groups = [\"g-secret\"]"
+            &format!("allowed_groups = [{group:?}]")
         ),
     );
     (Gateway::start(server_extra, &config).await, mock)

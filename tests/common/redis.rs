@@ -89,21 +89,19 @@ impl RedisCluster {
             .expect("redis-cli (redis-tools) must be installed");
         assert!(status.success(), "redis-cli --cluster create failed");
         // The cluster answers once every slot is served.
-        for _ in 0..500 {
+        let ready = retry(500, Duration::from_millis(20), || {
             let info = Command::new("redis-cli")
                 .args(["-p", &ports[0].to_string(), "cluster", "info"])
                 .output()
                 .expect("redis-cli");
-            if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
-                return RedisCluster {
-                    ports,
-                    nodes,
-                    _dir: dir,
-                };
-            }
-            std::thread::sleep(Duration::from_millis(20));
+            String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok")
+        });
+        assert!(ready, "the Redis cluster did not become ready");
+        RedisCluster {
+            ports,
+            nodes,
+            _dir: dir,
         }
-        panic!("the Redis cluster did not become ready");
     }
 
     pub fn seed_url(&self) -> String {
@@ -111,11 +109,22 @@ impl RedisCluster {
     }
 }
 
+/// Waits (up to 2 s) until `port` accepts connections; a server that never does fails the
+/// test later, when it is used.
 fn wait_for_port(port: u16) {
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
+    retry(200, Duration::from_millis(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+}
+
+/// Calls `check` up to `times` times, `every` apart, until it holds; whether it did. These
+/// servers start from synchronous code, outside any runtime.
+fn retry(times: u32, every: Duration, mut check: impl FnMut() -> bool) -> bool {
+    for _ in 0..times {
+        if check() {
+            return true;
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(every);
     }
+    false
 }
