@@ -13,8 +13,9 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use gateway_plugin_api::config::from_table;
 use gateway_plugin_api::{BuildContext, Phase, Plugin, PluginFactory, RequestCtx, RequestSummary};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub struct AccessLogFactory;
 
@@ -29,31 +30,26 @@ impl PluginFactory for AccessLogFactory {
         path: &str,
         _cx: &BuildContext,
     ) -> Result<Arc<dyn Plugin>, String> {
-        let mut sink = Sink::Stdout;
-        for (key, value) in config {
-            match (key.as_str(), value) {
-                ("kind", _) => {}
-                ("path", toml::Value::String(file)) => {
-                    let opened = OpenOptions::new().create(true).append(true).open(file);
-                    let file = opened.map_err(|e| {
-                        format!("{path}.path: cannot open `{file}` for append: {e}")
-                    })?;
-                    sink = Sink::File(Mutex::new(file));
-                }
-                ("path", other) => {
-                    return Err(format!(
-                        "{path}.path: expected a file path string, got `{other}`"
-                    ))
-                }
-                (other, _) => {
-                    return Err(format!(
-                        "{path}.{other}: unknown key for plugin `access_log` (known: kind, path)"
-                    ))
-                }
+        let file: FileConfig = from_table(config, path)?;
+        let sink = match file.path {
+            None => Sink::Stdout,
+            Some(file) => {
+                let opened = OpenOptions::new().create(true).append(true).open(&file);
+                let file = opened
+                    .map_err(|e| format!("{path}.path: cannot open `{file}` for append: {e}"))?;
+                Sink::File(Mutex::new(file))
             }
-        }
+        };
         Ok(Arc::new(AccessLog { sink }))
     }
+}
+
+/// The `[[plugins]]` table of `kind = "access_log"`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    /// The file lines are appended to; stdout when absent.
+    path: Option<String>,
 }
 
 enum Sink {

@@ -15,10 +15,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use gateway_plugin_api::config::from_table;
 use gateway_plugin_api::{
     bearer_token, Authn, BuildContext, Phase, Plugin, PluginFactory, Principal, RequestCtx,
     RequestHead,
 };
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 pub struct ApiKeysFactory;
@@ -27,68 +29,60 @@ pub struct ApiKeys {
     by_hash: HashMap<[u8; 32], Arc<Principal>>,
 }
 
-fn string_list(value: &toml::Value, path: &str) -> Result<Vec<String>, String> {
-    let items = value
-        .as_array()
-        .ok_or_else(|| format!("{path}: `{value}` is not a list of strings"))?;
-    items
-        .iter()
-        .map(|v| {
-            v.as_str()
-                .map(str::to_string)
-                .ok_or_else(|| format!("{path}: `{v}` is not a string"))
-        })
-        .collect()
+/// The `[[plugins]]` table of `kind = "api_keys"`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    keys: Vec<KeyEntry>,
 }
 
-fn key_entry(table: &toml::Value, path: &str) -> Result<([u8; 32], Principal), String> {
-    let table = table
-        .as_table()
-        .ok_or_else(|| format!("{path}: expected a table with sha256 and username"))?;
-    let mut hash = None;
-    let mut principal = Principal {
-        auth_method: "api_key".into(),
-        ..Principal::default()
-    };
-    for (key, value) in table {
-        let at = format!("{path}.{key}");
-        match key.as_str() {
-            "sha256" => {
-                let text = value.as_str().unwrap_or_default();
-                let mut bytes = [0u8; 32];
-                hex::decode_to_slice(text, &mut bytes)
-                    .map_err(|_| format!("{at}: `{value}` is not 64 hex digits (a SHA-256)"))?;
-                hash = Some(bytes);
+/// One `[[plugins.keys]]` table: a key's hash and whose it is.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyEntry {
+    sha256: String,
+    username: String,
+    id: Option<String>,
+    name: Option<String>,
+    #[serde(default)]
+    groups: Vec<String>,
+}
+
+impl KeyEntry {
+    /// The key's hash and its principal; `path` is the entry's TOML path.
+    fn validate(self, path: &str) -> Result<([u8; 32], Principal), String> {
+        let mut hash = [0u8; 32];
+        hex::decode_to_slice(&self.sha256, &mut hash).map_err(|_| {
+            format!(
+                "{path}.sha256: `{:?}` is not 64 hex digits (a SHA-256)",
+                self.sha256
+            )
+        })?;
+        let non_empty = |key: &str, value: String| {
+            if value.is_empty() {
+                Err(format!("{path}.{key}: `\"\"` must be a non-empty string"))
+            } else {
+                Ok(value)
             }
-            "username" => match value.as_str() {
-                Some(u) if !u.is_empty() => principal.username = u.to_string(),
-                _ => return Err(format!("{at}: `{value}` must be a non-empty string")),
-            },
-            "id" => match value.as_str() {
-                Some(id) if !id.is_empty() => principal.id = id.to_string(),
-                _ => return Err(format!("{at}: `{value}` must be a non-empty string")),
-            },
-            "name" => principal.name = value.as_str().map(str::to_string),
-            "groups" => principal.groups = string_list(value, &at)?,
-            other => {
-                return Err(format!(
-                    "{path}.{other}: unknown key (known: sha256, username, id, name, groups)"
-                ))
-            }
-        }
+        };
+        let username = non_empty("username", self.username)?;
+        let id = match self.id {
+            Some(id) => non_empty("id", id)?,
+            None => username.clone(),
+        };
+        let principal = Principal {
+            identity_provider: username
+                .split_once('@')
+                .map(|(_, domain)| domain.to_string()),
+            id,
+            username,
+            name: self.name,
+            groups: self.groups,
+            auth_method: "api_key".into(),
+        };
+        Ok((hash, principal))
     }
-    let hash = hash.ok_or_else(|| format!("{path}.sha256: missing"))?;
-    if principal.username.is_empty() {
-        return Err(format!("{path}.username: missing"));
-    }
-    if principal.id.is_empty() {
-        principal.id = principal.username.clone();
-    }
-    principal.identity_provider = principal
-        .username
-        .split_once('@')
-        .map(|(_, domain)| domain.to_string());
-    Ok((hash, principal))
 }
 
 impl PluginFactory for ApiKeysFactory {
@@ -102,27 +96,13 @@ impl PluginFactory for ApiKeysFactory {
         path: &str,
         _cx: &BuildContext,
     ) -> Result<Arc<dyn Plugin>, String> {
+        let file: FileConfig = from_table(config, path)?;
         let mut by_hash = HashMap::new();
-        for (key, value) in config {
-            match key.as_str() {
-                "kind" => {}
-                "keys" => {
-                    let entries = value
-                        .as_array()
-                        .ok_or_else(|| format!("{path}.keys: expected [[{path}.keys]] tables"))?;
-                    for (i, entry) in entries.iter().enumerate() {
-                        let at = format!("{path}.keys[{i}]");
-                        let (hash, principal) = key_entry(entry, &at)?;
-                        if by_hash.insert(hash, Arc::new(principal)).is_some() {
-                            return Err(format!("{at}.sha256: the same key is listed twice"));
-                        }
-                    }
-                }
-                other => {
-                    return Err(format!(
-                        "{path}.{other}: unknown key for plugin `api_keys` (known: kind, keys)"
-                    ))
-                }
+        for (i, entry) in file.keys.into_iter().enumerate() {
+            let at = format!("{path}.keys[{i}]");
+            let (hash, principal) = entry.validate(&at)?;
+            if by_hash.insert(hash, Arc::new(principal)).is_some() {
+                return Err(format!("{at}.sha256: the same key is listed twice"));
             }
         }
         Ok(Arc::new(ApiKeys { by_hash }))

@@ -2,13 +2,12 @@
 
 use std::time::Duration;
 
+use gateway_plugin_api::config::{from_table, TextDuration};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
-    #[allow(dead_code, reason = "read by the core to pick this factory")]
-    kind: String,
     client_id: String,
     client_secret_file: Option<String>,
     client_secret_env: Option<String>,
@@ -23,12 +22,12 @@ struct FileConfig {
     policies: Vec<String>,
     #[serde(default)]
     service_accounts: Vec<String>,
-    cache_ttl: Option<String>,
-    negative_cache_ttl: Option<String>,
+    cache_ttl: Option<TextDuration>,
+    negative_cache_ttl: Option<TextDuration>,
     cache_capacity: Option<u64>,
-    timeout: Option<String>,
-    exp_leeway: Option<String>,
-    retry_after: Option<String>,
+    timeout: Option<TextDuration>,
+    exp_leeway: Option<TextDuration>,
+    retry_after: Option<TextDuration>,
     max_concurrent_introspections: Option<u64>,
     introspections_per_second: Option<f64>,
     introspections_per_client_per_minute: Option<f64>,
@@ -63,18 +62,8 @@ pub struct GlobusConfig {
     pub introspections_per_client_per_minute: f64,
 }
 
-fn duration(
-    value: &Option<String>,
-    path: &str,
-    key: &str,
-    default_secs: u64,
-) -> Result<Duration, String> {
-    gateway_plugin_api::config::duration(
-        value.as_deref(),
-        path,
-        key,
-        Duration::from_secs(default_secs),
-    )
+fn secs(value: Option<TextDuration>, default: u64) -> Duration {
+    value.map_or(Duration::from_secs(default), |d| d.0)
 }
 
 fn url(value: Option<String>, path: &str, key: &str, default: &str) -> Result<String, String> {
@@ -114,9 +103,7 @@ fn read_secret(f: &FileConfig, path: &str) -> Result<String, String> {
 
 impl GlobusConfig {
     pub fn parse(table: &toml::Table, path: &str, fetch_groups: bool) -> Result<Self, String> {
-        let f: FileConfig = toml::Value::Table(table.clone())
-            .try_into()
-            .map_err(|e: toml::de::Error| format!("{path}: {}", e.message()))?;
+        let f: FileConfig = from_table(table, path)?;
         if f.client_id.trim().is_empty() {
             return Err(format!("{path}.client_id: must not be empty"));
         }
@@ -174,12 +161,12 @@ impl GlobusConfig {
             authorized_idp_domains: f.authorized_idp_domains,
             policies: f.policies,
             service_accounts: f.service_accounts,
-            cache_ttl: duration(&f.cache_ttl, path, "cache_ttl", 600)?,
-            negative_cache_ttl: duration(&f.negative_cache_ttl, path, "negative_cache_ttl", 60)?,
+            cache_ttl: secs(f.cache_ttl, 600),
+            negative_cache_ttl: secs(f.negative_cache_ttl, 60),
             cache_capacity: capacity,
-            timeout: duration(&f.timeout, path, "timeout", 5)?,
-            exp_leeway: duration(&f.exp_leeway, path, "exp_leeway", 30)?,
-            retry_after: duration(&f.retry_after, path, "retry_after", 5)?,
+            timeout: secs(f.timeout, 5),
+            exp_leeway: secs(f.exp_leeway, 30),
+            retry_after: secs(f.retry_after, 5),
             client_id: f.client_id,
             fetch_groups,
         })

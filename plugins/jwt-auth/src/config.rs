@@ -3,26 +3,25 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use gateway_plugin_api::config::{from_table, TextDuration};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
-    #[allow(dead_code, reason = "read by the core to pick this factory")]
-    kind: String,
     issuer: String,
     audience: Vec<String>,
     algorithms: Option<Vec<String>>,
     jwks_url: Option<String>,
     key_file: Option<String>,
-    jwks_min_refresh_interval: Option<String>,
+    jwks_min_refresh_interval: Option<TextDuration>,
     username_claim: Option<String>,
     groups_claim: Option<String>,
     id_claim: Option<String>,
     identity_provider: Option<String>,
-    leeway: Option<String>,
-    timeout: Option<String>,
+    leeway: Option<TextDuration>,
+    timeout: Option<TextDuration>,
 }
 
 /// Where verification keys come from.
@@ -46,18 +45,8 @@ pub struct JwtConfig {
     pub timeout: Duration,
 }
 
-fn duration(
-    value: &Option<String>,
-    path: &str,
-    key: &str,
-    default_secs: u64,
-) -> Result<Duration, String> {
-    gateway_plugin_api::config::duration(
-        value.as_deref(),
-        path,
-        key,
-        Duration::from_secs(default_secs),
-    )
+fn secs(value: Option<TextDuration>, default: u64) -> Duration {
+    value.map_or(Duration::from_secs(default), |d| d.0)
 }
 
 fn static_key(file: &str, path: &str) -> Result<DecodingKey, String> {
@@ -73,9 +62,7 @@ fn static_key(file: &str, path: &str) -> Result<DecodingKey, String> {
 
 impl JwtConfig {
     pub fn parse(table: &toml::Table, path: &str) -> Result<JwtConfig, String> {
-        let f: FileConfig = toml::Value::Table(table.clone())
-            .try_into()
-            .map_err(|e: toml::de::Error| format!("{path}: {}", e.message()))?;
+        let f: FileConfig = from_table(table, path)?;
         if f.issuer.is_empty() {
             return Err(format!("{path}.issuer: must not be empty"));
         }
@@ -108,12 +95,7 @@ impl JwtConfig {
                 }
                 KeySource::Jwks {
                     url,
-                    min_refresh: duration(
-                        &f.jwks_min_refresh_interval,
-                        path,
-                        "jwks_min_refresh_interval",
-                        60,
-                    )?,
+                    min_refresh: secs(f.jwks_min_refresh_interval, 60),
                 }
             }
             (None, Some(file)) => KeySource::Static(static_key(&file, path)?),
@@ -139,8 +121,8 @@ impl JwtConfig {
                 .unwrap_or_else(|| "preferred_username".into()),
             groups_claim: f.groups_claim.unwrap_or_else(|| "groups".into()),
             id_claim: f.id_claim.unwrap_or_else(|| "sub".into()),
-            leeway: duration(&f.leeway, path, "leeway", 30)?,
-            timeout: duration(&f.timeout, path, "timeout", 5)?,
+            leeway: secs(f.leeway, 30),
+            timeout: secs(f.timeout, 5),
         })
     }
 }

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use gateway_plugin_api::config::{from_table, TextDuration};
 use serde::Deserialize;
 
 /// The largest limit of any kind. Limits, costs and settlements stay within it, so the
@@ -99,13 +100,11 @@ pub enum Backend {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
-    #[allow(dead_code, reason = "read by the core to pick this factory")]
-    kind: String,
     backend: Option<String>,
     redis_url: Option<String>,
     redis_cluster: Option<bool>,
-    redis_timeout: Option<String>,
-    concurrency_lease: Option<String>,
+    redis_timeout: Option<TextDuration>,
+    concurrency_lease: Option<TextDuration>,
     on_redis_error: Option<String>,
     default_max_tokens: Option<u64>,
     key_prefix: Option<String>,
@@ -131,9 +130,7 @@ pub struct LimitsConfig {
 
 impl LimitsConfig {
     pub fn parse(table: &toml::Table, path: &str) -> Result<LimitsConfig, String> {
-        let f: FileConfig = toml::Value::Table(table.clone())
-            .try_into()
-            .map_err(|e: toml::de::Error| format!("{path}: {}", e.message()))?;
+        let f: FileConfig = from_table(table, path)?;
         let backend = match f.backend.as_deref().unwrap_or("memory") {
             "memory" => Backend::Memory,
             "redis" => {
@@ -146,12 +143,7 @@ impl LimitsConfig {
                 {
                     return Err(format!("{path}.redis_url: `{url}` is not a redis:// URL"));
                 }
-                let timeout = gateway_plugin_api::config::duration(
-                    f.redis_timeout.as_deref(),
-                    path,
-                    "redis_timeout",
-                    Duration::from_millis(250),
-                )?;
+                let timeout = f.redis_timeout.map_or(Duration::from_millis(250), |d| d.0);
                 let on_error = match f.on_redis_error.as_deref().unwrap_or("fail_open") {
                     "fail_open" => OnRedisError::FailOpen,
                     "fail_closed" => OnRedisError::FailClosed,
@@ -161,12 +153,7 @@ impl LimitsConfig {
                         ))
                     }
                 };
-                let lease = gateway_plugin_api::config::duration(
-                    f.concurrency_lease.as_deref(),
-                    path,
-                    "concurrency_lease",
-                    Duration::from_secs(60),
-                )?;
+                let lease = f.concurrency_lease.map_or(Duration::from_secs(60), |d| d.0);
                 if !(Duration::from_secs(3)..=Duration::from_secs(86_400)).contains(&lease) {
                     return Err(format!(
                         "{path}.concurrency_lease: `{lease:?}` must be from 3s to 24h"
