@@ -124,7 +124,7 @@ impl Plugin for AccessLog {
         line.number("prompt_tokens", ctx.usage.map(|u| u.prompt_tokens));
         line.number("completion_tokens", ctx.usage.map(|u| u.completion_tokens));
         line.boolean("tokens_estimated", ctx.usage.map(|u| u.estimated));
-        line.string("limiter", ctx.limiter);
+        line.string("limiter", ctx.admit_outcome);
         line.string("error_code", summary.error_code);
         line.boolean("client_aborted", Some(summary.client_aborted));
         line.boolean("truncated", Some(summary.truncated));

@@ -62,9 +62,11 @@ pub struct RequestCtx {
     pub backend: Option<String>,
     pub principal: Option<Principal>,
     pub usage: Option<Usage>,
-    /// What the rate limiter decided (`admitted`, `limited`, `fail_open`), for logs.
-    pub limiter: Option<&'static str>,
-    /// Typed per-plugin state.
+    /// What the admit phase decided (e.g. `admitted`, `limited`), set by the admit plugin
+    /// that decided, for logs.
+    pub admit_outcome: Option<&'static str>,
+    /// Typed per-plugin state: each plugin keeps its own types here (`insert`, `get`), so
+    /// this crate knows nothing of any plugin's state.
     pub extensions: http::Extensions,
 }
 
@@ -86,7 +88,7 @@ impl RequestCtx {
             backend: None,
             principal: None,
             usage: None,
-            limiter: None,
+            admit_outcome: None,
             extensions: http::Extensions::new(),
         }
     }

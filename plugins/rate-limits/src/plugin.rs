@@ -209,7 +209,7 @@ impl Plugin for RateLimits {
                 else {
                     return Flow::Respond(unavailable("a store refused a check it was not given"));
                 };
-                ctx.limiter = Some("limited");
+                ctx.admit_outcome = Some("limited");
                 if let Some(m) = &self.metrics {
                     m.rejections
                         .with_label_values(&[scope.label(), what.label()])
@@ -270,7 +270,7 @@ impl Plugin for RateLimits {
             admission.leases = Some(Arc::new(keeper));
         }
         ctx.extensions.insert(admission);
-        ctx.limiter = Some("admitted");
+        ctx.admit_outcome = Some("admitted");
         Flow::Continue
     }
 
