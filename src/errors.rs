@@ -63,12 +63,15 @@ pub fn model_forbidden(model: &str, principal: Option<&Principal>) -> ApiError {
     ))
 }
 
-pub fn missing_token() -> ApiError {
+/// `hint`: how to get a token, from the configured auth plugin (`Plugin::credential_hint`).
+pub fn missing_token(hint: Option<&str>) -> ApiError {
+    let how = hint.map(|h| format!(" ({h})")).unwrap_or_default();
     ApiError::unauthorized(
         "missing_token",
-        "Missing or unrecognised bearer token: send `Authorization: Bearer $MY_TOKEN` with a \
-         valid access token (get one with `python inference-auth-token.py get_access_token`)."
-            .into(),
+        format!(
+            "Missing or unrecognised bearer token: send `Authorization: Bearer $MY_TOKEN` with a \
+             valid access token{how}."
+        ),
     )
 }
 

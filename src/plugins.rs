@@ -52,6 +52,12 @@ impl Chain {
     }
 }
 
+/// How to get a credential, for the 401 when no authenticator recognised one: the hint of the
+/// first of `authenticators` that has one.
+pub fn credential_hint(authenticators: &[Arc<dyn Plugin>]) -> Option<&str> {
+    authenticators.iter().find_map(|p| p.credential_hint())
+}
+
 /// Builds the chain; an unknown kind names the known ones.
 pub fn build_chain(config: &Config, registry: &prometheus::Registry) -> Result<Chain, ConfigError> {
     let factories = factories();
@@ -103,4 +109,44 @@ pub fn build_chain(config: &Config, registry: &prometheus::Registry) -> Result<C
         }
     }
     Ok(chain)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Auth(Option<&'static str>);
+
+    impl Plugin for Auth {
+        fn credential_hint(&self) -> Option<&str> {
+            self.0
+        }
+
+        fn phase(&self) -> Phase {
+            Phase::Authenticate
+        }
+
+        fn name(&self) -> &str {
+            "auth"
+        }
+    }
+
+    #[test]
+    fn the_401_hint_is_the_first_authenticators_that_has_one() {
+        let chain = |hints: &[Option<&'static str>]| {
+            Chain::new(hints.iter().map(|h| Arc::new(Auth(*h)) as _).collect())
+        };
+        assert_eq!(credential_hint(&chain(&[]).authenticate), None);
+        let chain = chain(&[None, Some("a"), Some("b")]);
+        assert_eq!(credential_hint(&chain.authenticate), Some("a"));
+        let globus = "get one with `python inference-auth-token.py get_access_token`";
+        assert_eq!(
+            crate::errors::missing_token(Some(globus)).message,
+            "Missing or unrecognised bearer token: send `Authorization: Bearer $MY_TOKEN` with a \
+             valid access token (get one with `python inference-auth-token.py get_access_token`)."
+        );
+        assert!(crate::errors::missing_token(None)
+            .message
+            .ends_with("with a valid access token."));
+    }
 }

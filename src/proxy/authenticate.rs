@@ -6,6 +6,7 @@ use std::sync::Arc;
 use gateway_plugin_api::{ApiError, Authn, Plugin, RequestCtx, RequestHead};
 
 use crate::errors;
+use crate::plugins::credential_hint;
 
 pub async fn authenticate(
     plugins: &[Arc<dyn Plugin>],
@@ -25,6 +26,6 @@ pub async fn authenticate(
     if plugins.is_empty() {
         Ok(())
     } else {
-        Err(errors::missing_token())
+        Err(errors::missing_token(credential_hint(plugins)))
     }
 }

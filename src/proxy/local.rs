@@ -29,7 +29,8 @@ pub fn answer(
         Route::Jobs { cluster } => jobs(view.table, cluster, principal),
         Route::Whoami => match principal {
             Some(p) => whoami(p),
-            None => return Err(errors::missing_token()),
+            // Only without authenticators (any would have answered 401): no hint to give.
+            None => return Err(errors::missing_token(None)),
         },
         other => {
             return Err(errors::internal(&format!(

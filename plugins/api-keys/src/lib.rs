@@ -119,6 +119,10 @@ impl Plugin for ApiKeys {
         Phase::Authenticate
     }
 
+    fn credential_hint(&self) -> Option<&str> {
+        Some("an API key issued by this gateway's operators")
+    }
+
     async fn authenticate(&self, head: &RequestHead<'_>, _ctx: &RequestCtx) -> Authn {
         let Some(token) = bearer_token(head.headers) else {
             return Authn::NotMine;

@@ -84,6 +84,13 @@ pub trait Plugin: Send + Sync {
         Authn::NotMine
     }
 
+    /// [`Phase::Authenticate`]: how a client gets the credential this plugin accepts, e.g.
+    /// "get one with `...`". When no authenticator recognises a request's credential, the
+    /// core's 401 shows the hint of the first one that has a hint. The default has none.
+    fn credential_hint(&self) -> Option<&str> {
+        None
+    }
+
     /// [`Phase::Authorize`]: runs once the principal (if any), the model and the pool are known.
     /// `Flow::Respond` ends the request with that error (usually a 403).
     async fn authorize(&self, _head: &RequestHead<'_>, _ctx: &mut RequestCtx) -> Flow {

@@ -123,6 +123,9 @@ impl GlobusMetrics {
     }
 }
 
+/// How a user gets a Globus access token for the gateway, for the core's 401.
+const GET_TOKEN_HINT: &str = "get one with `python inference-auth-token.py get_access_token`";
+
 /// Globus Auth access tokens are ~100 characters; anything far longer is not one, and is
 /// refused without a call to Globus.
 const MAX_TOKEN_LEN: usize = 1024;
@@ -286,6 +289,10 @@ impl Plugin for GlobusAuth {
 
     fn phase(&self) -> Phase {
         Phase::Authenticate
+    }
+
+    fn credential_hint(&self) -> Option<&str> {
+        Some(GET_TOKEN_HINT)
     }
 
     async fn authenticate(&self, head: &RequestHead<'_>, ctx: &RequestCtx) -> Authn {

@@ -57,6 +57,8 @@ pub struct JwtAuth {
     cfg: JwtConfig,
     keys: Keys,
     validation: Validation,
+    /// How to get a token, for the core's 401.
+    hint: String,
 }
 
 const GET_TOKEN: &str = "Log in again with your facility's identity provider to get a new token.";
@@ -111,6 +113,10 @@ impl JwtAuth {
         validation.validate_nbf = true;
         validation.leeway = cfg.leeway.as_secs();
         Ok(JwtAuth {
+            hint: format!(
+                "get one from your facility's identity provider, {}",
+                cfg.issuer
+            ),
             cfg,
             keys,
             validation,
@@ -227,6 +233,10 @@ impl Plugin for JwtAuth {
 
     fn phase(&self) -> Phase {
         Phase::Authenticate
+    }
+
+    fn credential_hint(&self) -> Option<&str> {
+        Some(&self.hint)
     }
 
     async fn authenticate(&self, head: &RequestHead<'_>, ctx: &RequestCtx) -> Authn {
