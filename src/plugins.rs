@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use gateway_plugin_api::{BuildContext, Phase, Plugin, PluginFactory};
+use gateway_plugin_api::{BuildContext, Env, Phase, Plugin, PluginFactory};
 
 use crate::config::{Config, ConfigError};
 
@@ -64,6 +64,7 @@ pub fn build_chain(config: &Config, registry: &prometheus::Registry) -> Result<C
     let cx = BuildContext {
         groups_needed: config.pools.iter().any(|p| !p.allowed_groups.is_empty()),
         registry: registry.clone(),
+        env: Env::default(),
     };
     let chain = config
         .plugins

@@ -162,6 +162,34 @@ pub struct BuildContext {
     /// The server's metrics registry: plugins register their own metrics here (names start
     /// with `igw_`; no label may hold unbounded values such as users or tokens).
     pub registry: prometheus::Registry,
+    /// Where a factory reads the environment variables its table names (secrets).
+    pub env: Env,
+}
+
+/// Environment variables as a factory sees them: the process's by default; a test hands its
+/// own instead of setting process-wide variables that tests running in parallel race on.
+#[derive(Clone)]
+pub struct Env(Arc<Lookup>);
+
+type Lookup = dyn Fn(&str) -> Option<String> + Send + Sync;
+
+impl Env {
+    /// An environment that answers with `lookup`.
+    pub fn new(lookup: impl Fn(&str) -> Option<String> + Send + Sync + 'static) -> Env {
+        Env(Arc::new(lookup))
+    }
+
+    /// The value of variable `name`, if it is set (and Unicode).
+    pub fn var(&self, name: &str) -> Option<String> {
+        (self.0)(name)
+    }
+}
+
+impl Default for Env {
+    /// The process environment.
+    fn default() -> Env {
+        Env::new(|name| std::env::var(name).ok())
+    }
 }
 
 /// The bearer token of a request, if it sent one.

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use gateway_plugin_api::config::{from_table, TextDuration};
+use gateway_plugin_api::{BuildContext, Env};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -75,11 +76,11 @@ fn url(value: Option<String>, path: &str, key: &str, default: &str) -> Result<St
     }
 }
 
-fn read_secret(f: &FileConfig, path: &str) -> Result<String, String> {
+fn read_secret(f: &FileConfig, path: &str, env: &Env) -> Result<String, String> {
     let secret = match (&f.client_secret_file, &f.client_secret_env) {
         (Some(file), None) => std::fs::read_to_string(file)
             .map_err(|e| format!("{path}.client_secret_file: cannot read `{file}`: {e}"))?,
-        (None, Some(var)) => std::env::var(var).map_err(|_| {
+        (None, Some(var)) => env.var(var).ok_or_else(|| {
             format!("{path}.client_secret_env: environment variable `{var}` is not set")
         })?,
         (Some(_), Some(_)) => {
@@ -102,7 +103,9 @@ fn read_secret(f: &FileConfig, path: &str) -> Result<String, String> {
 }
 
 impl GlobusConfig {
-    pub fn parse(table: &toml::Table, path: &str, fetch_groups: bool) -> Result<Self, String> {
+    /// Validates the table at `path`; `cx` says whether groups are needed, and where
+    /// `client_secret_env` is looked up.
+    pub fn parse(table: &toml::Table, path: &str, cx: &BuildContext) -> Result<Self, String> {
         let f: FileConfig = from_table(table, path)?;
         if f.client_id.trim().is_empty() {
             return Err(format!("{path}.client_id: must not be empty"));
@@ -137,7 +140,7 @@ impl GlobusConfig {
                 "introspections_per_client_per_minute",
                 60.0,
             )?,
-            client_secret: read_secret(&f, path)?,
+            client_secret: read_secret(&f, path, &cx.env)?,
             introspect_url: url(
                 f.introspect_url,
                 path,
@@ -168,7 +171,7 @@ impl GlobusConfig {
             exp_leeway: secs(f.exp_leeway, 30),
             retry_after: secs(f.retry_after, 5),
             client_id: f.client_id,
-            fetch_groups,
+            fetch_groups: cx.groups_needed,
         })
     }
 }

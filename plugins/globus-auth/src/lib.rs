@@ -54,7 +54,7 @@ impl PluginFactory for GlobusAuthFactory {
         path: &str,
         cx: &BuildContext,
     ) -> Result<Arc<dyn Plugin>, String> {
-        let cfg = GlobusConfig::parse(config, path, cx.groups_needed)?;
+        let cfg = GlobusConfig::parse(config, path, cx)?;
         let metrics = GlobusMetrics::register(&cx.registry)
             .map_err(|e| format!("{path}: registering metrics: {e}"))?;
         let mut plugin = GlobusAuth::new(cfg)?;

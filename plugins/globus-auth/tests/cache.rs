@@ -10,17 +10,22 @@
 
 use std::time::Duration;
 
+use gateway_plugin_api::{BuildContext, Env};
 use gateway_testkit::globus::{MockGlobus, TokenSpec};
 use plugin_globus_auth::{GlobusAuth, GlobusConfig, Verdict};
 
 async fn plugin(globus: &MockGlobus, extra: &str) -> GlobusAuth {
-    std::env::set_var("CACHE_TEST_SECRET", "s3cret");
+    // The secret comes from the build context's environment, not the process's, which tests
+    // running in parallel share.
+    let cx = BuildContext {
+        env: Env::new(|name| (name == "CACHE_TEST_SECRET").then(|| "s3cret".to_string())),
+        ..BuildContext::default()
+    };
     let text = format!(
         "kind = \"globus_auth\"\nclient_id = \"rs-client\"\nclient_secret_env = \"CACHE_TEST_SECRET\"\n{}{extra}",
         globus.plugin_urls()
     );
-    let cfg =
-        GlobusConfig::parse(&text.parse().expect("toml"), "plugins[0]", false).expect("config");
+    let cfg = GlobusConfig::parse(&text.parse().expect("toml"), "plugins[0]", &cx).expect("config");
     GlobusAuth::new(cfg).expect("plugin")
 }
 

@@ -1,13 +1,23 @@
-use super::*;
+use gateway_plugin_api::{BuildContext, Env};
 use serde_json::json;
+
+use super::*;
 
 const NOW: i64 = 1_800_000_000;
 const CLIENT: &str = "11111111-2222-3333-4444-555555555555";
 
+/// A build context whose environment holds only `VERDICT_TEST_SECRET`: the process's own
+/// is shared with tests running in parallel.
+fn cx() -> BuildContext {
+    BuildContext {
+        env: Env::new(|name| (name == "VERDICT_TEST_SECRET").then(|| "s".to_string())),
+        ..BuildContext::default()
+    }
+}
+
 fn cfg(extra: &str) -> GlobusConfig {
-    std::env::set_var("VERDICT_TEST_SECRET", "s");
     let text = format!("kind = \"globus_auth\"\nclient_id = \"{CLIENT}\"\nclient_secret_env = \"VERDICT_TEST_SECRET\"\n{extra}");
-    GlobusConfig::parse(&text.parse().expect("toml"), "plugins[0]", false).expect("config")
+    GlobusConfig::parse(&text.parse().expect("toml"), "plugins[0]", &cx()).expect("config")
 }
 
 /// An active token as Globus describes it, for a user who logged in with two identities.
@@ -144,7 +154,7 @@ fn service_accounts_skip_session_checks() {
 #[test]
 fn config_errors_name_the_path() {
     let parse = |text: &str| {
-        GlobusConfig::parse(&text.parse().expect("toml"), "plugins[3]", false)
+        GlobusConfig::parse(&text.parse().expect("toml"), "plugins[3]", &cx())
             .err()
             .unwrap_or_default()
     };
@@ -158,7 +168,6 @@ fn config_errors_name_the_path() {
         parse("kind = \"globus_auth\"\nclient_id = \"x\"\nclient_secret = \"inline\"")
             .contains("unknown field `client_secret`")
     );
-    std::env::set_var("VERDICT_TEST_SECRET", "s");
     assert!(parse("kind = \"globus_auth\"\nclient_id = \"x\"\nclient_secret_env = \"VERDICT_TEST_SECRET\"\ncache_ttl = \"long\"")
         .starts_with("plugins[3].cache_ttl: `long`"));
 }
