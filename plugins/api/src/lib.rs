@@ -24,6 +24,7 @@
 pub mod config;
 mod context;
 mod error;
+pub mod metrics;
 pub mod text;
 
 use std::sync::Arc;
@@ -160,7 +161,8 @@ pub struct BuildContext {
     /// Some pool restricts access by group, so auth plugins must resolve group membership.
     pub groups_needed: bool,
     /// The server's metrics registry: plugins register their own metrics here (names start
-    /// with `igw_`; no label may hold unbounded values such as users or tokens).
+    /// with `igw_`; no label may hold unbounded values such as users or tokens); see
+    /// [`metrics`].
     pub registry: prometheus::Registry,
     /// Where a factory reads the environment variables its table names (secrets).
     pub env: Env,

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use gateway_plugin_api::{
-    bearer_token, ApiError, Authn, BuildContext, Phase, Plugin, PluginFactory, Principal,
+    bearer_token, metrics, ApiError, Authn, BuildContext, Phase, Plugin, PluginFactory, Principal,
     RequestCtx, RequestHead,
 };
 use moka::future::Cache;
@@ -94,31 +94,24 @@ struct GlobusMetrics {
 
 impl GlobusMetrics {
     fn register(registry: &prometheus::Registry) -> prometheus::Result<GlobusMetrics> {
-        let checks = prometheus::IntCounterVec::new(
-            prometheus::Opts::new(
+        Ok(GlobusMetrics {
+            checks: metrics::counter_vec(
+                registry,
                 "igw_globus_auth_checks_total",
                 "Token checks by outcome: hit (cached verdict), miss (introspected), unavailable (Globus down or busy), throttled (too many unknown tokens)",
-            ),
-            &["result"],
-        )?;
-        let introspection = prometheus::Histogram::with_opts(
-            prometheus::HistogramOpts::new(
+                &["result"],
+            )?,
+            introspection: metrics::histogram(
+                registry,
                 "igw_globus_introspection_seconds",
                 "Time to introspect a token (and fetch its groups when needed)",
-            )
-            .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
-        )?;
-        let failures = prometheus::IntCounter::new(
-            "igw_globus_errors_total",
-            "Introspections that got no usable answer from Globus",
-        )?;
-        registry.register(Box::new(checks.clone()))?;
-        registry.register(Box::new(introspection.clone()))?;
-        registry.register(Box::new(failures.clone()))?;
-        Ok(GlobusMetrics {
-            checks,
-            introspection,
-            failures,
+                vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+            )?,
+            failures: metrics::counter(
+                registry,
+                "igw_globus_errors_total",
+                "Introspections that got no usable answer from Globus",
+            )?,
         })
     }
 }

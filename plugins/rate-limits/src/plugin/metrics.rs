@@ -1,5 +1,7 @@
 //! The limiter's own metrics.
 
+use gateway_plugin_api::metrics;
+
 /// `igw_rate_limit_*` metrics.
 pub struct LimitMetrics {
     pub rejections: prometheus::IntCounterVec,
@@ -10,28 +12,23 @@ pub struct LimitMetrics {
 
 impl LimitMetrics {
     pub fn register(registry: &prometheus::Registry) -> prometheus::Result<LimitMetrics> {
-        let rejections = prometheus::IntCounterVec::new(
-            prometheus::Opts::new(
+        Ok(LimitMetrics {
+            rejections: metrics::counter_vec(
+                registry,
                 "igw_rate_limit_rejections_total",
                 "Requests refused with 429, by the limit that refused them",
-            ),
-            &["scope", "limit"],
-        )?;
-        let backend_errors = prometheus::IntCounter::new(
-            "igw_rate_limit_backend_errors_total",
-            "Limit checks Redis could not answer",
-        )?;
-        let degraded = prometheus::IntGauge::new(
-            "igw_rate_limit_redis_degraded",
-            "1 while Redis is unreachable and limits fall back (fail_open) or refuse (fail_closed)",
-        )?;
-        registry.register(Box::new(rejections.clone()))?;
-        registry.register(Box::new(backend_errors.clone()))?;
-        registry.register(Box::new(degraded.clone()))?;
-        Ok(LimitMetrics {
-            rejections,
-            backend_errors,
-            degraded,
+                &["scope", "limit"],
+            )?,
+            backend_errors: metrics::counter(
+                registry,
+                "igw_rate_limit_backend_errors_total",
+                "Limit checks Redis could not answer",
+            )?,
+            degraded: metrics::gauge(
+                registry,
+                "igw_rate_limit_redis_degraded",
+                "1 while Redis is unreachable and limits fall back (fail_open) or refuse (fail_closed)",
+            )?,
         })
     }
 }
