@@ -63,24 +63,24 @@ impl PluginFactory for GlobusAuthFactory {
     }
 }
 
-/// A cached decision about one token.
+/// What the gateway decided about one token, and for how long that decision may be cached.
 #[derive(Debug)]
-pub enum Verdict {
+pub enum TokenVerdict {
     Accepted(Principal, Duration),
     Rejected(Rejection, Duration),
 }
 
 struct VerdictExpiry;
 
-impl moka::Expiry<[u8; 32], Arc<Verdict>> for VerdictExpiry {
+impl moka::Expiry<[u8; 32], Arc<TokenVerdict>> for VerdictExpiry {
     fn expire_after_create(
         &self,
         _: &[u8; 32],
-        value: &Arc<Verdict>,
+        value: &Arc<TokenVerdict>,
         _: Instant,
     ) -> Option<Duration> {
         Some(match value.as_ref() {
-            Verdict::Accepted(_, ttl) | Verdict::Rejected(_, ttl) => *ttl,
+            TokenVerdict::Accepted(_, ttl) | TokenVerdict::Rejected(_, ttl) => *ttl,
         })
     }
 }
@@ -134,7 +134,7 @@ pub enum CheckError {
 
 pub struct GlobusAuth {
     client: GlobusClient,
-    cache: Cache<[u8; 32], Arc<Verdict>>,
+    cache: Cache<[u8; 32], Arc<TokenVerdict>>,
     throttle: MissThrottle,
     in_flight: Semaphore,
     metrics: Option<GlobusMetrics>,
@@ -172,7 +172,7 @@ impl GlobusAuth {
         token: &str,
         client: Option<IpAddr>,
         ran: &std::sync::atomic::AtomicBool,
-    ) -> Result<Arc<Verdict>, CheckError> {
+    ) -> Result<Arc<TokenVerdict>, CheckError> {
         self.throttle.admit(client).map_err(CheckError::Throttled)?;
         let timeout = self.client.config().timeout;
         let _permit = match tokio::time::timeout(timeout, self.in_flight.acquire()).await {
@@ -195,16 +195,16 @@ impl GlobusAuth {
         result.map_err(|Outage(reason)| CheckError::Outage(reason))
     }
 
-    async fn introspect_and_judge(&self, token: &str) -> Result<Arc<Verdict>, Outage> {
+    async fn introspect_and_judge(&self, token: &str) -> Result<Arc<TokenVerdict>, Outage> {
         let cfg = self.client.config();
         let introspection = self.client.introspect(token).await?;
         let verdict = match verdict::judge(&introspection, cfg) {
-            Err(rejection) => Verdict::Rejected(rejection, cfg.negative_cache_ttl),
+            Err(rejection) => TokenVerdict::Rejected(rejection, cfg.negative_cache_ttl),
             Ok(mut accepted) => {
                 if cfg.fetch_groups && !accepted.service_account {
                     accepted.principal.groups = self.client.groups(token).await?;
                 }
-                Verdict::Accepted(accepted.principal, accepted.ttl)
+                TokenVerdict::Accepted(accepted.principal, accepted.ttl)
             }
         };
         Ok(Arc::new(verdict))
@@ -221,7 +221,7 @@ impl GlobusAuth {
         &self,
         token: &str,
         client: Option<IpAddr>,
-    ) -> Result<Arc<Verdict>, Arc<CheckError>> {
+    ) -> Result<Arc<TokenVerdict>, Arc<CheckError>> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         // Set when this call ran the introspection itself (a miss), not a waiter or a hit.
         let ran = std::sync::atomic::AtomicBool::new(false);
@@ -307,8 +307,8 @@ impl Plugin for GlobusAuth {
         let client = ctx.client_addr.map(|a| a.ip());
         match self.check(token, client).await {
             Ok(verdict) => match verdict.as_ref() {
-                Verdict::Accepted(principal, _) => Authn::Accepted(principal.clone()),
-                Verdict::Rejected(r, _) => {
+                TokenVerdict::Accepted(principal, _) => Authn::Accepted(principal.clone()),
+                TokenVerdict::Rejected(r, _) => {
                     Authn::Refused(ApiError::unauthorized(r.code, r.message.clone()))
                 }
             },

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use gateway_plugin_api::{BuildContext, Env};
 use gateway_testkit::globus::{MockGlobus, TokenSpec};
-use plugin_globus_auth::{GlobusAuth, GlobusConfig, Verdict};
+use plugin_globus_auth::{GlobusAuth, GlobusConfig, TokenVerdict};
 
 async fn plugin(globus: &MockGlobus, extra: &str) -> GlobusAuth {
     // The secret comes from the build context's environment, not the process's, which tests
@@ -45,7 +45,7 @@ async fn a_flood_of_random_tokens_stays_within_capacity() {
             .check(&format!("AgRandom{i}"), None)
             .await
             .expect("answer");
-        assert!(matches!(verdict.as_ref(), Verdict::Rejected(..)));
+        assert!(matches!(verdict.as_ref(), TokenVerdict::Rejected(..)));
     }
     assert!(
         auth.cached_entries().await <= 32,
