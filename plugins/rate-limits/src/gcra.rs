@@ -13,9 +13,9 @@
 /// The window all rates are expressed in.
 pub const WINDOW: f64 = 60.0;
 
-/// What one limit says about one request.
+/// What one limit says about one request: the outcome of one [`crate::store::Check`].
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Verdict {
+pub enum CheckOutcome {
     /// Admitted: units left, and seconds until the budget is whole again.
     Admit { remaining: u64, reset: f64 },
     /// Refused: seconds until the cost would be admitted.
@@ -25,20 +25,20 @@ pub enum Verdict {
 /// Admits `cost` against a per-minute `limit` with state `tat`; returns the new state.
 /// A cost above the whole budget is charged as the whole budget (a full bucket admits it;
 /// settlement then charges the rest), so no request is refused forever.
-pub fn rate(tat: f64, now: f64, limit: u64, cost: u64) -> (Verdict, f64) {
+pub fn rate(tat: f64, now: f64, limit: u64, cost: u64) -> (CheckOutcome, f64) {
     let period = WINDOW / limit.max(1) as f64;
     let cost = cost.min(limit.max(1));
     let tat = bounded(tat, now);
     let new_tat = tat + cost as f64 * period;
     let wait = new_tat - now - WINDOW;
     if wait > 1e-9 {
-        return (Verdict::Refuse { retry_after: wait }, tat);
+        return (CheckOutcome::Refuse { retry_after: wait }, tat);
     }
     let remaining = ((WINDOW - (new_tat - now)) / period + 1e-9)
         .floor()
         .max(0.0) as u64;
     (
-        Verdict::Admit {
+        CheckOutcome::Admit {
             remaining,
             reset: new_tat - now,
         },
@@ -64,14 +64,14 @@ fn bounded(tat: f64, now: f64) -> f64 {
 }
 
 /// Admits one more concurrent request when fewer than `limit` are in flight.
-pub fn concurrency(in_flight: u64, limit: u64) -> Verdict {
+pub fn concurrency(in_flight: u64, limit: u64) -> CheckOutcome {
     if in_flight < limit {
-        Verdict::Admit {
+        CheckOutcome::Admit {
             remaining: limit - in_flight - 1,
             reset: 0.0,
         }
     } else {
-        Verdict::Refuse { retry_after: 1.0 }
+        CheckOutcome::Refuse { retry_after: 1.0 }
     }
 }
 
@@ -86,7 +86,7 @@ mod tests {
         let mut now = 0.0;
         while now < duration {
             let (v, next) = rate(tat, now, limit, 1);
-            if matches!(v, Verdict::Admit { .. }) {
+            if matches!(v, CheckOutcome::Admit { .. }) {
                 times.push(now);
                 tat = next;
             }
@@ -100,15 +100,17 @@ mod tests {
         let (v, tat) = rate(0.0, 1000.0, 10, 10);
         assert_eq!(
             v,
-            Verdict::Admit {
+            CheckOutcome::Admit {
                 remaining: 0,
                 reset: 60.0
             }
         );
         let (v, _) = rate(tat, 1000.0, 10, 1);
-        assert!(matches!(v, Verdict::Refuse { retry_after } if (retry_after - 6.0).abs() < 1e-6));
+        assert!(
+            matches!(v, CheckOutcome::Refuse { retry_after } if (retry_after - 6.0).abs() < 1e-6)
+        );
         let (v, _) = rate(tat, 1006.0, 10, 1);
-        assert!(matches!(v, Verdict::Admit { remaining: 0, .. }));
+        assert!(matches!(v, CheckOutcome::Admit { remaining: 0, .. }));
     }
 
     #[test]
@@ -137,11 +139,14 @@ mod tests {
         let (_, tat) = rate(0.0, 0.0, 600, 500); // reserve 500 of 600 tokens/min
         let refunded = settle(tat, 0.0, 600, -400); // only 100 were used
         let (v, _) = rate(refunded, 0.0, 600, 500);
-        assert!(matches!(v, Verdict::Admit { remaining: 0, .. }), "{v:?}");
+        assert!(
+            matches!(v, CheckOutcome::Admit { remaining: 0, .. }),
+            "{v:?}"
+        );
         let charged = settle(0.0, 0.0, 600, 600);
         assert!(matches!(
             rate(charged, 0.0, 600, 1).0,
-            Verdict::Refuse { .. }
+            CheckOutcome::Refuse { .. }
         ));
         assert_eq!(
             settle(0.0, 50.0, 600, -10),
@@ -156,14 +161,14 @@ mod tests {
         let tat = settle(0.0, 100.0, 10, i64::MAX);
         assert_eq!(tat, 160.0);
         match rate(tat, 100.0, 10, u64::MAX).0 {
-            Verdict::Refuse { retry_after } => assert!(retry_after <= WINDOW, "{retry_after}"),
+            CheckOutcome::Refuse { retry_after } => assert!(retry_after <= WINDOW, "{retry_after}"),
             other => panic!("{other:?}"),
         }
         // Corrupt or far-future stored states are clamped the same way.
         for stored in [f64::NAN, f64::INFINITY, 1e300, -1e300] {
-            let (verdict, next) = rate(stored, 100.0, 10, 1);
+            let (outcome, next) = rate(stored, 100.0, 10, 1);
             assert!(next <= 100.0 + WINDOW, "{stored}: {next}");
-            if let Verdict::Refuse { retry_after } = verdict {
+            if let CheckOutcome::Refuse { retry_after } = outcome {
                 assert!(retry_after <= WINDOW, "{stored}: {retry_after}");
             }
         }
@@ -173,18 +178,18 @@ mod tests {
     #[test]
     fn oversized_costs_are_admitted_on_a_full_budget() {
         let (v, _) = rate(0.0, 100.0, 1000, 5000);
-        assert!(matches!(v, Verdict::Admit { remaining: 0, .. }));
+        assert!(matches!(v, CheckOutcome::Admit { remaining: 0, .. }));
     }
 
     #[test]
     fn concurrency_counts() {
         assert_eq!(
             concurrency(0, 2),
-            Verdict::Admit {
+            CheckOutcome::Admit {
                 remaining: 1,
                 reset: 0.0
             }
         );
-        assert!(matches!(concurrency(2, 2), Verdict::Refuse { .. }));
+        assert!(matches!(concurrency(2, 2), CheckOutcome::Refuse { .. }));
     }
 }

@@ -21,5 +21,5 @@ mod plugin;
 pub mod store;
 
 pub use config::LimitsConfig;
-pub use gcra::{Verdict, WINDOW};
+pub use gcra::{CheckOutcome, WINDOW};
 pub use plugin::{RateLimits, RateLimitsFactory};

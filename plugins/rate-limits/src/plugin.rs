@@ -18,12 +18,11 @@ use gateway_plugin_api::{
 };
 
 use crate::config::{Backend, LimitsConfig, OnRedisError};
-use crate::gcra::{Verdict, WINDOW};
+use crate::gcra::{CheckOutcome, WINDOW};
 use crate::store::memory::{system_clock, Clock, MemoryStore};
 use crate::store::{Decision, Store};
-use admission::{keep_leases, settle_with_retries, Admission, Budget};
+use admission::{keep_leases, settle_with_retries, Admission, Allowance, Budget};
 use checks::{describe, plan, What};
-use headers::tighter;
 use metrics::LimitMetrics;
 use redis_side::RedisSide;
 
@@ -202,7 +201,7 @@ impl Plugin for RateLimits {
             Ok(found) => found,
             Err(e) => return Flow::Respond(e),
         };
-        let verdicts = match decision {
+        let outcomes = match decision {
             Decision::Refused { index, retry_after } => {
                 let (Some(&(scope, what)), Some(check)) =
                     (plan.about.get(index), plan.checks.get(index))
@@ -227,7 +226,7 @@ impl Plugin for RateLimits {
                     .with_header("retry-after", wait.to_string()),
                 );
             }
-            Decision::Admitted(verdicts) => verdicts,
+            Decision::Admitted(outcomes) => outcomes,
         };
         let mut admission = Admission {
             store: store.clone(),
@@ -239,18 +238,19 @@ impl Plugin for RateLimits {
             tokens: None,
             leases: None,
         };
-        for ((check, (_, what)), verdict) in plan.checks.into_iter().zip(plan.about).zip(verdicts) {
-            let Verdict::Admit { remaining, reset } = verdict else {
+        for ((check, (_, what)), outcome) in plan.checks.into_iter().zip(plan.about).zip(outcomes) {
+            let CheckOutcome::Admit { remaining, reset } = outcome else {
                 continue;
             };
-            let reset = reset.clamp(0.0, WINDOW);
+            let allowance = Allowance {
+                limit: check.limit,
+                remaining,
+                reset: reset.clamp(0.0, WINDOW),
+            };
             match what {
-                What::Requests => {
-                    admission.requests =
-                        tighter(admission.requests, (check.limit, remaining, reset))
-                }
+                What::Requests => admission.requests = allowance.tighter_than(admission.requests),
                 What::Tokens => {
-                    admission.tokens = tighter(admission.tokens, (check.limit, remaining, reset));
+                    admission.tokens = allowance.tighter_than(admission.tokens);
                     admission.budgets.push(Budget {
                         key: check.key,
                         limit: check.limit,

@@ -17,6 +17,26 @@ pub struct Budget {
     pub charged: u64,
 }
 
+/// What an admitted request leaves of one per-minute budget, as OpenAI's `x-ratelimit-*`
+/// headers report it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Allowance {
+    pub limit: u64,
+    pub remaining: u64,
+    /// Seconds until the budget is whole again.
+    pub reset: f64,
+}
+
+impl Allowance {
+    /// The tighter of `current` and `self`: the one with fewer units left (`current` on a tie).
+    pub fn tighter_than(self, current: Option<Allowance>) -> Option<Allowance> {
+        match current {
+            Some(c) if c.remaining <= self.remaining => Some(c),
+            _ => Some(self),
+        }
+    }
+}
+
 /// Keeps a request's concurrency leases alive while it lives; stops when the last clone of
 /// its admission drops (the request's context, then the settlement task).
 pub struct LeaseKeeper(tokio::task::JoinHandle<()>);
@@ -35,9 +55,9 @@ pub struct Admission {
     pub reserved: u64,
     pub slots: Vec<String>,
     pub holder: String,
-    /// Tightest (limit, remaining, reset seconds) of the request and token budgets.
-    pub requests: Option<(u64, u64, f64)>,
-    pub tokens: Option<(u64, u64, f64)>,
+    /// The tightest of the request budgets, and of the token budgets.
+    pub requests: Option<Allowance>,
+    pub tokens: Option<Allowance>,
     pub leases: Option<Arc<LeaseKeeper>>,
 }
 

@@ -44,16 +44,6 @@ pub fn format_reset(secs: f64) -> String {
     text
 }
 
-pub fn tighter(
-    current: Option<(u64, u64, f64)>,
-    candidate: (u64, u64, f64),
-) -> Option<(u64, u64, f64)> {
-    match current {
-        Some(c) if c.1 <= candidate.1 => Some(c),
-        _ => Some(candidate),
-    }
-}
-
 /// Sets the headers for the tightest request and token budgets of `admission`.
 pub fn report(admission: &Admission, headers: &mut dyn Headers) {
     let mut set = |name: &HeaderName, value: http::HeaderValue| {
@@ -63,14 +53,14 @@ pub fn report(admission: &Admission, headers: &mut dyn Headers) {
         http::HeaderValue::try_from(format_reset(secs))
             .unwrap_or(http::HeaderValue::from_static("0s"))
     };
-    if let Some((limit, remaining, reset)) = admission.requests {
-        set(&LIMIT_REQUESTS, limit.into());
-        set(&REMAINING_REQUESTS, remaining.into());
-        set(&RESET_REQUESTS, reset_value(reset));
+    if let Some(a) = admission.requests {
+        set(&LIMIT_REQUESTS, a.limit.into());
+        set(&REMAINING_REQUESTS, a.remaining.into());
+        set(&RESET_REQUESTS, reset_value(a.reset));
     }
-    if let Some((limit, remaining, reset)) = admission.tokens {
-        set(&LIMIT_TOKENS, limit.into());
-        set(&REMAINING_TOKENS, remaining.into());
-        set(&RESET_TOKENS, reset_value(reset));
+    if let Some(a) = admission.tokens {
+        set(&LIMIT_TOKENS, a.limit.into());
+        set(&REMAINING_TOKENS, a.remaining.into());
+        set(&RESET_TOKENS, reset_value(a.reset));
     }
 }

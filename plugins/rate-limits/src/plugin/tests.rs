@@ -215,7 +215,7 @@ async fn a_refused_check_records_nothing() {
         .await
         .expect("other model");
     let admission = ctx.extensions.get::<Admission>().expect("admission");
-    assert_eq!(admission.requests.map(|r| r.1), Some(98));
+    assert_eq!(admission.requests.map(|r| r.remaining), Some(98));
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 
 use super::{Check, Decision, Kind, Settle, Store, StoreError};
-use crate::gcra::{self, Verdict};
+use crate::gcra::{self, CheckOutcome};
 
 /// Seconds since the epoch; replaceable in tests.
 pub type Clock = Arc<dyn Fn() -> f64 + Send + Sync>;
@@ -93,24 +93,24 @@ impl Store for MemoryStore {
             state.rates.retain(|_, tat| *tat > now);
             state.slots.retain(|_, n| *n > 0);
         }
-        let mut verdicts = Vec::with_capacity(checks.len());
+        let mut outcomes = Vec::with_capacity(checks.len());
         let mut updates = Vec::with_capacity(checks.len());
         for (index, check) in checks.iter().enumerate() {
-            let (verdict, next) = match check.kind {
+            let (outcome, next) = match check.kind {
                 Kind::Rate => {
                     let tat = state.rates.get(&check.key).copied().unwrap_or(0.0);
-                    let (verdict, next) = gcra::rate(tat, now, check.limit, check.cost);
-                    (verdict, next)
+                    let (outcome, next) = gcra::rate(tat, now, check.limit, check.cost);
+                    (outcome, next)
                 }
                 Kind::Concurrency => {
                     let held = state.slots.get(&check.key).copied().unwrap_or(0);
                     (gcra::concurrency(held, check.limit), 0.0)
                 }
             };
-            if let Verdict::Refuse { retry_after } = verdict {
+            if let CheckOutcome::Refuse { retry_after } = outcome {
                 return Ok(Decision::Refused { index, retry_after });
             }
-            verdicts.push(verdict);
+            outcomes.push(outcome);
             updates.push(next);
         }
         for (check, next) in checks.iter().zip(updates) {
@@ -130,7 +130,7 @@ impl Store for MemoryStore {
                 },
             }
         }
-        Ok(Decision::Admitted(verdicts))
+        Ok(Decision::Admitted(outcomes))
     }
 
     fn finish_now(

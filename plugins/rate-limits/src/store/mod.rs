@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::gcra::Verdict;
+use crate::gcra::CheckOutcome;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -38,8 +38,8 @@ pub struct Settle {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
-    /// Every check passed and was recorded; one verdict per check, in order.
-    Admitted(Vec<Verdict>),
+    /// Every check passed and was recorded; one outcome per check, in order.
+    Admitted(Vec<CheckOutcome>),
     /// Check `index` refused; nothing was recorded.
     Refused { index: usize, retry_after: f64 },
 }

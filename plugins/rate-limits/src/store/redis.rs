@@ -22,7 +22,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Script, Value};
 
 use super::{Check, Decision, Kind, Settle, Store, StoreError};
-use crate::gcra::Verdict;
+use crate::gcra::CheckOutcome;
 
 /// KEYS: the limit keys. ARGV: holder, lease ms, then per key: kind ("r" rate /
 /// "c" concurrency), limit, cost.
@@ -225,7 +225,7 @@ fn decision(reply: &Value, checks: usize) -> Result<Decision, StoreError> {
             .map(|pair| match pair {
                 [remaining, reset] => match (number(remaining), number(reset)) {
                     (Some(remaining), Some(reset)) if remaining >= 0.0 && reset >= 0.0 => {
-                        Ok(Verdict::Admit {
+                        Ok(CheckOutcome::Admit {
                             remaining: remaining as u64,
                             reset,
                         })
@@ -334,11 +334,11 @@ mod tests {
         assert_eq!(
             decision(&admitted, 2).ok(),
             Some(Decision::Admitted(vec![
-                Verdict::Admit {
+                CheckOutcome::Admit {
                     remaining: 4,
                     reset: 12.5
                 },
-                Verdict::Admit {
+                CheckOutcome::Admit {
                     remaining: 0,
                     reset: 0.0
                 },
