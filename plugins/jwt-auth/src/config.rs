@@ -126,3 +126,6 @@ impl JwtConfig {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;
