@@ -12,8 +12,8 @@ use pingora_core::protocols::http::ServerSession;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{
-    exponential_buckets, CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec,
-    Opts, Registry, TextEncoder,
+    exponential_buckets, CounterVec, Encoder, GaugeVec, HistogramVec, IntCounterVec, Opts,
+    Registry, TextEncoder,
 };
 
 use gateway_plugin_api::{RequestCtx, RequestSummary};
@@ -48,42 +48,24 @@ pub struct GatewayMetrics {
     known_models: HashSet<String>,
 }
 
-fn histogram(
-    registry: &Registry,
-    name: &str,
-    help: &str,
-    labels: &[&str],
-    buckets: Vec<f64>,
-) -> prometheus::Result<HistogramVec> {
-    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)?;
-    registry.register(Box::new(h.clone()))?;
-    Ok(h)
-}
-
-fn counter(
-    registry: &Registry,
-    name: &str,
-    help: &str,
-    labels: &[&str],
-) -> prometheus::Result<IntCounterVec> {
-    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-    registry.register(Box::new(c.clone()))?;
-    Ok(c)
-}
+// The same helpers the plugins register their metrics with.
+use gateway_plugin_api::metrics::{counter_vec as counter, histogram_vec as histogram, register};
 
 impl GatewayMetrics {
     pub fn register(
         registry: &Registry,
         pools: &[Arc<Pool>],
     ) -> prometheus::Result<GatewayMetrics> {
-        let tokens = CounterVec::new(
-            Opts::new(
-                "igw_tokens_total",
-                "Tokens processed, as reported by backends (or estimated)",
-            ),
-            &["model", "kind"],
+        let tokens = register(
+            registry,
+            CounterVec::new(
+                Opts::new(
+                    "igw_tokens_total",
+                    "Tokens processed, as reported by backends (or estimated)",
+                ),
+                &["model", "kind"],
+            )?,
         )?;
-        registry.register(Box::new(tokens.clone()))?;
         registry.register(Box::new(PoolCollector::new(pools.to_vec())?))?;
         Ok(GatewayMetrics {
             requests: counter(
@@ -151,14 +133,11 @@ impl GatewayMetrics {
                 "Requests sent while the pool routed in panic mode (too few healthy backends: every backend that accepts connections)",
                 &["pool"],
             )?,
-            connections_refused: {
-                let c = prometheus::IntCounter::new(
-                    "igw_connections_refused_total",
-                    "New client connections answered 503 because max_connections were open",
-                )?;
-                registry.register(Box::new(c.clone()))?;
-                c
-            },
+            connections_refused: gateway_plugin_api::metrics::counter(
+                registry,
+                "igw_connections_refused_total",
+                "New client connections answered 503 because max_connections were open",
+            )?,
             known_models: pools.iter().flat_map(|p| p.models.iter().cloned()).collect(),
         })
     }

@@ -2,7 +2,9 @@
 //! (see [`crate::BuildContext::registry`]). A name registered twice is an error, not a panic.
 
 use prometheus::core::Collector;
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 /// Registers `metric` and hands it back, for the plugin to keep.
 pub fn register<M: Collector + Clone + 'static>(
@@ -39,6 +41,18 @@ pub fn histogram(
 ) -> prometheus::Result<Histogram> {
     let opts = HistogramOpts::new(name, help).buckets(buckets);
     register(registry, Histogram::with_opts(opts)?)
+}
+
+/// A histogram per value of `labels`.
+pub fn histogram_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: Vec<f64>,
+) -> prometheus::Result<HistogramVec> {
+    let opts = HistogramOpts::new(name, help).buckets(buckets);
+    register(registry, HistogramVec::new(opts, labels)?)
 }
 
 #[cfg(test)]
