@@ -238,3 +238,32 @@ async fn expect_status_decides_what_passes() {
         0.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backend_that_answers_again_rejoins_panic_routing_before_its_threshold() {
+    // Two backends: one whose checks fail (it serves, in panic routing), one not listening yet.
+    let failing = failing_checks_backend().await;
+    let port = closed_port();
+    let checks = "[pools.health]\ninterval = \"100ms\"\ntimeout = \"200ms\"\nunhealthy_threshold = 1\nhealthy_threshold = 50\n";
+    let gw = start(
+        &[format!("127.0.0.1:{port}"), failing.addr.to_string()],
+        checks,
+        free_port(),
+    )
+    .await;
+    wait_for_checks(&failing, 2).await;
+    // The second starts: its checks pass, far short of healthy_threshold. It answers, so it
+    // is no longer "nothing listens": panic routing uses it beside the failing one.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind the refused port");
+    let back = MockBackend::serve(listener, MockConfig::default());
+    wait_for_checks(&back, 2).await;
+    for _ in 0..10 {
+        assert_complete_stream(&stream_one(&gw).await);
+    }
+    assert!(
+        count(&back.stats().requests) > 0,
+        "the backend that answers again got no traffic"
+    );
+}

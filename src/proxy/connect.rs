@@ -10,10 +10,11 @@ use pingora_http::RequestHeader;
 
 use super::forward::Forwarder;
 use super::forwarded::Origin;
-use super::retry::{backend_at_fault, may_resend, WriteFailure};
+use super::retry::{may_resend, WriteFailure};
 use super::upstream::upstream_header;
 use crate::errors;
 use crate::metrics::GatewayMetrics;
+use crate::routing::backend::{connect_failure, ConnectFailure};
 use crate::routing::pool::{InflightGuard, Picked};
 use crate::routing::{Api, Backend, NoBackend, Pool};
 
@@ -67,7 +68,7 @@ impl Forwarder {
             let (mut upstream, reused) = match self.connector.get_http_session(&backend.peer).await
             {
                 Ok(s) => s,
-                Err(e) if !backend_at_fault(&e) => {
+                Err(e) if connect_failure(&e) == ConnectFailure::Local => {
                     // Out of sockets or ports here: not the backend's fault, so nothing is
                     // ejected, and another backend would fail the same way.
                     log::error!(
@@ -82,11 +83,15 @@ impl Forwarder {
                             .with_label_values(&[&pool.name, &backend.address])
                             .inc();
                     }
-                    if backend.eject() {
+                    let (changed, now) = match connect_failure(&e) {
+                        ConnectFailure::TimedOut => (backend.fail(), "failing"),
+                        _ => (backend.eject(), "unreachable"),
+                    };
+                    if changed {
                         log::warn!(
                             request_id = ctx.request_id.as_str(), pool = pool.name.as_str(),
                             backend = backend.address.as_str();
-                            "backend refused a connection; marked down until its health check passes: {e}"
+                            "connecting to a backend failed; marked {now} until its health check passes: {e}"
                         );
                     }
                     tried.push(index);

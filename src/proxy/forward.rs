@@ -101,12 +101,16 @@ impl Forwarder {
         if let Err(e) = read {
             return Err(self.header_failure(&e, pool, &backend, ctx).into());
         }
-        backend.saw_progress();
         let response = match upstream.response_header() {
             Some(h) => downstream_header(h, ctx, &self.plugins)?,
             None => return Err(errors::upstream_failed(&pool.name).into()),
         };
         done.status = response.status.as_u16();
+        // Evidence for the health checks: an answer, not an error the backend is quick at.
+        let alive = (done.status < 500).then_some(backend.as_ref());
+        if let Some(b) = alive {
+            b.saw_progress();
+        }
         let content_type = response
             .headers
             .get(header::CONTENT_TYPE)
@@ -128,7 +132,7 @@ impl Forwarder {
         let watch = Watchers {
             usage: &mut usage,
             timing,
-            backend: &backend,
+            alive,
         };
         let upstream_done = self
             .stream_body(session, &mut upstream, ctx, watch, done)

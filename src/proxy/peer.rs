@@ -1,7 +1,7 @@
 //! How the gateway connects to backends, built once from `[server]`: the connect timeout
-//! goes into each backend's peer (Pingora's connector applies it), the idle and keep-alive
-//! timeouts onto each upstream session (Pingora's HTTP session does not read them from the
-//! peer).
+//! goes into each backend's peer (Pingora's connector applies it); the idle timeout onto each
+//! upstream session's reads and the keep-alive timeout onto its release (Pingora's HTTP
+//! session does not read them from the peer).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -36,9 +36,8 @@ impl PeerSettings {
         peer
     }
 
-    /// Applies the idle timeout to a session just taken from the connector.
+    /// Applies the idle timeout to reads on a session just taken from the connector.
     pub fn prepare(&self, session: &mut UpstreamSession) {
         session.set_read_timeout(Some(self.idle_timeout));
-        session.set_write_timeout(Some(self.idle_timeout));
     }
 }

@@ -37,31 +37,10 @@ pub fn client_left(idle: pingora_error::Result<Option<Bytes>>) -> bool {
     }
 }
 
-/// Whether a failed connect speaks of the backend (refused, unreachable, too slow) rather
-/// than of this host (no file descriptor or port left to make a socket with).
-pub fn backend_at_fault(e: &Error) -> bool {
-    let mut current = Some(e);
-    while let Some(err) = current {
-        match err.etype() {
-            ErrorType::SocketError | ErrorType::BindError => return false,
-            ErrorType::ConnectRefused | ErrorType::ConnectTimedout | ErrorType::ConnectNoRoute => {
-                return true
-            }
-            _ => {}
-        }
-        // Pingora chains causes as boxed errors (`BError`), sometimes as bare ones.
-        current = err.cause.as_deref().and_then(|c| {
-            c.downcast_ref::<Box<Error>>()
-                .map(|b| b.as_ref())
-                .or_else(|| c.downcast_ref::<Error>())
-        });
-    }
-    true
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::routing::backend::{connect_failure, ConnectFailure};
 
     #[test]
     fn local_socket_exhaustion_is_not_the_backends_fault() {
@@ -73,14 +52,21 @@ mod tests {
                 "failed to create socket: Too many open files",
             ),
         );
-        assert!(!backend_at_fault(&local));
-        assert!(backend_at_fault(&Error::new(ErrorType::ConnectRefused)));
+        assert_eq!(connect_failure(&local), ConnectFailure::Local);
+        assert_eq!(
+            connect_failure(&Error::new(ErrorType::ConnectRefused)),
+            ConnectFailure::Refused
+        );
+        assert_eq!(
+            connect_failure(&Error::new(ErrorType::ConnectTimedout)),
+            ConnectFailure::TimedOut
+        );
         let wrapped = Error::because(
             ErrorType::InternalError,
             "connect",
             Error::new(ErrorType::ConnectTimedout),
         );
-        assert!(backend_at_fault(&wrapped));
+        assert_eq!(connect_failure(&wrapped), ConnectFailure::Refused);
     }
 
     #[test]

@@ -46,8 +46,9 @@ impl StreamTiming {
 pub struct Watchers<'a> {
     pub usage: &'a mut UsageObserver,
     pub timing: Option<StreamTiming>,
-    /// Told of every chunk: response bytes flowing are evidence the backend is alive.
-    pub backend: &'a Backend,
+    /// Told of every chunk of a non-5xx answer: response bytes flowing are evidence the
+    /// backend is alive.
+    pub alive: Option<&'a Backend>,
 }
 
 impl Forwarder {
@@ -67,7 +68,9 @@ impl Forwarder {
                 biased;
                 chunk = upstream.read_response_body() => match chunk {
                     Ok(Some(chunk)) => {
-                        watch.backend.saw_progress();
+                        if let Some(b) = watch.alive {
+                            b.saw_progress();
+                        }
                         watch.usage.observe(&chunk);
                         if let Some(t) = &mut watch.timing {
                             t.chunk(ctx.started);
@@ -86,7 +89,9 @@ impl Forwarder {
                         }
                     }
                     Ok(None) => {
-                        watch.backend.saw_progress();
+                        if let Some(b) = watch.alive {
+                            b.saw_progress();
+                        }
                         for plugin in self.plugins.iter() {
                             plugin.on_response_chunk(&Bytes::new(), true, ctx);
                         }

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorType};
 
 /// What the gateway believes about a backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,7 +130,12 @@ impl Backend {
             CheckResult::Passed | CheckResult::Busy => {
                 self.consecutive_failed.store(0, Ordering::Relaxed);
                 let run = bump(&self.consecutive_ok);
-                (run >= healthy_after).then_some(Health::Up)
+                match current {
+                    _ if run >= healthy_after => Some(Health::Up),
+                    // It answers again: not "nothing listens", though not yet back in.
+                    Health::Unreachable => Some(Health::Failing),
+                    _ => None,
+                }
             }
             CheckResult::Failed => {
                 self.consecutive_ok.store(0, Ordering::Relaxed);
@@ -150,10 +156,26 @@ impl Backend {
     }
 
     /// Passive ejection: a refused connection takes the backend out at once; the health
-    /// check brings it back after `healthy_threshold` good checks. True when it was up.
+    /// check brings it back after `healthy_threshold` good checks. True when that changed
+    /// its state.
     pub fn eject(&self) -> bool {
         self.consecutive_ok.store(0, Ordering::Relaxed);
         self.set(Health::Unreachable) != Health::Unreachable
+    }
+
+    /// Passive failure: a connect that timed out takes an up backend out as failing (panic
+    /// routing may still use it: a server too busy to accept is not gone). True when it was
+    /// up.
+    pub fn fail(&self) -> bool {
+        self.consecutive_ok.store(0, Ordering::Relaxed);
+        self.health
+            .compare_exchange(
+                Health::Up.as_u8(),
+                Health::Failing.as_u8(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
+            .is_ok()
     }
 
     /// Records that the backend sent response bytes (or finished a response). One relaxed
@@ -186,4 +208,37 @@ impl Drop for InflightGuard {
     fn drop(&mut self) {
         self.0.inflight.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// Why a connection to a backend could not be opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectFailure {
+    /// Refused or no route: nothing listens there.
+    Refused,
+    /// No answer in time: the host may be down, or the server too busy to accept.
+    TimedOut,
+    /// This host is out of file descriptors or ports: no backend's fault.
+    Local,
+}
+
+/// Classifies a failed connect from Pingora's error chain.
+pub fn connect_failure(e: &Error) -> ConnectFailure {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        match err.etype() {
+            ErrorType::SocketError | ErrorType::BindError => return ConnectFailure::Local,
+            ErrorType::ConnectTimedout => return ConnectFailure::TimedOut,
+            ErrorType::ConnectRefused | ErrorType::ConnectNoRoute => {
+                return ConnectFailure::Refused
+            }
+            _ => {}
+        }
+        // Pingora chains causes as boxed errors (`BError`), sometimes as bare ones.
+        current = err.cause.as_deref().and_then(|c| {
+            c.downcast_ref::<Box<Error>>()
+                .map(|b| b.as_ref())
+                .or_else(|| c.downcast_ref::<Error>())
+        });
+    }
+    ConnectFailure::Refused
 }

@@ -9,6 +9,7 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use pingora_http::RequestHeader;
 
+use super::backend::{connect_failure, ConnectFailure};
 use super::pool::{Backend, CheckResult, Pool};
 
 /// The counters the checks increment, by pool and backend, handed in by whoever keeps the
@@ -39,6 +40,11 @@ impl HealthChecker {
     async fn check_pool(&self, pool: &Pool) {
         let checks = pool.backends.iter().map(|backend| async move {
             let (result, reason) = match self.probe(backend, pool).await {
+                Err(Probe::Local(reason)) => {
+                    // This host is out of sockets: says nothing about the backend.
+                    log::error!(target: "health", "pool={} backend={} check not made: {reason} (raise LimitNOFILE?)", pool.name, backend.address);
+                    return;
+                }
                 Ok(()) => (CheckResult::Passed, String::new()),
                 // Read after the probe, so bytes that flowed while it waited count.
                 Err(Probe::TimedOut(_)) if backend.progressed_since_last_check() => {
@@ -78,16 +84,21 @@ impl HealthChecker {
     }
 
     async fn probe(&self, backend: &Backend, pool: &Pool) -> Result<(), Probe> {
+        // One deadline for the whole check, connect included.
         let timeout = pool.health.timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
         let connect = self.connector.get_http_session(&backend.peer);
-        let mut session = match tokio::time::timeout(timeout, connect).await {
+        let mut session = match tokio::time::timeout_at(deadline, connect).await {
             Ok(Ok((session, _))) => session,
-            Ok(Err(e)) => return Err(Probe::Unreachable(format!("connect: {e}"))),
-            Err(_) => {
-                return Err(Probe::Unreachable(format!(
-                    "no connection within {timeout:?}"
-                )))
+            Ok(Err(e)) => {
+                let reason = format!("connect: {e}");
+                return Err(match connect_failure(&e) {
+                    ConnectFailure::Refused => Probe::Unreachable(reason),
+                    ConnectFailure::TimedOut => Probe::TimedOut(reason),
+                    ConnectFailure::Local => Probe::Local(reason),
+                });
             }
+            Err(_) => return Err(Probe::TimedOut(format!("no connection within {timeout:?}"))),
         };
         let exchange = async {
             let req = probe_request(backend, pool).map_err(Probe::Failed)?;
@@ -114,7 +125,7 @@ impl HealthChecker {
                 Err(Probe::Failed(format!("status {status}")))
             }
         };
-        match tokio::time::timeout(timeout, exchange).await {
+        match tokio::time::timeout_at(deadline, exchange).await {
             Ok(result) => result,
             Err(_) => Err(Probe::TimedOut(format!("no answer within {timeout:?}"))),
         }
@@ -123,11 +134,13 @@ impl HealthChecker {
 
 /// Why a check did not pass.
 enum Probe {
-    /// Connected, but no answer within the timeout.
+    /// This host could not open a socket (out of descriptors or ports).
+    Local(String),
+    /// No connection or no answer within the timeout.
     TimedOut(String),
     /// Connected and answered, wrongly (status, broken header).
     Failed(String),
-    /// Refused, unreachable, or closed before any byte of an answer.
+    /// Refused, no route, or closed before a whole answer.
     Unreachable(String),
 }
 

@@ -115,7 +115,7 @@ pub struct RequestSummary {
     pub client_aborted: bool,
     /// True when the response body was cut short, by the client or the backend.
     pub truncated: bool,
-    /// True when the backend was picked by panic routing: too few of the pool's backends
-    /// passed their health checks, so every backend that accepts connections was eligible.
+    /// True when the pool was routing in panic mode when a backend was picked: too few of its
+    /// backends passed their health checks, so every one not unreachable was eligible.
     pub panic_routed: bool,
 }
