@@ -43,7 +43,7 @@ mod tests {
     use crate::routing::backend::{connect_failure, ConnectFailure};
 
     #[test]
-    fn local_socket_exhaustion_is_not_the_backends_fault() {
+    fn connect_failures_are_told_apart_through_the_error_chain() {
         let local = Error::because(
             ErrorType::InternalError,
             "Fail to connect",
@@ -66,7 +66,7 @@ mod tests {
             "connect",
             Error::new(ErrorType::ConnectTimedout),
         );
-        assert_eq!(connect_failure(&wrapped), ConnectFailure::Refused);
+        assert_eq!(connect_failure(&wrapped), ConnectFailure::TimedOut);
     }
 
     #[test]
