@@ -152,8 +152,8 @@ impl Gateway {
         summary: &mut RequestSummary,
     ) -> Result<Sent, Stop> {
         let path = session.req_header().uri.path().to_string();
-        let method = session.req_header().method.to_string();
-        let route = route::route(&self.settings.base_path, &method, &path, ctx)?;
+        let method = session.req_header().method.as_str();
+        let route = route::route(&self.settings.base_path, method, &path, ctx)?;
         if let Some((status, body)) = self.status_route(&route) {
             return Ok(respond::reply(session, ctx, status, &body).await);
         }
