@@ -39,24 +39,23 @@ impl HealthChecker {
 
     async fn check_pool(&self, pool: &Pool) {
         let checks = pool.backends.iter().map(|backend| async move {
-            let (result, reason) = match self.probe(backend, pool).await {
+            let probe = self.probe(backend, pool).await;
+            // Read after the probe, so bytes that flowed while it waited count; every check
+            // moves the "since the last check" window forward.
+            let progressed = backend.progressed_since_last_check();
+            let (result, reason) = match probe {
                 Err(Probe::Local(reason)) => {
                     // This host is out of sockets: says nothing about the backend.
                     log::error!(target: "health", "pool={} backend={} check not made: {reason} (raise LimitNOFILE?)", pool.name, backend.address);
                     return;
                 }
                 Ok(()) => (CheckResult::Passed, String::new()),
-                // Read after the probe, so bytes that flowed while it waited count.
-                Err(Probe::TimedOut(_)) if backend.progressed_since_last_check() => {
-                    (CheckResult::Busy, String::new())
-                }
+                Err(Probe::TimedOut(_)) if progressed => (CheckResult::Busy, String::new()),
                 Err(Probe::TimedOut(reason) | Probe::Failed(reason)) => {
                     (CheckResult::Failed, reason)
                 }
                 Err(Probe::Unreachable(reason)) => (CheckResult::Unreachable, reason),
             };
-            // Every check moves the "since the last check" window forward.
-            backend.progressed_since_last_check();
             if let Some(c) = &self.counters {
                 let labels = [pool.name.as_str(), backend.address.as_str()];
                 match result {
