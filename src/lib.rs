@@ -3,6 +3,7 @@
 //! `config` turns the TOML file into a validated model; `routing` maps paths, models, pools
 //! and backends; `proxy` is the HTTP application; `server` assembles Pingora services.
 
+pub mod batch;
 pub mod cli;
 pub mod config;
 pub mod errors;

@@ -56,7 +56,29 @@ pub fn build(config: Config) -> Result<Server, ConfigError> {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
 
-    let gateway = Gateway::new(config.server.clone(), table.clone(), chain, metrics.clone());
+    let batches = match &config.batch {
+        Some(batch) => Some(Arc::new(
+            crate::batch::Engine::open(
+                batch.clone(),
+                &config.server,
+                table.clone(),
+                chain.all.clone(),
+                metrics.as_ref().map(|_| &registry),
+            )
+            .map_err(|message| ConfigError::Invalid {
+                path: "batch.state_dir".into(),
+                message,
+            })?,
+        )),
+        None => None,
+    };
+    let gateway = Gateway::new(
+        config.server.clone(),
+        table.clone(),
+        chain,
+        metrics.clone(),
+        batches.clone(),
+    );
     let connections = gateway.connections();
     let mut service = Service::new("inference-gateway".to_string(), gateway);
     for addr in &config.server.listen {
@@ -84,8 +106,19 @@ pub fn build(config: Config) -> Result<Server, ConfigError> {
             }),
         ),
     ));
+    let batch_lines = match batches {
+        Some(engine) => {
+            let in_flight = engine.in_flight.clone();
+            server.add_service(background_service(
+                "batch-worker",
+                crate::batch::Worker::new(engine),
+            ));
+            in_flight
+        }
+        None => Arc::new(AtomicUsize::new(0)),
+    };
     server.bootstrap();
-    exit_when_drained(&server, connections);
+    exit_when_drained(&server, connections, batch_lines);
     Ok(server)
 }
 
@@ -94,7 +127,7 @@ pub fn build(config: Config) -> Result<Server, ConfigError> {
 /// are closed and idle keep-alive connections close themselves (`process_new_http`); when no
 /// connection is left on two checks in a row, nothing can still be answering, and the
 /// process exits. Log lines are written unbuffered, so nothing is lost.
-fn exit_when_drained(server: &Server, connections: Arc<AtomicUsize>) {
+fn exit_when_drained(server: &Server, connections: Arc<AtomicUsize>, batch_lines: Arc<AtomicUsize>) {
     let mut phases = server.watch_execution_phase();
     std::thread::spawn(move || {
         loop {
@@ -106,7 +139,8 @@ fn exit_when_drained(server: &Server, connections: Arc<AtomicUsize>) {
         }
         let mut idle_checks = 0;
         loop {
-            let open = connections.load(Ordering::SeqCst);
+            // Batch lines being sent count too: they finish within the grace period.
+            let open = connections.load(Ordering::SeqCst) + batch_lines.load(Ordering::SeqCst);
             idle_checks = if open == 0 { idle_checks + 1 } else { 0 };
             if idle_checks >= 2 {
                 log::info!(

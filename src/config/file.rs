@@ -12,6 +12,29 @@ pub struct FileConfig {
     pub plugins: Vec<toml::Table>,
     #[serde(default)]
     pub pools: Vec<PoolSection>,
+    /// Present: batch jobs are on (checked in `batch.rs`).
+    pub batch: Option<BatchSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchSection {
+    pub state_dir: Option<String>,
+    pub max_lines: Option<u64>,
+    pub max_file_size: Option<String>,
+    pub file_expiry: Option<String>,
+    pub max_active_per_user: Option<u64>,
+    pub max_attempts: Option<u32>,
+    pub retry_backoff: Option<String>,
+    pub line_timeout: Option<String>,
+    pub max_response_size: Option<String>,
+    #[serde(default)]
+    pub allowed_input_roots: Vec<String>,
+    #[serde(default)]
+    pub allowed_output_roots: Vec<String>,
+    pub default_output_folder: Option<String>,
+    pub require_owner: Option<bool>,
+    pub result_file_mode: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -55,6 +78,8 @@ pub struct PoolSection {
     pub allowed_domains: Vec<String>,
     #[serde(default)]
     pub health: HealthSection,
+    pub batch_max_in_flight: Option<usize>,
+    pub batch_when_below: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1,5 +1,6 @@
 //! Configuration: the TOML file format (`file`) turned into a validated model (`model`).
 
+mod batch;
 mod file;
 mod health;
 mod model;
@@ -9,8 +10,9 @@ mod units;
 use std::fmt;
 use std::path::Path;
 
+pub use batch::USER_PLACEHOLDER;
 pub use model::{
-    BackendConfig, Balance, Config, EnvLookup, HealthConfig, PluginConfig, PoolConfig,
+    BackendConfig, BatchConfig, Balance, Config, EnvLookup, HealthConfig, PluginConfig, PoolConfig,
     ServerConfig, MAX_MODEL_NAME,
 };
 

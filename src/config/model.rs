@@ -6,6 +6,8 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use super::file::{FileConfig, PoolSection};
+use super::batch::batch_config;
+pub use super::batch::BatchConfig;
 use super::health::health_config;
 pub use super::health::HealthConfig;
 use super::server::server_config;
@@ -18,6 +20,8 @@ pub struct Config {
     pub server: ServerConfig,
     pub plugins: Vec<PluginConfig>,
     pub pools: Vec<PoolConfig>,
+    /// `None`: no `[batch]` section, batch jobs are off.
+    pub batch: Option<BatchConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -52,6 +56,11 @@ pub struct PoolConfig {
     /// When non-empty, only principals whose username is in one of these domains may.
     pub allowed_domains: Vec<String>,
     pub health: HealthConfig,
+    /// Batch lines at most in flight on one backend of this pool (0: no batches here).
+    pub batch_max_in_flight: usize,
+    /// A batch line starts on a backend only while its requests in flight (interactive and
+    /// batch) are fewer than this: interactive users keep priority.
+    pub batch_when_below: usize,
 }
 
 impl PoolConfig {
@@ -113,10 +122,12 @@ impl Config {
             }
             pools.push(pool);
         }
+        let batch = file.batch.as_ref().map(batch_config).transpose()?;
         Ok(Config {
             server,
             plugins,
             pools,
+            batch,
         })
     }
 }
@@ -229,7 +240,26 @@ fn pool_config(i: usize, p: &PoolSection, env: EnvLookup<'_>) -> Result<PoolConf
         allowed_groups: non_empty_strings(&p.allowed_groups, &at("allowed_groups"))?,
         allowed_domains: non_empty_strings(&p.allowed_domains, &at("allowed_domains"))?,
         health: health_config(&p.health, &at("health"))?,
+        batch_max_in_flight: bounded(p.batch_max_in_flight, 4, 0..=10_000, &at("batch_max_in_flight"))?,
+        batch_when_below: bounded(p.batch_when_below, 8, 1..=100_000, &at("batch_when_below"))?,
     })
+}
+
+fn bounded(
+    value: Option<usize>,
+    default: usize,
+    range: std::ops::RangeInclusive<usize>,
+    path: &str,
+) -> Result<usize, ConfigError> {
+    let v = value.unwrap_or(default);
+    if range.contains(&v) {
+        Ok(v)
+    } else {
+        Err(err(
+            path,
+            format!("`{v}` must be from {} to {}", range.start(), range.end()),
+        ))
+    }
 }
 
 fn non_empty_strings(values: &[String], path: &str) -> Result<Vec<String>, ConfigError> {

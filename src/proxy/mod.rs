@@ -43,7 +43,7 @@ use forward::Forwarder;
 use forwarded::Origin;
 use respond::Sent;
 
-pub use body::parse_routing_fields;
+pub use body::{parse_routing_fields, read_body};
 pub use forwarded::real_client;
 pub use peer::PeerSettings;
 
@@ -59,6 +59,8 @@ pub struct Gateway {
     /// `max_connections`, and the server exits early once this is zero after SIGTERM (see
     /// `server::exit_when_drained`).
     connections: Arc<AtomicUsize>,
+    /// The batch engine, when `[batch]` is configured.
+    batches: Option<Arc<crate::batch::Engine>>,
 }
 
 /// Why a request stopped before a backend answered it.
@@ -91,6 +93,7 @@ impl Gateway {
         table: Arc<ModelTable>,
         chain: Chain,
         metrics: Option<Arc<GatewayMetrics>>,
+        batches: Option<Arc<crate::batch::Engine>>,
     ) -> Gateway {
         let forwarder = Forwarder {
             connector: Connector::new(None),
@@ -110,6 +113,7 @@ impl Gateway {
                 .map(|d| d.as_secs())
                 .unwrap_or_default(),
             connections: Arc::new(AtomicUsize::new(0)),
+            batches,
         }
     }
 
@@ -160,6 +164,9 @@ impl Gateway {
         authenticate::authenticate(&self.chain.authenticate, &head(session), ctx).await?;
         let (api, target) = match route {
             Route::Inference { api, target } => (api, target),
+            Route::Batches { .. } | Route::Files { .. } => {
+                return Ok(self.answer_batches(session, ctx, route).await?)
+            }
             local => return Ok(self.answer_locally(session, ctx, local).await?),
         };
         let body = body::read(session, &self.settings, ctx, api).await?;
@@ -185,6 +192,20 @@ impl Gateway {
             Route::Health => Some((200, local::health())),
             Route::Ready => Some(local::ready(&self.table)),
             _ => None,
+        }
+    }
+
+    /// The batch and file routes, answered by the batch engine.
+    async fn answer_batches(
+        &self,
+        session: &mut ServerSession,
+        ctx: &RequestCtx,
+        route: Route<'_>,
+    ) -> Result<Sent, ApiError> {
+        use crate::batch::Answer;
+        match crate::batch::answer(self.batches.as_ref(), session, ctx, route).await? {
+            Answer::Json(status, body) => Ok(respond::reply(session, ctx, status, &body).await),
+            Answer::File { path, bytes } => Ok(respond::file(session, ctx, &path, bytes).await),
         }
     }
 

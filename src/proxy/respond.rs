@@ -104,3 +104,53 @@ pub async fn refuse(
     }
     sent
 }
+
+/// A stored file's bytes (batch inputs and results), read from disk in chunks as the client
+/// takes them: a 200 MB result is never held in memory.
+pub async fn file(
+    session: &mut ServerSession,
+    ctx: &RequestCtx,
+    path: &std::path::Path,
+    len: u64,
+) -> Sent {
+    use tokio::io::AsyncReadExt;
+    let mut opened = match tokio::fs::File::open(path).await {
+        Ok(f) => f,
+        Err(e) => {
+            let err = errors::internal(&format!("reading a stored file: {e}"));
+            return error(session, &err, &ctx.request_id).await;
+        }
+    };
+    let mut sent = 0u64;
+    let written = async {
+        let mut header = ResponseHeader::build(200, Some(3))?;
+        header.insert_header("content-type", "application/octet-stream")?;
+        header.insert_header("content-length", len.to_string())?;
+        header.insert_header("x-request-id", ctx.request_id.as_str())?;
+        session.write_response_header(Box::new(header)).await?;
+        let mut buf = vec![0u8; 64 * 1024];
+        while sent < len {
+            let want = buf.len().min((len - sent) as usize);
+            let n = match buf.get_mut(..want) {
+                Some(slice) => opened.read(slice).await.unwrap_or(0),
+                None => 0,
+            };
+            if n == 0 {
+                // The file shrank under us: end the response short rather than hang.
+                break;
+            }
+            let chunk = Bytes::copy_from_slice(buf.get(..n).unwrap_or_default());
+            session.write_response_body(chunk, false).await?;
+            sent += n as u64;
+        }
+        session.finish_body().await
+    }
+    .await;
+    if let Err(e) = written {
+        log::debug!(request_id = ctx.request_id.as_str(); "could not send a file: {e}");
+    }
+    Sent {
+        status: 200,
+        bytes: sent,
+    }
+}

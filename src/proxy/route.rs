@@ -17,14 +17,21 @@ pub fn route<'p>(
     if let Route::Inference {
         target: Some(t), ..
     }
-    | Route::Models { target: Some(t) } = route
+    | Route::Models { target: Some(t) }
+    | Route::Batches {
+        target: Some(t), ..
+    } = route
     {
         ctx.cluster = Some(t.cluster.to_string());
         ctx.framework = Some(t.framework.to_string());
     }
     match route {
         Route::NotFound => Err(errors::not_found(path)),
-        _ if method != route.method() => Err(errors::method_not_allowed(method, route.method())),
-        _ => Ok(route),
+        _ => match route.method() {
+            Some(allowed) if method != allowed => {
+                Err(errors::method_not_allowed(method, allowed))
+            }
+            _ => Ok(route),
+        },
     }
 }

@@ -25,6 +25,10 @@ pub struct Pool {
     pub allowed_groups: Vec<String>,
     pub allowed_domains: Vec<String>,
     pub health: crate::config::HealthConfig,
+    /// Batch lines at most in flight on one backend (0: the pool takes no batches).
+    pub batch_max_in_flight: usize,
+    /// A batch line starts on a backend only while it has fewer requests in flight.
+    pub batch_when_below: usize,
     cursor: AtomicUsize,
     /// Last computed [`PoolStatus`] and since when (unix seconds).
     status: AtomicUsize,
@@ -113,6 +117,8 @@ impl Pool {
             allowed_groups: config.allowed_groups.clone(),
             allowed_domains: config.allowed_domains.clone(),
             health: config.health.clone(),
+            batch_max_in_flight: config.batch_max_in_flight,
+            batch_when_below: config.batch_when_below,
             cursor: AtomicUsize::new(0),
             status: AtomicUsize::new(PoolStatus::Ready as usize),
             status_since: AtomicU64::new(unix_now()),

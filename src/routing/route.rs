@@ -57,6 +57,16 @@ pub enum Route<'a> {
     Jobs {
         cluster: &'a str,
     },
+    /// `{base}[/{cluster}/{framework}]/v1/batches...`: `rest` is what follows `/v1/batches`
+    /// (`""`, `/<id>`, `/<id>/cancel`, `/<id>/result`).
+    Batches {
+        target: Option<Target<'a>>,
+        rest: &'a str,
+    },
+    /// `{base}/v1/files...`: `rest` follows `/v1/files`.
+    Files {
+        rest: &'a str,
+    },
     Health,
     /// Readiness: the configuration is loaded and some pool has a backend to route to.
     Ready,
@@ -71,17 +81,21 @@ impl Route<'_> {
             Route::ListEndpoints => "list_endpoints",
             Route::Whoami => "whoami",
             Route::Jobs { .. } => "jobs",
+            Route::Batches { .. } => "batches",
+            Route::Files { .. } => "files",
             Route::Ready => "ready",
             Route::Health => "health",
             Route::NotFound => "not_found",
         }
     }
 
-    /// The one method the route answers to.
-    pub fn method(&self) -> &'static str {
+    /// The one method the route answers to; `None` for the batch routes, which answer
+    /// several and check them themselves.
+    pub fn method(&self) -> Option<&'static str> {
         match self {
-            Route::Inference { .. } => "POST",
-            _ => "GET",
+            Route::Inference { .. } => Some("POST"),
+            Route::Batches { .. } | Route::Files { .. } => None,
+            _ => Some("GET"),
         }
     }
 }
@@ -137,9 +151,19 @@ pub fn match_route<'a>(base_path: &str, path: &'a str) -> Route<'a> {
     match_v1(tail, Some(Target { cluster, framework })).unwrap_or(Route::NotFound)
 }
 
-fn match_v1<'a>(rest: &str, target: Option<Target<'a>>) -> Option<Route<'a>> {
+fn match_v1<'a>(rest: &'a str, target: Option<Target<'a>>) -> Option<Route<'a>> {
     if rest == "/v1/models" {
         return Some(Route::Models { target });
+    }
+    let under = |prefix: &str| {
+        rest.strip_prefix(prefix)
+            .filter(|tail| tail.is_empty() || tail.starts_with('/'))
+    };
+    if let Some(tail) = under("/v1/batches") {
+        return Some(Route::Batches { target, rest: tail });
+    }
+    if let (Some(tail), None) = (under("/v1/files"), target) {
+        return Some(Route::Files { rest: tail });
     }
     Api::ALL
         .into_iter()

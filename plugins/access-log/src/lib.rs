@@ -129,6 +129,7 @@ impl Plugin for AccessLog {
         line.boolean("client_aborted", Some(summary.client_aborted));
         line.boolean("truncated", Some(summary.truncated));
         line.boolean("panic_routed", Some(summary.panic_routed));
+        line.string("batch_id", ctx.batch_id.as_deref());
         // A full disk or closed stdout must not fail the request; there is nowhere to report it.
         let _ = self.write(&line.finish());
     }
@@ -256,7 +257,7 @@ mod tests {
             .as_object()
             .map(|o| o.keys().map(|k| k.as_str()).collect())
             .unwrap_or_default();
-        assert_eq!(keys.len(), 28, "{keys:?}");
+        assert_eq!(keys.len(), 29, "{keys:?}");
         assert_eq!(lines[0]["panic_routed"], false);
         assert!(lines[0]["user"].is_null() && lines[0]["client"].is_null());
         std::fs::remove_dir_all(&dir).ok();

@@ -65,6 +65,8 @@ pub struct RequestCtx {
     /// What the admit phase decided (e.g. `admitted`, `limited`), set by the admit plugin
     /// that decided, for logs.
     pub admit_outcome: Option<&'static str>,
+    /// The batch a request belongs to, when the batch worker sent it (route `batch`).
+    pub batch_id: Option<String>,
     /// Typed per-plugin state: each plugin keeps its own types here (`insert`, `get`), so
     /// this crate knows nothing of any plugin's state.
     pub extensions: http::Extensions,
@@ -89,6 +91,7 @@ impl RequestCtx {
             principal: None,
             usage: None,
             admit_outcome: None,
+            batch_id: None,
             extensions: http::Extensions::new(),
         }
     }

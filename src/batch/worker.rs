@@ -1,0 +1,242 @@
+//! The background worker: a Pingora background service that, every tick or when woken, walks
+//! the batches being worked on, starts lines where backends have room for them (see
+//! `capacity`), and ends batches (completed, expired, cancelled) once their lines are done.
+//!
+//! A line is claimed (`running`) before it is sent and its result stored with `done` in one
+//! transaction after, so a process killed at any moment leaves each line either done, with
+//! its result, or running without one; `running` lines are sent again at the next start.
+//! On SIGTERM no line starts; lines being sent finish (the process waits for them, up to
+//! the grace period); lines waiting for a retry stay claimed and are sent after the restart.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+
+use super::capacity::Acquired;
+use super::line::Tries;
+use super::output::{self, Ending};
+use super::store::{BatchRow, ClaimedLine, StoreError};
+use super::{now, Engine};
+use crate::routing::{Pool, Target};
+
+const TICK: Duration = Duration::from_millis(250);
+
+pub struct Worker {
+    engine: Arc<Engine>,
+}
+
+impl Worker {
+    pub fn new(engine: Arc<Engine>) -> Worker {
+        Worker { engine }
+    }
+}
+
+/// A batch the worker is sending lines of.
+pub(super) struct Run {
+    pub id: String,
+    pub model: String,
+    pub owner: String,
+    pub owner_name: String,
+    pub pools: Vec<Arc<Pool>>,
+    /// Set when the batch is cancelled or expires, or the gateway stops: lines waiting for a
+    /// backend or a retry give up (they stay claimed).
+    pub stop: AtomicBool,
+    /// Line tasks alive.
+    pub tasks: AtomicUsize,
+}
+
+impl Run {
+    fn new(engine: &Engine, b: &BatchRow) -> Run {
+        let target = match (&b.cluster, &b.framework) {
+            (Some(cluster), Some(framework)) => Some(Target { cluster, framework }),
+            _ => None,
+        };
+        // Every pool that serves the model on the target and takes batches: the owner was
+        // authorized for the model when the batch was submitted.
+        let pools = engine
+            .table
+            .pools_for(target)
+            .filter(|p| p.models.contains(&b.model) && engine.accepts(p))
+            .cloned()
+            .collect();
+        Run {
+            id: b.id.clone(),
+            model: b.model.clone(),
+            owner: b.owner.clone(),
+            owner_name: b.owner_name.clone(),
+            pools,
+            stop: AtomicBool::new(false),
+            tasks: AtomicUsize::new(0),
+        }
+    }
+
+    fn idle(&self) -> bool {
+        self.tasks.load(Ordering::SeqCst) == 0
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Worker {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let engine = &self.engine;
+        match engine.store.requeue_running().await {
+            Ok(0) => {}
+            Ok(n) => log::info!(target: "batch", "{n} batch lines were being sent when the gateway stopped; sending them again"),
+            Err(e) => log::error!(target: "batch", "batch store unavailable at start: {e}"),
+        }
+        let mut runs: HashMap<String, Arc<Run>> = HashMap::new();
+        let mut ticks: u64 = 0;
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            if let Err(e) = self.tick(&mut runs).await {
+                log::error!(target: "batch", "batch worker: {e}");
+            }
+            if ticks % 20 == 0 {
+                self.housekeeping().await;
+            }
+            ticks += 1;
+            tokio::select! {
+                _ = engine.wake.notified() => {}
+                _ = tokio::time::sleep(TICK) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        for run in runs.values() {
+            run.stop.store(true, Ordering::SeqCst);
+        }
+        // Lines being sent finish; the process exits when none is left (exit_when_drained),
+        // or when the grace period ends.
+        while engine.in_flight.load(Ordering::SeqCst) > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        log::info!(target: "batch", "batch worker stopped; unfinished lines resume at the next start");
+    }
+}
+
+impl Worker {
+    async fn tick(&self, runs: &mut HashMap<String, Arc<Run>>) -> Result<(), StoreError> {
+        let engine = &self.engine;
+        let working = engine.store.working().await?;
+        runs.retain(|id, run| !run.idle() || working.iter().any(|b| &b.id == id));
+        for batch in working {
+            let run = runs
+                .entry(batch.id.clone())
+                .or_insert_with(|| Arc::new(Run::new(engine, &batch)))
+                .clone();
+            let ending = match batch.status.as_str() {
+                "cancelling" => Some(Ending::Cancelled),
+                "finalizing" => Some(Ending::Completed),
+                _ if now() >= batch.expires_at => Some(Ending::Expired),
+                _ => None,
+            };
+            if let Some(ending) = ending {
+                run.stop.store(true, Ordering::SeqCst);
+                if run.idle() {
+                    output::finish(engine, &batch, ending).await?;
+                    runs.remove(&batch.id);
+                }
+                continue;
+            }
+            let started = self.start_lines(&run).await?;
+            if started == 0 && run.idle() && engine.store.count_lines(&batch.id, "pending").await? == 0
+            {
+                // Nothing pending, nothing being sent: every line is done.
+                output::finish(engine, &batch, Ending::Completed).await?;
+                runs.remove(&batch.id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Claims as many lines as backends have room for and starts them.
+    async fn start_lines(&self, run: &Arc<Run>) -> Result<usize, StoreError> {
+        let engine = &self.engine;
+        let free = engine.slots.free(&run.pools);
+        if free == 0 {
+            return Ok(0);
+        }
+        let lines = engine.store.claim(&run.id, free as i64).await?;
+        let started = lines.len();
+        for line in lines {
+            let slot = engine.slots.acquire(&run.pools);
+            run.tasks.fetch_add(1, Ordering::SeqCst);
+            engine.in_flight.fetch_add(1, Ordering::SeqCst);
+            let (engine, run) = (engine.clone(), run.clone());
+            tokio::spawn(async move {
+                send_line(&engine, &run, line, slot).await;
+                run.tasks.fetch_sub(1, Ordering::SeqCst);
+                engine.in_flight.fetch_sub(1, Ordering::SeqCst);
+                engine.wake.notify_one();
+            });
+        }
+        Ok(started)
+    }
+
+    /// Expired uploads go; the batch gauges are refreshed.
+    async fn housekeeping(&self) {
+        let engine = &self.engine;
+        match engine.store.take_expired_files(now(), 1000).await {
+            Ok(ids) => {
+                for id in ids {
+                    let _ = std::fs::remove_file(engine.file_path(&id));
+                }
+            }
+            Err(e) => log::warn!(target: "batch", "removing expired files: {e}"),
+        }
+        if let (Some(m), Ok(counts)) = (&engine.metrics, engine.store.status_counts().await) {
+            m.set_statuses(&counts);
+        }
+    }
+}
+
+/// Sends one line (retrying transient failures) and stores its outcome. Gives up without an
+/// outcome, leaving the line claimed, when its batch stops while it waits.
+async fn send_line(engine: &Arc<Engine>, run: &Run, line: ClaimedLine, slot: Option<Acquired>) {
+    let mut slot = slot;
+    let mut tries = Tries::new(engine, run, &line);
+    loop {
+        let acquired = match slot.take() {
+            Some(a) => a,
+            None => match wait_for_room(engine, run).await {
+                Some(a) => a,
+                None => return,
+            },
+        };
+        let next = tries.attempt(acquired).await;
+        match next {
+            Some(backoff) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = wait_stop(run) => return,
+                }
+            }
+            None => break,
+        }
+    }
+    tries.store().await;
+}
+
+async fn wait_for_room(engine: &Engine, run: &Run) -> Option<Acquired> {
+    loop {
+        if run.stop.load(Ordering::SeqCst) {
+            return None;
+        }
+        if let Some(a) = engine.slots.acquire(&run.pools) {
+            return Some(a);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_stop(run: &Run) {
+    while !run.stop.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
