@@ -156,8 +156,7 @@ async fn batches(
         ("POST", [id, "cancel"]) => cancel(engine, who, id).await,
         ("GET", [id, "result"]) => {
             let b = owned(engine, who, id).await?;
-            let ended = b.completed_at.or(b.cancelled_at).or(b.expired_at).or(b.failed_at);
-            match ended {
+            match b.ended_ms {
                 Some(at) => Ok(Answer::Json(200, summary(&b, &b.status, at))),
                 None => Err(ApiError::new(409, "invalid_request_error", "batch_not_finished", format!("Batch `{id}` is {}; its result is ready when it has finished.", b.status))),
             }
@@ -202,7 +201,7 @@ async fn cancel(engine: &Engine, who: &Who, id: &str) -> Result<Answer, ApiError
     let b = owned(engine, who, id).await?;
     let moved = engine
         .store
-        .transition(id, &["validating", "in_progress"], "cancelling", super::now())
+        .transition(id, &["validating", "in_progress"], "cancelling", super::now_ms())
         .await
         .map_err(store_down)?;
     if !moved && !matches!(b.status.as_str(), "cancelling" | "cancelled") {

@@ -44,7 +44,7 @@ pub async fn finish(engine: &Engine, batch: &BatchRow, ending: Ending) -> Result
     match ending {
         Ending::Completed => {
             store
-                .transition(id, &["in_progress"], "finalizing", now())
+                .transition(id, &["in_progress"], "finalizing", now_ms())
                 .await?;
         }
         Ending::Expired => {
@@ -57,8 +57,9 @@ pub async fn finish(engine: &Engine, batch: &BatchRow, ending: Ending) -> Result
     let Some(batch) = store.batch_by_id(id).await? else {
         return Ok(());
     };
+    let ended_ms = now_ms();
     let written = if batch.is_path_based() {
-        write_folder(engine, &batch, ending).await
+        write_folder(engine, &batch, ending, ended_ms).await
     } else {
         write_files(engine, &batch).await
     };
@@ -67,14 +68,14 @@ pub async fn finish(engine: &Engine, batch: &BatchRow, ending: Ending) -> Result
         let errors = json!({"object": "list", "data": [{
             "code": "output_failed", "message": format!("Writing the results failed: {e}"),
             "param": null, "line": null}]});
-        return store.fail(id, &errors.to_string(), now()).await;
+        return store.fail(id, &errors.to_string(), now_ms()).await;
     }
     store
         .transition(
             id,
             &["in_progress", "finalizing", "cancelling"],
             ending.status(),
-            now(),
+            ended_ms,
         )
         .await?;
     log::info!(target: "batch", batch_id = id; "batch {}: {} completed, {} failed", ending.status(), batch.completed, batch.failed);
@@ -107,10 +108,10 @@ async fn close_unfinished(
     }
 }
 
-/// The summary of a batch (`summary.json`, and `GET .../result`).
-pub fn summary(b: &BatchRow, status: &str, ended_at: i64) -> Value {
-    let started = b.in_progress_at.unwrap_or_else(|| b.created_at());
-    let seconds = (ended_at - started).max(0);
+/// The summary of a batch (`summary.json`, and `GET .../result`): from its submission to
+/// `ended_ms`.
+pub fn summary(b: &BatchRow, status: &str, ended_ms: i64) -> Value {
+    let seconds = (ended_ms - b.created_ms).max(0) as f64 / 1000.0;
     json!({
         "batch_id": b.id,
         "status": status,
@@ -124,11 +125,16 @@ pub fn summary(b: &BatchRow, status: &str, ended_at: i64) -> Value {
         "completion_tokens": b.completion_tokens,
         "total_tokens": b.prompt_tokens + b.completion_tokens,
         "duration_seconds": seconds,
-        "tokens_per_second": b.completion_tokens as f64 / seconds.max(1) as f64,
+        "tokens_per_second": if seconds > 0.0 { b.completion_tokens as f64 / seconds } else { 0.0 },
     })
 }
 
-async fn write_folder(engine: &Engine, b: &BatchRow, ending: Ending) -> std::io::Result<()> {
+async fn write_folder(
+    engine: &Engine,
+    b: &BatchRow,
+    ending: Ending,
+    ended_ms: i64,
+) -> std::io::Result<()> {
     let folder = Path::new(b.result_folder.as_deref().unwrap_or_default());
     if !paths::still_ours(folder) {
         return Err(std::io::Error::other(
@@ -138,7 +144,7 @@ async fn write_folder(engine: &Engine, b: &BatchRow, ending: Ending) -> std::io:
     let mode = engine.config.result_file_mode;
     write_results(engine, &b.id, &folder.join("results.jsonl"), mode, false).await?;
     write_results(engine, &b.id, &folder.join("errors.jsonl"), mode, true).await?;
-    let text = serde_json::to_vec_pretty(&summary(b, ending.status(), now()))?;
+    let text = serde_json::to_vec_pretty(&summary(b, ending.status(), ended_ms))?;
     let mut file = AtomicFile::create(&folder.join("summary.json"), mode)?;
     file.writer.write_all(&text).await?;
     file.commit().await

@@ -162,9 +162,9 @@ impl Store {
             "INSERT INTO batches (id, owner, status, endpoint, model, cluster, framework,
                 input_file_id, input_file_path, output_folder_path, result_folder, input_key,
                 completion_window, metadata, errors, total, failed, created_ms, in_progress_at,
-                expires_at, failed_at, owner_name)
+                expires_at, failed_at, owner_name, ended_ms)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                $18, $19, $20, $21, $22)",
+                $18, $19, $20, $21, $22, $23)",
         )
         .bind(&b.id)
         .bind(&b.owner)
@@ -188,6 +188,7 @@ impl Store {
         .bind(b.expires_at)
         .bind(b.failed_at)
         .bind(&b.owner_name)
+        .bind(b.failed_at.map(|_| b.created_ms))
         .execute(&mut **tx)
         .await?;
         Ok(())
@@ -258,14 +259,15 @@ impl Store {
     }
 
     /// Ends a batch that cannot go on as `failed`, with OpenAI's `errors` object.
-    pub async fn fail(&self, id: &str, errors: &str, now: i64) -> Result<(), StoreError> {
+    pub async fn fail(&self, id: &str, errors: &str, now_ms: i64) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE batches SET status = 'failed', errors = $1, failed_at = $2
+            "UPDATE batches SET status = 'failed', errors = $1, failed_at = $2, ended_ms = $4
              WHERE id = $3 AND status IN ('validating', 'in_progress', 'finalizing', 'cancelling')",
         )
         .bind(errors)
-        .bind(now)
+        .bind(now_ms / 1000)
         .bind(id)
+        .bind(now_ms)
         .execute(&self.db)
         .await?;
         Ok(())
@@ -302,13 +304,14 @@ impl Store {
             .await
     }
 
-    /// Moves `id` from one of `from` to `to`, stamping `<to>_at`; `false` if it was elsewhere.
+    /// Moves `id` from one of `from` to `to`, stamping `<to>_at` (and `ended_ms` for a final
+    /// status); `false` if it was elsewhere.
     pub async fn transition(
         &self,
         id: &str,
         from: &[&str],
         to: &'static str,
-        now: i64,
+        now_ms: i64,
     ) -> Result<bool, StoreError> {
         let stamp = match to {
             "in_progress" => "in_progress_at",
@@ -320,12 +323,22 @@ impl Store {
             "cancelled" => "cancelled_at",
             _ => return Err(sqlx::Error::Protocol(format!("no batch status `{to}`"))),
         };
-        let placeholders: Vec<String> = (0..from.len()).map(|i| format!("${}", i + 4)).collect();
+        let ended = if matches!(to, "completed" | "failed" | "expired" | "cancelled") {
+            "$4"
+        } else {
+            "ended_ms"
+        };
+        let placeholders: Vec<String> = (0..from.len()).map(|i| format!("${}", i + 5)).collect();
         let sql = format!(
-            "UPDATE batches SET status = $1, {stamp} = $2 WHERE id = $3 AND status IN ({})",
+            "UPDATE batches SET status = $1, {stamp} = $2, ended_ms = {ended}
+             WHERE id = $3 AND status IN ({})",
             placeholders.join(", ")
         );
-        let mut query = sqlx::query(&sql).bind(to).bind(now).bind(id);
+        let mut query = sqlx::query(&sql)
+            .bind(to)
+            .bind(now_ms / 1000)
+            .bind(id)
+            .bind(now_ms);
         for status in from {
             query = query.bind(*status);
         }

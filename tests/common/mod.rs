@@ -231,6 +231,7 @@ pub async fn with_mock(config: MockConfig, server_extra: &str) -> (Gateway, Mock
     (gateway, mock)
 }
 
+pub mod batch;
 pub mod raw;
 pub mod redis;
 pub mod requests;

@@ -36,6 +36,7 @@ pub struct BatchRow {
     pub expired_at: Option<i64>,
     pub cancelling_at: Option<i64>,
     pub cancelled_at: Option<i64>,
+    pub ended_ms: Option<i64>,
 }
 
 impl BatchRow {

@@ -46,7 +46,9 @@ CREATE TABLE IF NOT EXISTS batches (
     failed_at BIGINT,
     expired_at BIGINT,
     cancelling_at BIGINT,
-    cancelled_at BIGINT
+    cancelled_at BIGINT,
+    -- When it reached its final status, in milliseconds (for durations and rates).
+    ended_ms BIGINT
 );
 CREATE INDEX IF NOT EXISTS batches_by_owner ON batches (owner, created_ms);
 CREATE INDEX IF NOT EXISTS batches_by_status ON batches (status);
