@@ -15,6 +15,8 @@ pub struct LocalView<'a> {
     pub base_path: &'a str,
     /// `created` of every model in `/v1/models`: when this configuration was loaded.
     pub loaded_at: u64,
+    /// Whether `[batch]` is configured (pools then show their batch endpoint).
+    pub batches: bool,
 }
 
 /// The body of a local route, for an authenticated caller.
@@ -25,7 +27,7 @@ pub fn answer(
 ) -> Result<Value, ApiError> {
     Ok(match route {
         Route::Models { target } => models(view.table, target, principal, view.loaded_at),
-        Route::ListEndpoints => list_endpoints(view.table, view.base_path, principal),
+        Route::ListEndpoints => list_endpoints(view, principal),
         Route::Jobs { cluster } => jobs(view.table, cluster, principal),
         Route::Whoami => match principal {
             Some(p) => whoami(p),
@@ -119,12 +121,14 @@ pub fn jobs(table: &ModelTable, cluster: &str, principal: Option<&Principal>) ->
 }
 
 /// clusters → frameworks → models, endpoint paths and backend health, of the pools the
-/// principal may use.
-pub fn list_endpoints(table: &ModelTable, base_path: &str, principal: Option<&Principal>) -> Value {
+/// principal may use; `accepts_batches` and a `batches` endpoint where batches run.
+pub fn list_endpoints(view: &LocalView<'_>, principal: Option<&Principal>) -> Value {
+    let base_path = view.base_path;
     let mut clusters: BTreeMap<&str, BTreeMap<&str, Vec<Value>>> = BTreeMap::new();
-    for pool in table.pools.iter().filter(|p| p.permits(principal)) {
+    for pool in view.table.pools.iter().filter(|p| p.permits(principal)) {
         let (status, since) = pool.status();
-        let endpoints: serde_json::Map<String, Value> = Api::ALL
+        let accepts_batches = view.batches && pool.batch_max_in_flight > 0;
+        let mut endpoints: serde_json::Map<String, Value> = Api::ALL
             .into_iter()
             .map(|api| {
                 let path = format!(
@@ -136,6 +140,10 @@ pub fn list_endpoints(table: &ModelTable, base_path: &str, principal: Option<&Pr
                 (api.route_name().to_string(), Value::from(path))
             })
             .collect();
+        if accepts_batches {
+            let path = format!("{base_path}/{}/{}/v1/batches", pool.cluster, pool.framework);
+            endpoints.insert("batches".into(), Value::from(path));
+        }
         clusters
             .entry(&pool.cluster)
             .or_default()
@@ -145,6 +153,7 @@ pub fn list_endpoints(table: &ModelTable, base_path: &str, principal: Option<&Pr
                 "pool": pool.name,
                 "models": pool.models,
                 "endpoints": endpoints,
+                "accepts_batches": accepts_batches,
                 "backends_total": pool.backends.len(),
                 "backends_healthy": pool.healthy_count(),
                 "status": status.as_str(),
@@ -194,12 +203,24 @@ mod tests {
 
     #[test]
     fn endpoints_name_full_paths() {
-        let v = list_endpoints(&table(), "/resource_server", None);
+        let table = table();
+        let view = LocalView {
+            table: &table,
+            base_path: "/resource_server",
+            loaded_at: 0,
+            batches: true,
+        };
+        let v = list_endpoints(&view, None);
         let pool = &v["clusters"]["local"]["vllm"][0];
         assert_eq!(
             pool["endpoints"]["chat_completions"],
             "/resource_server/local/vllm/v1/chat/completions"
         );
         assert_eq!(pool["backends_healthy"], 1);
+        assert_eq!(pool["accepts_batches"], true);
+        assert_eq!(
+            pool["endpoints"]["batches"],
+            "/resource_server/local/vllm/v1/batches"
+        );
     }
 }

@@ -220,6 +220,7 @@ impl Gateway {
             table: &self.table,
             base_path: &self.settings.base_path,
             loaded_at: self.loaded_at,
+            batches: self.batches.is_some(),
         };
         let body = local::answer(&view, route, ctx.principal.as_ref())?;
         Ok(respond::reply(session, ctx, 200, &body).await)
