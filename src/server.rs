@@ -127,7 +127,11 @@ pub fn build(config: Config) -> Result<Server, ConfigError> {
 /// are closed and idle keep-alive connections close themselves (`process_new_http`); when no
 /// connection is left on two checks in a row, nothing can still be answering, and the
 /// process exits. Log lines are written unbuffered, so nothing is lost.
-fn exit_when_drained(server: &Server, connections: Arc<AtomicUsize>, batch_lines: Arc<AtomicUsize>) {
+fn exit_when_drained(
+    server: &Server,
+    connections: Arc<AtomicUsize>,
+    batch_lines: Arc<AtomicUsize>,
+) {
     let mut phases = server.watch_execution_phase();
     std::thread::spawn(move || {
         loop {

@@ -2,6 +2,13 @@
 //! exact request, results exactly once, every validation rule, path confinement, and one
 //! user never seeing another's batches.
 
+#![allow(
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "integration tests: a failed expectation is a test failure"
+)]
+
 mod common;
 
 use std::time::Duration;
@@ -22,12 +29,28 @@ async fn the_guides_batch_runs_and_its_results_land_in_a_new_folder() {
     assert_eq!(batch["request_counts"]["total"], 25);
     assert_eq!(batch["endpoint"], "/v1/chat/completions");
     let id = batch["id"].as_str().expect("id").to_string();
-    let folder = batch["result_folder_path"].as_str().expect("folder").to_string();
-    assert!(folder.ends_with(&format!("/out/input_opt-125m_{id}")), "{folder}");
+    let folder = batch["result_folder_path"]
+        .as_str()
+        .expect("folder")
+        .to_string();
+    assert!(
+        folder.ends_with(&format!("/out/input_opt-125m_{id}")),
+        "{folder}"
+    );
 
-    let done = site.wait_for("alice", &id, &["completed"], Duration::from_secs(20)).await;
-    assert_eq!(done["request_counts"], json!({"total": 25, "completed": 25, "failed": 0}));
-    for stamp in ["created_at", "in_progress_at", "finalizing_at", "completed_at"] {
+    let done = site
+        .wait_for("alice", &id, &["completed"], Duration::from_secs(20))
+        .await;
+    assert_eq!(
+        done["request_counts"],
+        json!({"total": 25, "completed": 25, "failed": 0})
+    );
+    for stamp in [
+        "created_at",
+        "in_progress_at",
+        "finalizing_at",
+        "completed_at",
+    ] {
         assert!(done[stamp].as_i64().is_some(), "{stamp}: {done}");
     }
     let (results, errors) = assert_exactly_once(&folder, 25);
@@ -35,7 +58,9 @@ async fn the_guides_batch_runs_and_its_results_land_in_a_new_folder() {
     let first = &results[0];
     assert_eq!(first["response"]["status_code"], 200);
     assert_eq!(first["response"]["body"]["object"], "chat.completion");
-    assert!(first["id"].as_str().is_some_and(|i| i.starts_with("batch_req_")));
+    assert!(first["id"]
+        .as_str()
+        .is_some_and(|i| i.starts_with("batch_req_")));
     // The model went into each line's body (the guide's lines name none).
     assert_eq!(first["response"]["body"]["model"], MODEL);
     assert_eq!(count(&site.mock.stats().requests), 25);
@@ -84,7 +109,8 @@ async fn input_file_alias_targeted_route_listing_and_the_result_while_running() 
     assert_eq!(list["has_more"], false);
     let (status, _) = site.get("bob", "/v1/batches?status=bogus").await;
     assert_eq!(status, 400);
-    site.wait_for("bob", id, &["completed"], Duration::from_secs(20)).await;
+    site.wait_for("bob", id, &["completed"], Duration::from_secs(20))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -107,7 +133,9 @@ async fn every_bad_line_is_named_and_nothing_is_sent() {
     for (i, (lines, expected)) in cases.iter().enumerate() {
         let path = site.home("alice").join(format!("bad{i}.jsonl"));
         std::fs::write(&path, lines.join("\n")).expect("write");
-        let (status, err) = site.submit("alice", &path.display().to_string(), &out).await;
+        let (status, err) = site
+            .submit("alice", &path.display().to_string(), &out)
+            .await;
         assert_eq!(status, 400, "case {i}: {err}");
         let message = err["error"]["message"].as_str().unwrap_or_default();
         assert!(message.contains(expected), "case {i}: {message}");
@@ -131,10 +159,19 @@ async fn paths_stay_inside_the_users_own_roots() {
     let outside = [
         (bobs.clone(), alice_out.clone()),
         (link.display().to_string(), alice_out.clone()),
-        (format!("{root}/home/alice/../bob/in.jsonl"), alice_out.clone()),
+        (
+            format!("{root}/home/alice/../bob/in.jsonl"),
+            alice_out.clone(),
+        ),
         ("/etc/passwd".into(), alice_out.clone()),
-        (format!("{root}/home/bob/does-not-exist.jsonl"), alice_out.clone()),
-        (input.clone(), site.home("bob").join("out").display().to_string()),
+        (
+            format!("{root}/home/bob/does-not-exist.jsonl"),
+            alice_out.clone(),
+        ),
+        (
+            input.clone(),
+            site.home("bob").join("out").display().to_string(),
+        ),
         (input.clone(), "/tmp".into()),
         ("relative/in.jsonl".into(), alice_out.clone()),
     ];
@@ -144,7 +181,10 @@ async fn paths_stay_inside_the_users_own_roots() {
         if i < 2 || i == 4 {
             // Someone else's existing file and a missing one read alike.
             assert_eq!(status, 403, "case {i}");
-            assert!(err["error"]["message"].as_str().unwrap_or_default().contains("does not exist, or it is not inside"));
+            assert!(err["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("does not exist, or it is not inside"));
         }
     }
     assert_eq!(count(&site.mock.stats().requests), 0);
@@ -173,18 +213,26 @@ async fn another_users_batch_is_not_found_and_a_user_runs_at_most_two() {
     assert_eq!(err["error"]["code"], "too_many_active_batches");
 
     let id = &ids[0];
-    for path in [format!("/v1/batches/{id}"), format!("/v1/batches/{id}/result"), "/v1/batches/batch_unknown".into()] {
+    for path in [
+        format!("/v1/batches/{id}"),
+        format!("/v1/batches/{id}/result"),
+        "/v1/batches/batch_unknown".into(),
+    ] {
         let (status, err) = site.get("bob", &path).await;
         assert_eq!(status, 404, "{path}: {err}");
     }
-    let (status, _) = site.post("bob", &format!("/v1/batches/{id}/cancel"), &json!({})).await;
+    let (status, _) = site
+        .post("bob", &format!("/v1/batches/{id}/cancel"), &json!({}))
+        .await;
     assert_eq!(status, 404);
     let (_, list) = site.get("bob", "/v1/batches").await;
     assert_eq!(list["data"], json!([]));
     let (_, list) = site.get("alice", "/v1/batches?limit=1").await;
     assert_eq!(list["has_more"], true);
     let after = list["last_id"].as_str().expect("last_id");
-    let (_, rest) = site.get("alice", &format!("/v1/batches?limit=1&after={after}")).await;
+    let (_, rest) = site
+        .get("alice", &format!("/v1/batches?limit=1&after={after}"))
+        .await;
     assert_eq!(rest["data"].as_array().map(Vec::len), Some(1));
     assert_ne!(rest["data"][0]["id"], list["data"][0]["id"]);
 }

@@ -19,7 +19,10 @@ use crate::routing::{Route, Target};
 pub enum Answer {
     Json(u16, Value),
     /// A stored file's bytes, streamed from disk.
-    File { path: PathBuf, bytes: u64 },
+    File {
+        path: PathBuf,
+        bytes: u64,
+    },
 }
 
 /// Who is asking: the owner key (the stable identity id) and the username.
@@ -126,9 +129,14 @@ pub async fn answer(
     let who = Who::of(ctx);
     let method = session.req_header().method.as_str().to_string();
     match route {
-        Route::Batches { target, rest } => batches(engine, session, &who, &method, target, rest).await,
+        Route::Batches { target, rest } => {
+            batches(engine, session, &who, &method, target, rest).await
+        }
         Route::Files { rest } => files_api::files(engine, session, &who, &method, rest).await,
-        other => Err(errors::internal(&format!("{} is not a batch route", other.name()))),
+        other => Err(errors::internal(&format!(
+            "{} is not a batch route",
+            other.name()
+        ))),
     }
 }
 
@@ -143,22 +151,32 @@ async fn batches(
     let parts: Vec<&str> = rest.split('/').skip(1).collect();
     match (method, parts.as_slice()) {
         ("POST", []) => {
-            let body = crate::proxy::read_body(
-                session,
-                1 << 20,
-                engine.server.client_body_timeout,
-            )
-            .await?;
-            Ok(Answer::Json(200, submit::create(engine, who, target, &body).await?))
+            let body = crate::proxy::read_body(session, 1 << 20, engine.server.client_body_timeout)
+                .await?;
+            Ok(Answer::Json(
+                200,
+                submit::create(engine, who, target, &body).await?,
+            ))
         }
         ("GET", []) => list(engine, session, who).await,
-        ("GET", [id]) => Ok(Answer::Json(200, object::batch(&owned(engine, who, id).await?))),
+        ("GET", [id]) => Ok(Answer::Json(
+            200,
+            object::batch(&owned(engine, who, id).await?),
+        )),
         ("POST", [id, "cancel"]) => cancel(engine, who, id).await,
         ("GET", [id, "result"]) => {
             let b = owned(engine, who, id).await?;
             match b.ended_ms {
                 Some(at) => Ok(Answer::Json(200, summary(&b, &b.status, at))),
-                None => Err(ApiError::new(409, "invalid_request_error", "batch_not_finished", format!("Batch `{id}` is {}; its result is ready when it has finished.", b.status))),
+                None => Err(ApiError::new(
+                    409,
+                    "invalid_request_error",
+                    "batch_not_finished",
+                    format!(
+                        "Batch `{id}` is {}; its result is ready when it has finished.",
+                        b.status
+                    ),
+                )),
             }
         }
         (_, []) => Err(errors::method_not_allowed(method, "GET, POST")),
@@ -181,11 +199,24 @@ async fn owned(engine: &Engine, who: &Who, id: &str) -> Result<super::store::Bat
 }
 
 async fn list(engine: &Engine, session: &ServerSession, who: &Who) -> Result<Answer, ApiError> {
-    const STATUSES: [&str; 8] = ["validating", "in_progress", "finalizing", "completed", "failed", "expired", "cancelling", "cancelled"];
+    const STATUSES: [&str; 8] = [
+        "validating",
+        "in_progress",
+        "finalizing",
+        "completed",
+        "failed",
+        "expired",
+        "cancelling",
+        "cancelled",
+    ];
     let status = query(session, "status");
     if let Some(s) = status {
         if !STATUSES.contains(&s) {
-            return Err(bad_request("invalid_status", format!("`status` must be one of {}.", STATUSES.join(", ")), "status"));
+            return Err(bad_request(
+                "invalid_status",
+                format!("`status` must be one of {}.", STATUSES.join(", ")),
+                "status",
+            ));
         }
     }
     let after = query(session, "after").filter(|a| plain_id(a));
@@ -194,18 +225,34 @@ async fn list(engine: &Engine, session: &ServerSession, who: &Who) -> Result<Ans
         .batches(&who.owner, status, after, limit(session)?)
         .await
         .map_err(store_down)?;
-    Ok(Answer::Json(200, object::list(&page, |b| &b.id, object::batch)))
+    Ok(Answer::Json(
+        200,
+        object::list(&page, |b| &b.id, object::batch),
+    ))
 }
 
 async fn cancel(engine: &Engine, who: &Who, id: &str) -> Result<Answer, ApiError> {
     let b = owned(engine, who, id).await?;
     let moved = engine
         .store
-        .transition(id, &["validating", "in_progress"], "cancelling", super::now_ms())
+        .transition(
+            id,
+            &["validating", "in_progress"],
+            "cancelling",
+            super::now_ms(),
+        )
         .await
         .map_err(store_down)?;
     if !moved && !matches!(b.status.as_str(), "cancelling" | "cancelled") {
-        return Err(ApiError::new(409, "invalid_request_error", "batch_not_cancellable", format!("Batch `{id}` is {}; only a running batch can be cancelled.", b.status)));
+        return Err(ApiError::new(
+            409,
+            "invalid_request_error",
+            "batch_not_cancellable",
+            format!(
+                "Batch `{id}` is {}; only a running batch can be cancelled.",
+                b.status
+            ),
+        ));
     }
     engine.wake.notify_one();
     let b = owned(engine, who, id).await?;

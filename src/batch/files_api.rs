@@ -18,11 +18,18 @@ pub async fn files(
 ) -> Result<Answer, ApiError> {
     let parts: Vec<&str> = rest.split('/').skip(1).collect();
     match (method, parts.as_slice()) {
-        ("POST", []) => Ok(Answer::Json(200, upload::receive(engine, session, who).await?)),
+        ("POST", []) => Ok(Answer::Json(
+            200,
+            upload::receive(engine, session, who).await?,
+        )),
         ("GET", []) => {
             let purpose = query(session, "purpose");
             if purpose.is_some_and(|p| !matches!(p, "batch" | "batch_output")) {
-                return Err(bad_request("invalid_purpose", "`purpose` filters by `batch` or `batch_output`.".into(), "purpose"));
+                return Err(bad_request(
+                    "invalid_purpose",
+                    "`purpose` filters by `batch` or `batch_output`.".into(),
+                    "purpose",
+                ));
             }
             let after = query(session, "after").filter(|a| plain_id(a));
             let page = engine
@@ -30,9 +37,15 @@ pub async fn files(
                 .files(&who.owner, purpose, after, limit(session)?)
                 .await
                 .map_err(store_down)?;
-            Ok(Answer::Json(200, object::list(&page, |f| &f.id, object::file)))
+            Ok(Answer::Json(
+                200,
+                object::list(&page, |f| &f.id, object::file),
+            ))
         }
-        ("GET", [id]) => Ok(Answer::Json(200, object::file(&owned(engine, who, id).await?))),
+        ("GET", [id]) => Ok(Answer::Json(
+            200,
+            object::file(&owned(engine, who, id).await?),
+        )),
         ("DELETE", [id]) => {
             owned(engine, who, id).await?;
             engine
@@ -41,7 +54,10 @@ pub async fn files(
                 .await
                 .map_err(store_down)?;
             let _ = std::fs::remove_file(engine.file_path(id));
-            Ok(Answer::Json(200, json!({"id": id, "object": "file", "deleted": true})))
+            Ok(Answer::Json(
+                200,
+                json!({"id": id, "object": "file", "deleted": true}),
+            ))
         }
         ("GET", [id, "content"]) => {
             let f = owned(engine, who, id).await?;

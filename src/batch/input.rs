@@ -294,7 +294,10 @@ pub async fn next_line<R: AsyncBufRead + Unpin>(
     // Too long: skip to the end of the line without keeping it.
     loop {
         buf.clear();
-        let n = (&mut *reader).take(64 * 1024).read_until(b'\n', buf).await?;
+        let n = (&mut *reader)
+            .take(64 * 1024)
+            .read_until(b'\n', buf)
+            .await?;
         if n == 0 || buf.last() == Some(&b'\n') {
             buf.clear();
             return Ok(Some(false));

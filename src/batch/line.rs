@@ -166,7 +166,11 @@ impl<'a> Tries<'a> {
                         .ok()
                         .and_then(|u| u.usage)
                         .unwrap_or_default();
-                    (false, output_line(&self.custom_id, Some((status, &id, &body)), None), tokens)
+                    (
+                        false,
+                        output_line(&self.custom_id, Some((status, &id, &body)), None),
+                        tokens,
+                    )
                 } else {
                     let transient = status == 429 || status >= 500;
                     if transient {
@@ -193,12 +197,18 @@ impl<'a> Tries<'a> {
                     return Some(wait);
                 }
                 let message = format!("{why} (after {} attempts)", self.attempts);
-                let line = output_line(&self.custom_id, None, Some(("backend_unavailable", &message)));
+                let line = output_line(
+                    &self.custom_id,
+                    None,
+                    Some(("backend_unavailable", &message)),
+                );
                 (true, line, Tokens::default())
             }
-            Attempt::Fatal(code, why) => {
-                (true, output_line(&self.custom_id, None, Some((code, &why))), Tokens::default())
-            }
+            Attempt::Fatal(code, why) => (
+                true,
+                output_line(&self.custom_id, None, Some((code, &why))),
+                Tokens::default(),
+            ),
         };
         self.outcome = Some(LineOutcome {
             failed,
@@ -233,7 +243,9 @@ impl<'a> Tries<'a> {
                     stored = true;
                     break;
                 }
-                Err(e) => log::warn!(target: "batch", batch_id = self.run.id.as_str(); "storing a line's result: {e}"),
+                Err(e) => {
+                    log::warn!(target: "batch", batch_id = self.run.id.as_str(); "storing a line's result: {e}")
+                }
             }
         }
         if !stored {
@@ -241,7 +253,11 @@ impl<'a> Tries<'a> {
             log::error!(target: "batch", batch_id = self.run.id.as_str(); "line {} could not be stored; it will be sent again after a restart", self.line_no);
             return;
         }
-        self.count(if outcome.failed { "failed" } else { "completed" });
+        self.count(if outcome.failed {
+            "failed"
+        } else {
+            "completed"
+        });
         if let Some(m) = &self.engine.metrics {
             m.tokens
                 .with_label_values(&[&self.run.owner_name, "prompt"])

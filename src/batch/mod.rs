@@ -73,8 +73,12 @@ impl Engine {
         let files = config.state_dir.join("files");
         std::fs::create_dir_all(&files)
             .map_err(|e| format!("creating {}: {e}", files.display()))?;
-        let store = Store::open_blocking(&config.state_dir)
-            .map_err(|e| format!("opening the batch store in {}: {e}", config.state_dir.display()))?;
+        let store = Store::open_blocking(&config.state_dir).map_err(|e| {
+            format!(
+                "opening the batch store in {}: {e}",
+                config.state_dir.display()
+            )
+        })?;
         Ok(Engine {
             sender: send::LineSender::new(PeerSettings::new(server), &config),
             server: server.clone(),

@@ -48,10 +48,22 @@ pub async fn finish(engine: &Engine, batch: &BatchRow, ending: Ending) -> Result
                 .await?;
         }
         Ending::Expired => {
-            close_unfinished(engine, id, "batch_expired", "The batch's completion window ended before this line ran.").await?;
+            close_unfinished(
+                engine,
+                id,
+                "batch_expired",
+                "The batch's completion window ended before this line ran.",
+            )
+            .await?;
         }
         Ending::Cancelled => {
-            close_unfinished(engine, id, "batch_cancelled", "The batch was cancelled before this line ran.").await?;
+            close_unfinished(
+                engine,
+                id,
+                "batch_cancelled",
+                "The batch was cancelled before this line ran.",
+            )
+            .await?;
         }
     }
     let Some(batch) = store.batch_by_id(id).await? else {
@@ -153,7 +165,10 @@ async fn write_folder(
 async fn write_files(engine: &Engine, b: &BatchRow) -> std::io::Result<()> {
     let stem = b.id.trim_start_matches("batch_");
     let mut ids = [None, None];
-    for (slot, failed, kind, count) in [(0, false, "output", b.completed), (1, true, "errors", b.failed)] {
+    for (slot, failed, kind, count) in [
+        (0, false, "output", b.completed),
+        (1, true, "errors", b.failed),
+    ] {
         if count == 0 {
             continue;
         }
@@ -170,7 +185,11 @@ async fn write_files(engine: &Engine, b: &BatchRow) -> std::io::Result<()> {
             created_ms: now_ms(),
             expires_at: Some(now() + engine.config.file_expiry.as_secs() as i64),
         };
-        engine.store.insert_file(&row).await.map_err(std::io::Error::other)?;
+        engine
+            .store
+            .insert_file(&row)
+            .await
+            .map_err(std::io::Error::other)?;
         if let Some(s) = ids.get_mut(slot) {
             *s = Some(id);
         }
@@ -239,7 +258,10 @@ impl AtomicFile {
         Ok(AtomicFile {
             tmp,
             path: path.to_path_buf(),
-            writer: tokio::io::BufWriter::with_capacity(256 * 1024, tokio::fs::File::from_std(file)),
+            writer: tokio::io::BufWriter::with_capacity(
+                256 * 1024,
+                tokio::fs::File::from_std(file),
+            ),
         })
     }
 

@@ -73,12 +73,7 @@ fn plain_absolute(param: &'static str, raw: &str) -> Result<PathBuf, ApiError> {
 }
 
 /// Lexically inside a root, then canonically inside the same root.
-fn confine(
-    what: &str,
-    raw: &str,
-    path: &Path,
-    roots: &[PathBuf],
-) -> Result<PathBuf, ApiError> {
+fn confine(what: &str, raw: &str, path: &Path, roots: &[PathBuf]) -> Result<PathBuf, ApiError> {
     if roots.is_empty() {
         return Err(ApiError::permission_denied(format!(
             "Path-based batches are not enabled on this gateway (no {what} roots are configured); \

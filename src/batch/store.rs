@@ -133,7 +133,11 @@ impl Store {
     }
 
     /// Ids of files whose expiry has passed (at most `limit`), with their records removed.
-    pub async fn take_expired_files(&self, now: i64, limit: i64) -> Result<Vec<String>, StoreError> {
+    pub async fn take_expired_files(
+        &self,
+        now: i64,
+        limit: i64,
+    ) -> Result<Vec<String>, StoreError> {
         let ids: Vec<(String,)> = sqlx::query_as(
             "DELETE FROM files WHERE id IN
                (SELECT id FROM files WHERE expires_at IS NOT NULL AND expires_at <= $1 LIMIT $2)

@@ -62,7 +62,10 @@ pub async fn create(
         (None, Some(raw)) => {
             let model = checked_model(req.model.as_deref())?;
             authorized(engine, who, &model, target)?;
-            (confined(engine, who, raw, req.output_folder_path.as_deref())?, Some(model))
+            (
+                confined(engine, who, raw, req.output_folder_path.as_deref())?,
+                Some(model),
+            )
         }
         (None, None) => {
             return Err(bad_request(
@@ -74,15 +77,34 @@ pub async fn create(
     };
     let endpoint = match (&req.endpoint, &input.file_id) {
         (Some(e), _) if !ENDPOINTS.contains(&e.as_str()) => {
-            return Err(bad_request("invalid_endpoint", format!("`endpoint` must be one of {}.", ENDPOINTS.join(", ")), "endpoint"))
+            return Err(bad_request(
+                "invalid_endpoint",
+                format!("`endpoint` must be one of {}.", ENDPOINTS.join(", ")),
+                "endpoint",
+            ))
         }
         (Some(e), _) => Some(e.clone()),
-        (None, Some(_)) => return Err(bad_request("missing_required_parameter", "`endpoint` is required with `input_file_id`.".into(), "endpoint")),
+        (None, Some(_)) => {
+            return Err(bad_request(
+                "missing_required_parameter",
+                "`endpoint` is required with `input_file_id`.".into(),
+                "endpoint",
+            ))
+        }
         (None, None) => None,
     };
-    let (active, same) = engine.store.active_of(&who.owner, &input.key).await.map_err(store_down)?;
+    let (active, same) = engine
+        .store
+        .active_of(&who.owner, &input.key)
+        .await
+        .map_err(store_down)?;
     if same {
-        return Err(ApiError::new(409, "invalid_request_error", "batch_already_active", "A batch of this input file is still running; wait for it or cancel it first.".into()));
+        return Err(ApiError::new(
+            409,
+            "invalid_request_error",
+            "batch_already_active",
+            "A batch of this input file is still running; wait for it or cancel it first.".into(),
+        ));
     }
     if active >= engine.config.max_active_per_user as i64 {
         return Err(ApiError::new(429, "rate_limit_error", "too_many_active_batches", format!("You have {active} batches running, the most this gateway allows at once; wait for one to finish.")));
@@ -109,7 +131,10 @@ pub async fn create(
         framework: target.map(|t| t.framework.to_string()),
         input_file_id: input.file_id.clone(),
         input_file_path: input.input_path.clone(),
-        output_folder_path: input.output_folder.as_ref().map(|p| p.display().to_string()),
+        output_folder_path: input
+            .output_folder
+            .as_ref()
+            .map(|p| p.display().to_string()),
         result_folder: None,
         input_key: input.key.clone(),
         completion_window: window.to_string(),
@@ -126,9 +151,17 @@ pub async fn create(
         drop(tx);
         let listed = json!({"object": "list", "data": validator.errors});
         if input.file_id.is_none() {
-            let each: Vec<&str> = validator.errors.iter().map(|e| e.message.as_str()).collect();
+            let each: Vec<&str> = validator
+                .errors
+                .iter()
+                .map(|e| e.message.as_str())
+                .collect();
             let message = format!("{} {}", summary_of(&validator), each.join(" "));
-            return Err(bad_request("invalid_input_file", message, "input_file_path"));
+            return Err(bad_request(
+                "invalid_input_file",
+                message,
+                "input_file_path",
+            ));
         }
         // OpenAI's way: the batch exists, `failed`, its `errors` naming the lines.
         row.status = "failed";
@@ -136,7 +169,9 @@ pub async fn create(
         row.failed_at = Some(now());
         row.in_progress_at = None;
         let mut tx = engine.store.begin_batch().await.map_err(store_down)?;
-        Store::insert_batch(&mut tx, &row).await.map_err(store_down)?;
+        Store::insert_batch(&mut tx, &row)
+            .await
+            .map_err(store_down)?;
         tx.commit().await.map_err(store_down)?;
         return stored(engine, who, &id).await;
     }
@@ -146,10 +181,19 @@ pub async fn create(
     if let (Some(folder), Some(raw)) = (&input.output_folder, &input.input_path) {
         let name = paths::result_folder_name(std::path::Path::new(raw), &row.model, &id);
         let made = paths::create_result_folder(folder, &name, engine.config.result_file_mode)
-            .map_err(|e| ApiError::new(409, "invalid_request_error", "output_folder_unusable", format!("Cannot create the result folder `{name}` in the output folder: {e}")))?;
+            .map_err(|e| {
+                ApiError::new(
+                    409,
+                    "invalid_request_error",
+                    "output_folder_unusable",
+                    format!("Cannot create the result folder `{name}` in the output folder: {e}"),
+                )
+            })?;
         row.result_folder = Some(made.display().to_string());
     }
-    Store::insert_batch(&mut tx, &row).await.map_err(store_down)?;
+    Store::insert_batch(&mut tx, &row)
+        .await
+        .map_err(store_down)?;
     tx.commit().await.map_err(store_down)?;
     engine.wake.notify_one();
     log::info!(target: "batch", batch_id = id.as_str(), user = who.name.as_str(); "batch accepted: {} lines for {}", row.total, row.model);
@@ -157,13 +201,25 @@ pub async fn create(
 }
 
 async fn stored(engine: &Engine, who: &Who, id: &str) -> Result<Value, ApiError> {
-    let b = engine.store.batch(&who.owner, id).await.map_err(store_down)?;
-    b.map(|b| object::batch(&b)).ok_or_else(|| not_found("batch", id))
+    let b = engine
+        .store
+        .batch(&who.owner, id)
+        .await
+        .map_err(store_down)?;
+    b.map(|b| object::batch(&b))
+        .ok_or_else(|| not_found("batch", id))
 }
 
 fn summary_of(v: &Validator) -> String {
-    let more = if v.more_errors > 0 { format!(" (and {} more)", v.more_errors) } else { String::new() };
-    format!("The input file has {} invalid lines{more}; nothing was sent.", v.errors.len())
+    let more = if v.more_errors > 0 {
+        format!(" (and {} more)", v.more_errors)
+    } else {
+        String::new()
+    };
+    format!(
+        "The input file has {} invalid lines{more}; nothing was sent.",
+        v.errors.len()
+    )
 }
 
 /// Reads and validates every line, storing good ones in `tx` while no line has failed.
@@ -179,7 +235,13 @@ async fn read_lines(
         .map_err(|e| errors::internal(&format!("opening the input file: {e}")))?;
     let size = file.metadata().await.map(|m| m.len()).unwrap_or_default();
     if size > engine.config.max_file_size {
-        v.record(LineError::file("file_too_large", format!("The input file is {size} bytes, over this gateway's limit of {}.", engine.config.max_file_size)));
+        v.record(LineError::file(
+            "file_too_large",
+            format!(
+                "The input file is {size} bytes, over this gateway's limit of {}.",
+                engine.config.max_file_size
+            ),
+        ));
         return Ok(());
     }
     let mut reader = BufReader::with_capacity(256 * 1024, file);
@@ -192,11 +254,21 @@ async fn read_lines(
     {
         line_no += 1;
         if !whole {
-            v.record(LineError { code: "line_too_large", message: format!("Line {line_no} is longer than {max} bytes."), param: None, line: Some(line_no) });
+            v.record(LineError {
+                code: "line_too_large",
+                message: format!("Line {line_no} is longer than {max} bytes."),
+                param: None,
+                line: Some(line_no),
+            });
             continue;
         }
         let Ok(text) = std::str::from_utf8(&buf) else {
-            v.record(LineError { code: "invalid_json", message: format!("Line {line_no} is not UTF-8."), param: None, line: Some(line_no) });
+            v.record(LineError {
+                code: "invalid_json",
+                message: format!("Line {line_no} is not UTF-8."),
+                param: None,
+                line: Some(line_no),
+            });
             continue;
         };
         if text.trim().is_empty() {
@@ -204,7 +276,9 @@ async fn read_lines(
         }
         if let Some(line) = v.check(line_no, text) {
             if !v.failed() {
-                Store::insert_line(tx, batch_id, &line).await.map_err(store_down)?;
+                Store::insert_line(tx, batch_id, &line)
+                    .await
+                    .map_err(store_down)?;
             }
         }
         if v.errors.len() >= super::input::MAX_LISTED_ERRORS {
@@ -212,19 +286,33 @@ async fn read_lines(
         }
     }
     if v.lines == 0 && !v.failed() {
-        v.record(LineError::file("empty_file", "The input file has no lines.".into()));
+        v.record(LineError::file(
+            "empty_file",
+            "The input file has no lines.".into(),
+        ));
     }
     Ok(())
 }
 
 async fn uploaded(engine: &Engine, who: &Who, id: &str) -> Result<Input, ApiError> {
     let file = match super::plain_id(id) {
-        true => engine.store.file(&who.owner, id).await.map_err(store_down)?,
+        true => engine
+            .store
+            .file(&who.owner, id)
+            .await
+            .map_err(store_down)?,
         false => None,
     };
     let file = file.ok_or_else(|| not_found("file", id))?;
     if file.purpose != "batch" {
-        return Err(bad_request("invalid_input_file", format!("File `{id}` was uploaded for `{}`, not `batch`.", file.purpose), "input_file_id"));
+        return Err(bad_request(
+            "invalid_input_file",
+            format!(
+                "File `{id}` was uploaded for `{}`, not `batch`.",
+                file.purpose
+            ),
+            "input_file_id",
+        ));
     }
     Ok(Input {
         path: engine.file_path(id),
@@ -235,8 +323,18 @@ async fn uploaded(engine: &Engine, who: &Who, id: &str) -> Result<Input, ApiErro
     })
 }
 
-fn confined(engine: &Engine, who: &Who, raw: &str, output: Option<&str>) -> Result<Input, ApiError> {
-    let user = who.local_user().ok_or_else(|| ApiError::permission_denied("Path-based batches need an identity with a plain local username; yours has none.".into()))?;
+fn confined(
+    engine: &Engine,
+    who: &Who,
+    raw: &str,
+    output: Option<&str>,
+) -> Result<Input, ApiError> {
+    let user = who.local_user().ok_or_else(|| {
+        ApiError::permission_denied(
+            "Path-based batches need an identity with a plain local username; yours has none."
+                .into(),
+        )
+    })?;
     let path = paths::input_file(&engine.config, user, raw)?;
     let folder = paths::output_folder(&engine.config, user, output)?;
     Ok(Input {
@@ -250,23 +348,34 @@ fn confined(engine: &Engine, who: &Who, raw: &str, output: Option<&str>) -> Resu
 
 fn checked_model(model: Option<&str>) -> Result<String, ApiError> {
     match model {
-        Some(m) if !m.is_empty() && m.len() <= MAX_MODEL_NAME => Ok(m.to_string()),
-        Some(_) => Err(errors::model_name_too_long(MAX_MODEL_NAME)),
-        None => Err(errors::missing_model()),
+        Some(m) if m.len() > MAX_MODEL_NAME => Err(errors::model_name_too_long(MAX_MODEL_NAME)),
+        Some(m) if !m.trim().is_empty() => Ok(m.to_string()),
+        _ => Err(errors::missing_model()),
     }
 }
 
 /// The owner may use `model` on `target`, and some pool there takes batches.
-fn authorized(engine: &Engine, who: &Who, model: &str, target: Option<Target<'_>>) -> Result<(), ApiError> {
+fn authorized(
+    engine: &Engine,
+    who: &Who,
+    model: &str,
+    target: Option<Target<'_>>,
+) -> Result<(), ApiError> {
     let principal = who.principal.as_ref();
-    engine.table.resolve(model, target, principal).map_err(|why| match why {
-        Unresolved::UnknownModel => errors::model_not_found(model, None),
-        Unresolved::NotOnTarget => errors::model_not_found(model, target.map(|t| (t.cluster, t.framework))),
-        Unresolved::Forbidden => errors::model_forbidden(model, principal),
-    })?;
-    let takes_batches = engine.table.pools_for(target).any(|p| {
-        p.models.iter().any(|m| m == model) && p.permits(principal) && engine.accepts(p)
-    });
+    engine
+        .table
+        .resolve(model, target, principal)
+        .map_err(|why| match why {
+            Unresolved::UnknownModel => errors::model_not_found(model, None),
+            Unresolved::NotOnTarget => {
+                errors::model_not_found(model, target.map(|t| (t.cluster, t.framework)))
+            }
+            Unresolved::Forbidden => errors::model_forbidden(model, principal),
+        })?;
+    let takes_batches = engine
+        .table
+        .pools_for(target)
+        .any(|p| p.models.iter().any(|m| m == model) && p.permits(principal) && engine.accepts(p));
     if !takes_batches {
         return Err(bad_request("model_not_batchable", format!("The model `{model}` is served here, but not for batches (its pools set batch_max_in_flight = 0)."), "model"));
     }
@@ -277,7 +386,12 @@ fn check_metadata(m: Option<&BTreeMap<String, String>>) -> Result<Option<String>
     let Some(m) = m else { return Ok(None) };
     let fits = m.len() <= 16 && m.iter().all(|(k, v)| k.len() <= 64 && v.len() <= 512);
     if !fits {
-        return Err(bad_request("invalid_metadata", "`metadata` takes at most 16 pairs, keys up to 64 and values up to 512 characters.".into(), "metadata"));
+        return Err(bad_request(
+            "invalid_metadata",
+            "`metadata` takes at most 16 pairs, keys up to 64 and values up to 512 characters."
+                .into(),
+            "metadata",
+        ));
     }
     Ok(serde_json::to_string(m).ok())
 }

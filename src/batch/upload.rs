@@ -17,7 +17,11 @@ use crate::errors;
 /// The longest an upload may take (a slow link moving 200 MB).
 const UPLOAD_TIME: Duration = Duration::from_secs(30 * 60);
 
-pub async fn receive(engine: &Engine, session: &mut ServerSession, who: &Who) -> Result<Value, ApiError> {
+pub async fn receive(
+    engine: &Engine,
+    session: &mut ServerSession,
+    who: &Who,
+) -> Result<Value, ApiError> {
     let max = engine.config.max_file_size;
     let content_type = session
         .get_header("content-type")
@@ -25,7 +29,11 @@ pub async fn receive(engine: &Engine, session: &mut ServerSession, who: &Who) ->
         .unwrap_or_default()
         .to_string();
     let boundary = multer::parse_boundary(&content_type).map_err(|_| {
-        bad_request("invalid_content_type", "Upload files as multipart/form-data with `purpose` and `file` fields.".into(), "file")
+        bad_request(
+            "invalid_content_type",
+            "Upload files as multipart/form-data with `purpose` and `file` fields.".into(),
+            "file",
+        )
     })?;
     let declared = session
         .get_header("content-length")
@@ -46,8 +54,13 @@ pub async fn receive(engine: &Engine, session: &mut ServerSession, who: &Who) ->
             .map_err(|e| errors::internal(&format!("writing 100 Continue: {e}")))?;
     }
     let id = new_id("file-");
-    let tmp = engine.config.state_dir.join("files").join(format!(".upload-{id}"));
-    let received = tokio::time::timeout(UPLOAD_TIME, read_form(session, &boundary, limit, max, &tmp)).await;
+    let tmp = engine
+        .config
+        .state_dir
+        .join("files")
+        .join(format!(".upload-{id}"));
+    let received =
+        tokio::time::timeout(UPLOAD_TIME, read_form(session, &boundary, limit, max, &tmp)).await;
     let (purpose, filename, bytes) = match received {
         Ok(Ok(form)) => form,
         Ok(Err(e)) => {
@@ -95,14 +108,21 @@ async fn read_form(
             Err(e) => Some((Err(std::io::Error::other(e.to_string())), s)),
         }
     });
-    let constraints = multer::Constraints::new()
-        .size_limit(multer::SizeLimit::new().whole_stream(limit).per_field(limit));
+    let constraints = multer::Constraints::new().size_limit(
+        multer::SizeLimit::new()
+            .whole_stream(limit)
+            .per_field(limit),
+    );
     let mut form = multer::Multipart::with_constraints(body, boundary, constraints);
     let bad_form = |e: multer::Error| match e {
         multer::Error::StreamSizeExceeded { .. } | multer::Error::FieldSizeExceeded { .. } => {
             errors::body_too_large(max)
         }
-        other => bad_request("invalid_multipart", format!("The upload is not a readable multipart form: {other}"), "file"),
+        other => bad_request(
+            "invalid_multipart",
+            format!("The upload is not a readable multipart form: {other}"),
+            "file",
+        ),
     };
     let mut purpose = None;
     let mut file = None;
@@ -139,11 +159,25 @@ async fn read_form(
             _ => while field.chunk().await.map_err(bad_form)?.is_some() {},
         }
     }
-    let (filename, bytes) = file.ok_or_else(|| bad_request("missing_required_parameter", "The form has no `file` field.".into(), "file"))?;
+    let (filename, bytes) = file.ok_or_else(|| {
+        bad_request(
+            "missing_required_parameter",
+            "The form has no `file` field.".into(),
+            "file",
+        )
+    })?;
     match purpose.as_deref() {
         Some("batch") => Ok(("batch".into(), filename, bytes)),
-        Some(other) => Err(bad_request("invalid_purpose", format!("`purpose` `{other}` is not supported here; use `batch`."), "purpose")),
-        None => Err(bad_request("missing_required_parameter", "The form has no `purpose` field (use `batch`).".into(), "purpose")),
+        Some(other) => Err(bad_request(
+            "invalid_purpose",
+            format!("`purpose` `{other}` is not supported here; use `batch`."),
+            "purpose",
+        )),
+        None => Err(bad_request(
+            "missing_required_parameter",
+            "The form has no `purpose` field (use `batch`).".into(),
+            "purpose",
+        )),
     }
 }
 
@@ -152,11 +186,7 @@ fn plain_filename(name: Option<&str>) -> String {
     let base = name
         .and_then(|n| n.rsplit(['/', '\\']).next())
         .unwrap_or_default();
-    let plain: String = base
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(255)
-        .collect();
+    let plain: String = base.chars().filter(|c| !c.is_control()).take(255).collect();
     if plain.is_empty() || plain == "." || plain == ".." {
         "upload.jsonl".into()
     } else {

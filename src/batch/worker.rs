@@ -86,7 +86,9 @@ impl BackgroundService for Worker {
         let engine = &self.engine;
         match engine.store.requeue_running().await {
             Ok(0) => {}
-            Ok(n) => log::info!(target: "batch", "{n} batch lines were being sent when the gateway stopped; sending them again"),
+            Ok(n) => {
+                log::info!(target: "batch", "{n} batch lines were being sent when the gateway stopped; sending them again")
+            }
             Err(e) => log::error!(target: "batch", "batch store unavailable at start: {e}"),
         }
         let mut runs: HashMap<String, Arc<Run>> = HashMap::new();
@@ -145,7 +147,9 @@ impl Worker {
                 continue;
             }
             let started = self.start_lines(&run).await?;
-            if started == 0 && run.idle() && engine.store.count_lines(&batch.id, "pending").await? == 0
+            if started == 0
+                && run.idle()
+                && engine.store.count_lines(&batch.id, "pending").await? == 0
             {
                 // Nothing pending, nothing being sent: every line is done.
                 output::finish(engine, &batch, Ending::Completed).await?;

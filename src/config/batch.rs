@@ -66,8 +66,11 @@ pub fn batch_config(section: &BatchSection) -> Result<BatchConfig, ConfigError> 
         ));
     }
     let max_file_size = size_or(&section.max_file_size, &at("max_file_size"), 200_000_000)?;
-    let max_response_size =
-        size_or(&section.max_response_size, &at("max_response_size"), 64 << 20)?;
+    let max_response_size = size_or(
+        &section.max_response_size,
+        &at("max_response_size"),
+        64 << 20,
+    )?;
     let max_active_per_user = section.max_active_per_user.unwrap_or(2);
     if !(1..=10_000).contains(&max_active_per_user) {
         return Err(err(
@@ -207,10 +210,26 @@ mod tests {
         for (text, key, value) in [
             ("state_dir = \"rel\"", "batch.state_dir", "rel"),
             ("max_lines = 0", "batch.max_lines", "0"),
-            ("allowed_input_roots = [\"/a/../b\"]", "batch.allowed_input_roots[0]", "/a/../b"),
-            ("allowed_output_roots = [\"/x/u{user}\"]", "batch.allowed_output_roots[0]", "/x/u{user}"),
-            ("allowed_input_roots = [\"/x/{home}\"]", "batch.allowed_input_roots[0]", "/x/{home}"),
-            ("result_file_mode = \"0044\"", "batch.result_file_mode", "0044"),
+            (
+                "allowed_input_roots = [\"/a/../b\"]",
+                "batch.allowed_input_roots[0]",
+                "/a/../b",
+            ),
+            (
+                "allowed_output_roots = [\"/x/u{user}\"]",
+                "batch.allowed_output_roots[0]",
+                "/x/u{user}",
+            ),
+            (
+                "allowed_input_roots = [\"/x/{home}\"]",
+                "batch.allowed_input_roots[0]",
+                "/x/{home}",
+            ),
+            (
+                "result_file_mode = \"0044\"",
+                "batch.result_file_mode",
+                "0044",
+            ),
             ("max_file_size = \"lots\"", "batch.max_file_size", "lots"),
         ] {
             let e = parse(text).expect_err(text).to_string();

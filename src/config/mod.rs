@@ -12,7 +12,7 @@ use std::path::Path;
 
 pub use batch::USER_PLACEHOLDER;
 pub use model::{
-    BackendConfig, BatchConfig, Balance, Config, EnvLookup, HealthConfig, PluginConfig, PoolConfig,
+    BackendConfig, Balance, BatchConfig, Config, EnvLookup, HealthConfig, PluginConfig, PoolConfig,
     ServerConfig, MAX_MODEL_NAME,
 };
 

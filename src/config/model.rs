@@ -5,9 +5,9 @@ use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-use super::file::{FileConfig, PoolSection};
 use super::batch::batch_config;
 pub use super::batch::BatchConfig;
+use super::file::{FileConfig, PoolSection};
 use super::health::health_config;
 pub use super::health::HealthConfig;
 use super::server::server_config;
@@ -240,7 +240,12 @@ fn pool_config(i: usize, p: &PoolSection, env: EnvLookup<'_>) -> Result<PoolConf
         allowed_groups: non_empty_strings(&p.allowed_groups, &at("allowed_groups"))?,
         allowed_domains: non_empty_strings(&p.allowed_domains, &at("allowed_domains"))?,
         health: health_config(&p.health, &at("health"))?,
-        batch_max_in_flight: bounded(p.batch_max_in_flight, 4, 0..=10_000, &at("batch_max_in_flight"))?,
+        batch_max_in_flight: bounded(
+            p.batch_max_in_flight,
+            4,
+            0..=10_000,
+            &at("batch_max_in_flight"),
+        )?,
         batch_when_below: bounded(p.batch_when_below, 8, 1..=100_000, &at("batch_when_below"))?,
     })
 }

@@ -28,9 +28,7 @@ pub fn route<'p>(
     match route {
         Route::NotFound => Err(errors::not_found(path)),
         _ => match route.method() {
-            Some(allowed) if method != allowed => {
-                Err(errors::method_not_allowed(method, allowed))
-            }
+            Some(allowed) if method != allowed => Err(errors::method_not_allowed(method, allowed)),
             _ => Ok(route),
         },
     }

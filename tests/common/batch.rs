@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::{api_keys_plugin, pool, poll, Gateway, MockBackend, MockConfig, MODEL};
 use super::requests::{bearer, client};
+use super::{api_keys_plugin, poll, pool, Gateway, MockBackend, MockConfig, MODEL};
 
 pub struct BatchSite {
     /// Holds `state/` (the job store) and `home/<user>/` trees.
@@ -70,7 +70,10 @@ impl BatchSite {
             .send()
             .await
             .expect("send");
-        (res.status().as_u16(), res.json().await.unwrap_or(Value::Null))
+        (
+            res.status().as_u16(),
+            res.json().await.unwrap_or(Value::Null),
+        )
     }
 
     pub async fn get(&self, user: &str, path: &str) -> (u16, Value) {
@@ -80,7 +83,10 @@ impl BatchSite {
             .send()
             .await
             .expect("send");
-        (res.status().as_u16(), res.json().await.unwrap_or(Value::Null))
+        (
+            res.status().as_u16(),
+            res.json().await.unwrap_or(Value::Null),
+        )
     }
 
     /// Submits a path-based batch of `input` to `output` for `MODEL`.
@@ -90,22 +96,38 @@ impl BatchSite {
     }
 
     /// Polls the batch until its status is one of `statuses`; the batch object.
-    pub async fn wait_for(&self, user: &str, id: &str, statuses: &[&str], limit: Duration) -> Value {
+    pub async fn wait_for(
+        &self,
+        user: &str,
+        id: &str,
+        statuses: &[&str],
+        limit: Duration,
+    ) -> Value {
         let path = format!("/v1/batches/{id}");
         let found = poll(limit, Duration::from_millis(50), || async {
             let (_, b) = self.get(user, &path).await;
-            statuses.contains(&b["status"].as_str().unwrap_or_default()).then_some(b)
+            statuses
+                .contains(&b["status"].as_str().unwrap_or_default())
+                .then_some(b)
         })
         .await;
         match found {
             Some(b) => b,
-            None => panic!("batch {id} never reached {statuses:?}: {}", self.get(user, &path).await.1),
+            None => panic!(
+                "batch {id} never reached {statuses:?}: {}",
+                self.get(user, &path).await.1
+            ),
         }
     }
 }
 
 /// The config of a site (the same state directory every time).
-fn config(root: &tempfile::TempDir, mock: &MockBackend, pool_extra: &str, batch_extra: &str) -> String {
+fn config(
+    root: &tempfile::TempDir,
+    mock: &MockBackend,
+    pool_extra: &str,
+    batch_extra: &str,
+) -> String {
     let root = root.path().display();
     format!(
         "{}{}\n[batch]\nstate_dir = \"{root}/state\"\nallowed_input_roots = [\"{root}/home/{{user}}\"]\nallowed_output_roots = [\"{root}/home/{{user}}\"]\nretry_backoff = \"100ms\"\n{batch_extra}\n",
@@ -146,7 +168,13 @@ pub fn assert_exactly_once(folder: &str, n: usize) -> (Vec<Value>, Vec<Value>) {
     let results = read_lines(&folder.join("results.jsonl"));
     let errors = read_lines(&folder.join("errors.jsonl"));
     let counts = custom_id_counts(&results, &errors);
-    assert_eq!(counts.len(), n, "every line once: {} results, {} errors", results.len(), errors.len());
+    assert_eq!(
+        counts.len(),
+        n,
+        "every line once: {} results, {} errors",
+        results.len(),
+        errors.len()
+    );
     for i in 1..=n {
         assert_eq!(counts.get(&format!("line-{i}")), Some(&1), "line-{i}");
     }

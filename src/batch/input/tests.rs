@@ -13,7 +13,10 @@ fn validator(endpoint: Option<&str>, model: Option<&str>) -> Validator {
 fn guide_lines_get_the_batch_model_and_a_line_id() {
     let mut v = validator(None, Some("m"));
     let line = v
-        .check(1, r#"{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}"#)
+        .check(
+            1,
+            r#"{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}"#,
+        )
         .expect("good line");
     assert_eq!(line.custom_id, "line-1");
     assert_eq!(line.url, "/v1/chat/completions");
@@ -40,9 +43,18 @@ fn each_rule_names_its_line() {
     let cases = [
         ("not json", "invalid_json"),
         (r#"{"max_tokens": 3}"#, "missing_required_parameter"),
-        (r#"{"custom_id": "a", "method": "GET", "url": "/v1/chat/completions", "body": {}}"#, "invalid_method"),
-        (r#"{"custom_id": "a", "method": "POST", "url": "/v1/other", "body": {}}"#, "invalid_url"),
-        (r#"{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "other", "messages": []}}"#, "mismatched_model"),
+        (
+            r#"{"custom_id": "a", "method": "GET", "url": "/v1/chat/completions", "body": {}}"#,
+            "invalid_method",
+        ),
+        (
+            r#"{"custom_id": "a", "method": "POST", "url": "/v1/other", "body": {}}"#,
+            "invalid_url",
+        ),
+        (
+            r#"{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "other", "messages": []}}"#,
+            "mismatched_model",
+        ),
         (r#"{"messages": [], "stream": true}"#, "invalid_body"),
         (r#"{"messages": [], "max_tokens": 100000}"#, "invalid_body"),
     ];
@@ -71,8 +83,31 @@ async fn long_lines_are_skipped_without_being_held() {
     let text = format!("{}\nshort\n", "x".repeat(200_000));
     let mut reader = tokio::io::BufReader::new(text.as_bytes());
     let mut buf = Vec::new();
-    assert_eq!(next_line(&mut reader, &mut buf, 1000).await.ok(), Some(Some(false)));
-    assert_eq!(next_line(&mut reader, &mut buf, 1000).await.ok(), Some(Some(true)));
+    assert_eq!(
+        next_line(&mut reader, &mut buf, 1000).await.ok(),
+        Some(Some(false))
+    );
+    assert_eq!(
+        next_line(&mut reader, &mut buf, 1000).await.ok(),
+        Some(Some(true))
+    );
     assert_eq!(buf, b"short");
-    assert_eq!(next_line(&mut reader, &mut buf, 1000).await.ok(), Some(None));
+    assert_eq!(
+        next_line(&mut reader, &mut buf, 1000).await.ok(),
+        Some(None)
+    );
+}
+
+proptest::proptest! {
+    /// No line a user writes can panic the validator, and a line it accepts is one the
+    /// routing parser reads back with the batch's model.
+    #[test]
+    fn any_line_is_judged_without_panicking(text in ".{0,300}", json in proptest::bool::ANY) {
+        let mut v = validator(None, Some("m"));
+        let line = if json { format!("{{\"messages\": [], \"x\": {text:?}}}") } else { text };
+        if let Some(stored) = v.check(1, &line) {
+            let fields = parse_routing_fields(stored.body.as_bytes(), 1000).expect("routable");
+            proptest::prop_assert_eq!(fields.model.as_ref(), "m");
+        }
+    }
 }
