@@ -230,9 +230,15 @@ async fn read_lines(
     v: &mut Validator,
     tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
 ) -> Result<(), ApiError> {
-    let file = tokio::fs::File::open(&input.path)
-        .await
-        .map_err(|e| errors::internal(&format!("opening the input file: {e}")))?;
+    let file = tokio::fs::File::open(&input.path).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            ApiError::permission_denied(
+                "The gateway may not read this input file (its account needs read access).".into(),
+            )
+        } else {
+            errors::internal(&format!("opening the input file: {e}"))
+        }
+    })?;
     let size = file.metadata().await.map(|m| m.len()).unwrap_or_default();
     if size > engine.config.max_file_size {
         v.record(LineError::file(
