@@ -6,7 +6,7 @@
 //! (`{"custom_id", "method", "url", "body"}`, the body sent byte for byte). The file is read
 //! in bounded lines and never held whole, so memory does not grow with its size.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -66,7 +66,6 @@ pub struct Rules {
 /// Checks lines one at a time, remembering what later lines must agree with.
 pub struct Validator {
     rules: Rules,
-    seen: HashSet<String>,
     pub lines: u64,
     pub errors: Vec<LineError>,
     /// Errors beyond the listed ones.
@@ -77,7 +76,6 @@ impl Validator {
     pub fn new(rules: Rules) -> Validator {
         Validator {
             rules,
-            seen: HashSet::new(),
             lines: 0,
             errors: Vec::new(),
             more_errors: 0,
@@ -105,7 +103,8 @@ impl Validator {
     }
 
     /// Checks line `line_no` (1-based; blank lines are skipped by the caller). `Some` when
-    /// the line is good.
+    /// the line is good. A repeated `custom_id` is found where the line is stored
+    /// ([`duplicate`]): the store's unique index, not a set in memory.
     pub fn check(&mut self, line_no: i64, text: &str) -> Option<StoredLine> {
         self.lines += 1;
         if self.lines > self.rules.max_lines {
@@ -191,12 +190,6 @@ impl Validator {
             Some(_) => {}
             None => self.rules.model = Some(routing.model.into_owned()),
         }
-        if !self.seen.insert(custom_id.clone()) {
-            return Err(bad(
-                "duplicate_custom_id",
-                format!("Line {line_no} repeats the `custom_id` of an earlier line."),
-            ));
-        }
         Ok(StoredLine {
             line_no,
             custom_id,
@@ -204,6 +197,15 @@ impl Validator {
             body,
         })
     }
+}
+
+/// The error for line `line_no`, whose `custom_id` an earlier line has.
+pub fn duplicate(line_no: i64) -> LineError {
+    LineError::at(
+        line_no,
+        "duplicate_custom_id",
+        format!("Line {line_no} repeats the `custom_id` of an earlier line."),
+    )
 }
 
 /// `{"custom_id", "method", "url", "body"}`: the body is kept as the client wrote it.

@@ -21,7 +21,11 @@ pub const ACTIVE: [&str; 4] = ["validating", "in_progress", "finalizing", "cance
 
 #[derive(Clone)]
 pub struct Store {
+    /// Reads (WAL lets them run beside a write).
     db: SqlitePool,
+    /// Every write, on one connection: writers queue here in order instead of meeting
+    /// SQLite's single write lock and sleeping in its busy handler.
+    writer: SqlitePool,
 }
 
 pub type StoreError = sqlx::Error;
@@ -54,13 +58,19 @@ impl Store {
             conn.close().await
         })?;
         // No idle reaper or connection lifetime: those would need a runtime now.
-        let db = SqlitePoolOptions::new()
-            .max_connections(4)
-            .min_connections(0)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_lazy_with(options);
-        Ok(Store { db })
+        let pool = |size| {
+            SqlitePoolOptions::new()
+                .max_connections(size)
+                .min_connections(0)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .acquire_timeout(Duration::from_secs(60))
+                .connect_lazy_with(options.clone())
+        };
+        Ok(Store {
+            db: pool(3),
+            writer: pool(1),
+        })
     }
 
     // ---- files ----
@@ -79,7 +89,7 @@ impl Store {
         .bind(f.bytes)
         .bind(f.created_ms)
         .bind(f.expires_at)
-        .execute(&self.db)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -127,7 +137,7 @@ impl Store {
         let done = sqlx::query("DELETE FROM files WHERE id = $1 AND owner = $2")
             .bind(id)
             .bind(owner)
-            .execute(&self.db)
+            .execute(&self.writer)
             .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -145,7 +155,7 @@ impl Store {
         )
         .bind(now)
         .bind(limit)
-        .fetch_all(&self.db)
+        .fetch_all(&self.writer)
         .await?;
         Ok(ids.into_iter().map(|(id,)| id).collect())
     }
@@ -155,7 +165,7 @@ impl Store {
     /// Starts storing a new batch: the row and its lines go in one transaction, committed only
     /// when every line passed validation.
     pub async fn begin_batch(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
-        self.db.begin().await
+        self.writer.begin().await
     }
 
     pub async fn insert_batch(
@@ -198,14 +208,17 @@ impl Store {
         Ok(())
     }
 
+    /// Stores a line; `false` when the batch already has a line with its `custom_id` (the
+    /// unique index finds duplicates on disk, so validation memory does not grow with them).
     pub async fn insert_line(
         tx: &mut Transaction<'static, Sqlite>,
         batch_id: &str,
         line: &StoredLine,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
             "INSERT INTO lines (batch_id, line_no, custom_id, url, body, state)
-             VALUES ($1, $2, $3, $4, $5, 'pending')",
+             VALUES ($1, $2, $3, $4, $5, 'pending')
+             ON CONFLICT (batch_id, custom_id) DO NOTHING",
         )
         .bind(batch_id)
         .bind(line.line_no)
@@ -214,7 +227,7 @@ impl Store {
         .bind(&line.body)
         .execute(&mut **tx)
         .await?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
     pub async fn batch(&self, owner: &str, id: &str) -> Result<Option<BatchRow>, StoreError> {
@@ -272,7 +285,7 @@ impl Store {
         .bind(now_ms / 1000)
         .bind(id)
         .bind(now_ms)
-        .execute(&self.db)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -346,7 +359,7 @@ impl Store {
         for status in from {
             query = query.bind(*status);
         }
-        Ok(query.execute(&self.db).await?.rows_affected() == 1)
+        Ok(query.execute(&self.writer).await?.rows_affected() == 1)
     }
 
     /// Records where a finished batch's output went.
@@ -360,7 +373,7 @@ impl Store {
             .bind(output_file_id)
             .bind(error_file_id)
             .bind(id)
-            .execute(&self.db)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -375,10 +388,10 @@ impl Store {
             "DELETE FROM lines WHERE batch_id IN (SELECT id FROM batches
                WHERE status IN ('completed', 'failed', 'expired', 'cancelled'))",
         )
-        .execute(&self.db)
+        .execute(&self.writer)
         .await?;
         let done = sqlx::query("UPDATE lines SET state = 'pending' WHERE state = 'running'")
-            .execute(&self.db)
+            .execute(&self.writer)
             .await?;
         Ok(done.rows_affected())
     }
@@ -394,7 +407,7 @@ impl Store {
         )
         .bind(batch_id)
         .bind(limit)
-        .fetch_all(&self.db)
+        .fetch_all(&self.writer)
         .await
     }
 
@@ -405,7 +418,7 @@ impl Store {
         line_no: i64,
         outcome: &LineOutcome,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.db.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let done = sqlx::query(
             "UPDATE lines SET state = 'done', failed = $1, result = $2, body = ''
              WHERE batch_id = $3 AND line_no = $4 AND state != 'done'",
@@ -486,7 +499,7 @@ impl Store {
     pub async fn drop_lines(&self, batch_id: &str) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM lines WHERE batch_id = $1")
             .bind(batch_id)
-            .execute(&self.db)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }

@@ -280,11 +280,14 @@ async fn read_lines(
         if text.trim().is_empty() {
             continue;
         }
+        // Stored even after a bad line (the transaction is rolled back then), so that
+        // later duplicates are still found and named.
         if let Some(line) = v.check(line_no, text) {
-            if !v.failed() {
-                Store::insert_line(tx, batch_id, &line)
-                    .await
-                    .map_err(store_down)?;
+            if !Store::insert_line(tx, batch_id, &line)
+                .await
+                .map_err(store_down)?
+            {
+                v.record(super::input::duplicate(line_no));
             }
         }
         if v.errors.len() >= super::input::MAX_LISTED_ERRORS {

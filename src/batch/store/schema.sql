@@ -67,3 +67,4 @@ CREATE TABLE IF NOT EXISTS lines (
     PRIMARY KEY (batch_id, line_no)
 );
 CREATE INDEX IF NOT EXISTS lines_by_state ON lines (batch_id, state, line_no);
+CREATE UNIQUE INDEX IF NOT EXISTS lines_by_custom_id ON lines (batch_id, custom_id);
