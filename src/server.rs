@@ -66,7 +66,10 @@ pub fn build(config: Config) -> Result<Server, ConfigError> {
                 metrics.as_ref().map(|_| &registry),
             )
             .map_err(|message| ConfigError::Invalid {
-                path: "batch.state_dir".into(),
+                path: match batch.store {
+                    Some(_) => "batch.store".into(),
+                    None => "batch.state_dir".into(),
+                },
                 message,
             })?,
         )),

@@ -231,7 +231,8 @@ impl<'a> Tries<'a> {
             return;
         };
         let mut stored = false;
-        for wait in [0u64, 100, 500, 2000, 5000] {
+        // About a minute: a database restart should not cost the answer.
+        for wait in [0u64, 100, 500, 1000, 2000, 5000, 10_000, 20_000, 30_000] {
             tokio::time::sleep(Duration::from_millis(wait)).await;
             match self
                 .engine

@@ -49,6 +49,9 @@ pub struct Engine {
     metrics: Option<BatchMetrics>,
     /// Every plugin: batch lines are reported to `on_done` (the access log) as requests are.
     plugins: Arc<[Arc<dyn Plugin>]>,
+    /// This replica's name on the lines it claims: the host and the first listen address, the
+    /// same after a restart, so a restarted replica takes back its own lines at once.
+    worker: String,
 }
 
 impl Engine {
@@ -73,11 +76,19 @@ impl Engine {
         let files = config.state_dir.join("files");
         std::fs::create_dir_all(&files)
             .map_err(|e| format!("creating {}: {e}", files.display()))?;
-        let store = Store::open_blocking(&config.state_dir).map_err(|e| {
-            format!(
+        let location = match &config.store {
+            Some(shared) => store::Location::Postgres {
+                url: &shared.url,
+                password: shared.password.as_deref(),
+            },
+            None => store::Location::Sqlite(&config.state_dir),
+        };
+        let store = Store::open_blocking(location).map_err(|e| match &config.store {
+            Some(shared) => format!("opening the batch store at {}: {e}", shared.url),
+            None => format!(
                 "opening the batch store in {}: {e}",
                 config.state_dir.display()
-            )
+            ),
         })?;
         Ok(Engine {
             sender: send::LineSender::new(PeerSettings::new(server), &config),
@@ -90,6 +101,7 @@ impl Engine {
             in_flight,
             metrics,
             plugins,
+            worker: replica_name(server),
         })
     }
 
@@ -101,6 +113,17 @@ impl Engine {
     /// Which pools accept batches for `model` (those with `batch_max_in_flight > 0`).
     fn accepts(&self, pool: &crate::routing::Pool) -> bool {
         pool.batch_max_in_flight > 0
+    }
+}
+
+fn replica_name(server: &ServerConfig) -> String {
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into());
+    match server.listen.first() {
+        Some(addr) => format!("{host}/{addr}"),
+        None => host,
     }
 }
 

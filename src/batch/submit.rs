@@ -228,7 +228,7 @@ async fn read_lines(
     input: &Input,
     batch_id: &str,
     v: &mut Validator,
-    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    tx: &mut super::store::BatchTx,
 ) -> Result<(), ApiError> {
     let file = tokio::fs::File::open(&input.path).await.map_err(|e| {
         if e.kind() == std::io::ErrorKind::PermissionDenied {

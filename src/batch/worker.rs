@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
@@ -21,10 +21,14 @@ use super::capacity::Acquired;
 use super::line::Tries;
 use super::output::{self, Ending};
 use super::store::{BatchRow, ClaimedLine, StoreError};
-use super::{now, Engine};
+use super::{now, now_ms, Engine};
 use crate::routing::{Pool, Target};
 
 const TICK: Duration = Duration::from_millis(250);
+
+/// How long a replica holds the right to write a batch's results; another takes over after it
+/// if the first died while writing.
+const FINALIZE_HOLD_MS: i64 = 120_000;
 
 pub struct Worker {
     engine: Arc<Engine>,
@@ -84,21 +88,40 @@ impl Run {
 impl BackgroundService for Worker {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let engine = &self.engine;
-        match engine.store.requeue_running().await {
+        match engine.store.requeue_own(&engine.worker).await {
             Ok(0) => {}
             Ok(n) => {
-                log::info!(target: "batch", "{n} batch lines were being sent when the gateway stopped; sending them again")
+                log::info!(target: "batch", "{n} batch lines were being sent when this gateway stopped; sending them again")
             }
             Err(e) => log::error!(target: "batch", "batch store unavailable at start: {e}"),
         }
         let mut runs: HashMap<String, Arc<Run>> = HashMap::new();
         let mut ticks: u64 = 0;
+        let mut outage = false;
+        let mut renewed = Instant::now();
         loop {
             if *shutdown.borrow() {
                 break;
             }
-            if let Err(e) = self.tick(&mut runs).await {
-                log::error!(target: "batch", "batch worker: {e}");
+            let lease = engine.config.lease;
+            let mut result = self.tick(&mut runs).await;
+            if result.is_ok() && renewed.elapsed() >= lease / 3 {
+                let until = now_ms() + lease.as_millis() as i64;
+                result = engine.store.renew(&engine.worker, until).await.map(|_| ());
+                renewed = Instant::now();
+            }
+            // An outage is logged when it starts and when it ends, not every tick; meanwhile
+            // no line starts, and lines in flight keep trying to store their results.
+            match (result, outage) {
+                (Err(e), false) => {
+                    log::error!(target: "batch", "batch store unavailable; batch work paused: {e}");
+                    outage = true;
+                }
+                (Ok(()), true) => {
+                    log::info!(target: "batch", "batch store available again; batch work resumes");
+                    outage = false;
+                }
+                _ => {}
             }
             if ticks % 20 == 0 {
                 self.housekeeping().await;
@@ -140,8 +163,12 @@ impl Worker {
             };
             if let Some(ending) = ending {
                 run.stop.store(true, Ordering::SeqCst);
-                if run.idle() {
-                    output::finish(engine, &batch, ending).await?;
+                // Ends once no replica is sending one of its lines (a dead replica's leases
+                // run out); the lines never sent get their error line.
+                let (open, live) = engine.store.open_lines(&batch.id, now_ms()).await?;
+                let ready = live == 0 && (ending != Ending::Completed || open == 0);
+                if run.idle() && ready {
+                    self.finalize(&batch, ending).await?;
                     runs.remove(&batch.id);
                 }
                 continue;
@@ -149,12 +176,24 @@ impl Worker {
             let started = self.start_lines(&run).await?;
             if started == 0
                 && run.idle()
-                && engine.store.count_lines(&batch.id, "pending").await? == 0
+                && engine.store.open_lines(&batch.id, now_ms()).await?.0 == 0
             {
-                // Nothing pending, nothing being sent: every line is done.
-                output::finish(engine, &batch, Ending::Completed).await?;
+                // Every line is done, on this replica or another.
+                self.finalize(&batch, Ending::Completed).await?;
                 runs.remove(&batch.id);
             }
+        }
+        Ok(())
+    }
+
+    /// Ends the batch if no other replica is ending it (one writes the results).
+    async fn finalize(&self, batch: &BatchRow, ending: Ending) -> Result<(), StoreError> {
+        let store = &self.engine.store;
+        if store
+            .claim_finalization(&batch.id, now_ms(), FINALIZE_HOLD_MS)
+            .await?
+        {
+            output::finish(&self.engine, batch, ending).await?;
         }
         Ok(())
     }
@@ -166,7 +205,11 @@ impl Worker {
         if free == 0 {
             return Ok(0);
         }
-        let lines = engine.store.claim(&run.id, free as i64).await?;
+        let lease = engine.config.lease.as_millis() as i64;
+        let lines = engine
+            .store
+            .claim(&run.id, free as i64, &engine.worker, lease, now_ms())
+            .await?;
         let started = lines.len();
         for line in lines {
             let slot = engine.slots.acquire(&run.pools);
@@ -210,7 +253,7 @@ async fn send_line(engine: &Arc<Engine>, run: &Run, line: ClaimedLine, slot: Opt
             Some(a) => a,
             None => match wait_for_room(engine, run).await {
                 Some(a) => a,
-                None => return,
+                None => return give_back(engine, run, &line).await,
             },
         };
         let next = tries.attempt(acquired).await;
@@ -218,13 +261,25 @@ async fn send_line(engine: &Arc<Engine>, run: &Run, line: ClaimedLine, slot: Opt
             Some(backoff) => {
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
-                    _ = wait_stop(run) => return,
+                    _ = wait_stop(run) => return give_back(engine, run, &line).await,
                 }
             }
             None => break,
         }
     }
     tries.store().await;
+}
+
+/// A line this replica will not send after all: pending again for any replica (if the store
+/// is unreachable, its lease runs out instead).
+async fn give_back(engine: &Engine, run: &Run, line: &ClaimedLine) {
+    if let Err(e) = engine
+        .store
+        .release(&run.id, line.line_no, &engine.worker)
+        .await
+    {
+        log::warn!(target: "batch", batch_id = run.id.as_str(); "giving back line {}: {e}", line.line_no);
+    }
 }
 
 async fn wait_for_room(engine: &Engine, run: &Run) -> Option<Acquired> {

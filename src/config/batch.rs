@@ -12,10 +12,32 @@ use super::ConfigError;
 /// The placeholder a root may contain: the principal's username before `@`.
 pub const USER_PLACEHOLDER: &str = "{user}";
 
+/// A PostgreSQL job store shared by replicas.
+#[derive(Clone)]
+pub struct SharedStore {
+    /// `postgres://user@host:port/db`, without a password.
+    pub url: String,
+    /// From `store_password_file` or `store_password_env`, read when the config is loaded.
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for SharedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password.
+        write!(f, "SharedStore({})", self.url)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct BatchConfig {
-    /// The SQLite job store (`batches.sqlite3`) and uploaded files (`files/`) live here.
+    /// Uploaded and result files (`files/`) live here, and, without `store`, the SQLite job
+    /// store (`batches.sqlite3`). Replicas sharing `store` must share this directory too.
     pub state_dir: PathBuf,
+    /// `None`: SQLite in `state_dir` (one gateway). `Some`: PostgreSQL, shared by replicas.
+    pub store: Option<SharedStore>,
+    /// How long a replica's claim on a line holds without being renewed: how soon another
+    /// replica takes over the lines of one that died.
+    pub lease: Duration,
     /// Most lines in one input file (OpenAI: 50,000).
     pub max_lines: u64,
     /// Largest input file or upload (OpenAI: 200 MB).
@@ -44,7 +66,10 @@ pub struct BatchConfig {
     pub result_file_mode: u32,
 }
 
-pub fn batch_config(section: &BatchSection) -> Result<BatchConfig, ConfigError> {
+pub fn batch_config(
+    section: &BatchSection,
+    env: super::model::EnvLookup<'_>,
+) -> Result<BatchConfig, ConfigError> {
     let at = |key: &str| format!("batch.{key}");
     let state_dir = PathBuf::from(
         section
@@ -119,7 +144,13 @@ pub fn batch_config(section: &BatchSection) -> Result<BatchConfig, ConfigError> 
                 )
             })?,
     };
+    let lease = duration_or(&section.lease, &at("lease"), Duration::from_secs(30))?;
+    if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&lease) {
+        return Err(err(at("lease"), format!("`{lease:?}` must be from 1s to 10m")));
+    }
     Ok(BatchConfig {
+        store: shared_store(section, env)?,
+        lease,
         state_dir,
         max_lines,
         max_file_size,
@@ -145,6 +176,63 @@ pub fn batch_config(section: &BatchSection) -> Result<BatchConfig, ConfigError> 
         require_owner: section.require_owner.unwrap_or(false),
         result_file_mode,
     })
+}
+
+/// `store`: a PostgreSQL URL with no password in it; the password from a file or the
+/// environment, never inline.
+fn shared_store(
+    section: &BatchSection,
+    env: super::model::EnvLookup<'_>,
+) -> Result<Option<SharedStore>, ConfigError> {
+    let Some(url) = &section.store else {
+        if section.store_password_file.is_some() || section.store_password_env.is_some() {
+            return Err(err(
+                "batch.store",
+                "missing: store_password_file / store_password_env are for a PostgreSQL `store`",
+            ));
+        }
+        return Ok(None);
+    };
+    let shown: String = url.chars().take(200).collect();
+    let parsed = url::Url::parse(url).ok().filter(|u| {
+        matches!(u.scheme(), "postgres" | "postgresql") && u.host_str().is_some()
+    });
+    let Some(parsed) = parsed else {
+        return Err(err(
+            "batch.store",
+            format!("`{shown}` is not a URL like \"postgres://user@host:5432/database\""),
+        ));
+    };
+    if parsed.password().is_some() {
+        return Err(err(
+            "batch.store",
+            "has a password in it; put it in a file (store_password_file) or an environment variable (store_password_env)",
+        ));
+    }
+    let password = match (&section.store_password_file, &section.store_password_env) {
+        (Some(_), Some(_)) => {
+            return Err(err(
+                "batch.store_password_env",
+                "set store_password_file or store_password_env, not both",
+            ))
+        }
+        (Some(file), None) => Some(
+            std::fs::read_to_string(file)
+                .map(|p| p.trim_end_matches(['\n', '\r']).to_string())
+                .map_err(|e| err("batch.store_password_file", format!("cannot read `{file}`: {e}")))?,
+        ),
+        (None, Some(var)) => Some(env(var).filter(|p| !p.is_empty()).ok_or_else(|| {
+            err(
+                "batch.store_password_env",
+                format!("environment variable `{var}` is not set or is empty"),
+            )
+        })?),
+        (None, None) => None,
+    };
+    Ok(Some(SharedStore {
+        url: url.clone(),
+        password,
+    }))
 }
 
 fn size_or(value: &Option<String>, path: &str, default: u64) -> Result<u64, ConfigError> {
@@ -192,7 +280,27 @@ mod tests {
 
     fn parse(text: &str) -> Result<BatchConfig, ConfigError> {
         let section: BatchSection = toml::from_str(text).expect("toml");
-        batch_config(&section)
+        batch_config(&section, &|name| (name == "PGPASS").then(|| "secret".to_string()))
+    }
+
+    #[test]
+    fn a_shared_store_takes_its_password_from_outside_the_file() {
+        let c = parse("store = \"postgres://gw@db:5432/batches\"\nstore_password_env = \"PGPASS\"")
+            .expect("valid");
+        let store = c.store.expect("store");
+        assert_eq!(store.password.as_deref(), Some("secret"));
+        assert!(!format!("{store:?}").contains("secret"));
+        for (text, key) in [
+            ("store = \"postgres://gw:pw@db/b\"", "batch.store"),
+            ("store = \"mysql://db/b\"", "batch.store"),
+            ("store = \"postgres://db/b\"\nstore_password_env = \"NOPE\"", "batch.store_password_env"),
+            ("store_password_env = \"PGPASS\"", "batch.store"),
+            ("store = \"postgres://db/b\"\nstore_password_file = \"/nonexistent\"", "batch.store_password_file"),
+            ("lease = \"0s\"", "batch.lease"),
+        ] {
+            let e = parse(text).expect_err(text).to_string();
+            assert!(e.starts_with(key), "{text}: {e}");
+        }
     }
 
     #[test]

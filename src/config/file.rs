@@ -20,6 +20,10 @@ pub struct FileConfig {
 #[serde(deny_unknown_fields)]
 pub struct BatchSection {
     pub state_dir: Option<String>,
+    pub store: Option<String>,
+    pub store_password_file: Option<String>,
+    pub store_password_env: Option<String>,
+    pub lease: Option<String>,
     pub max_lines: Option<u64>,
     pub max_file_size: Option<String>,
     pub file_expiry: Option<String>,

@@ -122,7 +122,11 @@ impl Config {
             }
             pools.push(pool);
         }
-        let batch = file.batch.as_ref().map(batch_config).transpose()?;
+        let batch = file
+            .batch
+            .as_ref()
+            .map(|b| batch_config(b, env))
+            .transpose()?;
         Ok(Config {
             server,
             plugins,

@@ -1,5 +1,5 @@
--- The batch job store. Plain SQL that SQLite and PostgreSQL both read: TEXT and BIGINT
--- columns, `$n` parameters in the queries, no engine-specific types.
+-- The batch job store, version 1. Plain SQL that SQLite and PostgreSQL both read: TEXT and
+-- BIGINT columns, `$n` parameters in the queries, no engine-specific types.
 
 CREATE TABLE IF NOT EXISTS files (
     id TEXT PRIMARY KEY,
@@ -47,6 +47,8 @@ CREATE TABLE IF NOT EXISTS batches (
     expired_at BIGINT,
     cancelling_at BIGINT,
     cancelled_at BIGINT,
+    -- Which replica finalizes the batch, until when (ms): one writes its results.
+    finalizer_until BIGINT,
     -- When it reached its final status, in milliseconds (for durations and rates).
     ended_ms BIGINT
 );
@@ -62,9 +64,14 @@ CREATE TABLE IF NOT EXISTS lines (
     url TEXT NOT NULL,
     body TEXT NOT NULL,
     state TEXT NOT NULL,
+    -- The replica sending a running line, and until when its lease holds (ms): a replica
+    -- that dies stops renewing, and another takes the line when the lease runs out.
+    worker TEXT,
+    lease_until BIGINT,
     failed BIGINT NOT NULL DEFAULT 0,
     result TEXT,
     PRIMARY KEY (batch_id, line_no)
 );
 CREATE INDEX IF NOT EXISTS lines_by_state ON lines (batch_id, state, line_no);
 CREATE UNIQUE INDEX IF NOT EXISTS lines_by_custom_id ON lines (batch_id, custom_id);
+CREATE INDEX IF NOT EXISTS lines_by_worker ON lines (worker, state);
