@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Connection, PgConnection, PgPool, Postgres, Sqlite, SqliteConnection, SqlitePool};
 use sqlx::Transaction;
+use sqlx::{Connection, PgConnection, PgPool, Postgres, Sqlite, SqliteConnection, SqlitePool};
 
 pub use rows::{BatchRow, ClaimedLine, FileRow, LineOutcome, NewBatch, StoredLine};
 
@@ -37,7 +37,10 @@ pub enum Location<'a> {
     /// `batches.sqlite3` in this directory.
     Sqlite(&'a Path),
     /// A PostgreSQL URL without a password, and the password (from a file or the environment).
-    Postgres { url: &'a str, password: Option<&'a str> },
+    Postgres {
+        url: &'a str,
+        password: Option<&'a str>,
+    },
 }
 
 #[derive(Clone)]
@@ -189,21 +192,28 @@ impl Store {
 
 const VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)";
 
+/// Applies the migrations `$tx` (a transaction on either engine) has not seen yet, each once.
+macro_rules! apply_migrations {
+    ($tx:expr) => {{
+        sqlx::raw_sql(VERSION_TABLE).execute(&mut *$tx).await?;
+        let (current,): (Option<i64>,) = sqlx::query_as("SELECT MAX(version) FROM schema_version")
+            .fetch_one(&mut *$tx)
+            .await?;
+        for (version, sql) in MIGRATIONS {
+            if version > current.unwrap_or(0) {
+                sqlx::raw_sql(sql).execute(&mut *$tx).await?;
+                sqlx::query("INSERT INTO schema_version (version) VALUES ($1)")
+                    .bind(version)
+                    .execute(&mut *$tx)
+                    .await?;
+            }
+        }
+    }};
+}
+
 async fn migrate_sqlite(conn: &mut SqliteConnection) -> Result<(), StoreError> {
     let mut tx = conn.begin().await?;
-    sqlx::raw_sql(VERSION_TABLE).execute(&mut *tx).await?;
-    let (current,): (Option<i64>,) = sqlx::query_as("SELECT MAX(version) FROM schema_version")
-        .fetch_one(&mut *tx)
-        .await?;
-    for (version, sql) in MIGRATIONS {
-        if version > current.unwrap_or(0) {
-            sqlx::raw_sql(sql).execute(&mut *tx).await?;
-            sqlx::query("INSERT INTO schema_version (version) VALUES ($1)")
-                .bind(version)
-                .execute(&mut *tx)
-                .await?;
-        }
-    }
+    apply_migrations!(tx);
     tx.commit().await
 }
 
@@ -215,18 +225,6 @@ async fn migrate_postgres(conn: &mut PgConnection) -> Result<(), StoreError> {
         .bind(MIGRATION_LOCK)
         .execute(&mut *tx)
         .await?;
-    sqlx::raw_sql(VERSION_TABLE).execute(&mut *tx).await?;
-    let (current,): (Option<i64>,) = sqlx::query_as("SELECT MAX(version) FROM schema_version")
-        .fetch_one(&mut *tx)
-        .await?;
-    for (version, sql) in MIGRATIONS {
-        if version > current.unwrap_or(0) {
-            sqlx::raw_sql(sql).execute(&mut *tx).await?;
-            sqlx::query("INSERT INTO schema_version (version) VALUES ($1)")
-                .bind(version)
-                .execute(&mut *tx)
-                .await?;
-        }
-    }
+    apply_migrations!(tx);
     tx.commit().await
 }

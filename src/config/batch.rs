@@ -146,7 +146,10 @@ pub fn batch_config(
     };
     let lease = duration_or(&section.lease, &at("lease"), Duration::from_secs(30))?;
     if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&lease) {
-        return Err(err(at("lease"), format!("`{lease:?}` must be from 1s to 10m")));
+        return Err(err(
+            at("lease"),
+            format!("`{lease:?}` must be from 1s to 10m"),
+        ));
     }
     Ok(BatchConfig {
         store: shared_store(section, env)?,
@@ -194,9 +197,9 @@ fn shared_store(
         return Ok(None);
     };
     let shown: String = url.chars().take(200).collect();
-    let parsed = url::Url::parse(url).ok().filter(|u| {
-        matches!(u.scheme(), "postgres" | "postgresql") && u.host_str().is_some()
-    });
+    let parsed = url::Url::parse(url)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "postgres" | "postgresql") && u.host_str().is_some());
     let Some(parsed) = parsed else {
         return Err(err(
             "batch.store",
@@ -219,7 +222,12 @@ fn shared_store(
         (Some(file), None) => Some(
             std::fs::read_to_string(file)
                 .map(|p| p.trim_end_matches(['\n', '\r']).to_string())
-                .map_err(|e| err("batch.store_password_file", format!("cannot read `{file}`: {e}")))?,
+                .map_err(|e| {
+                    err(
+                        "batch.store_password_file",
+                        format!("cannot read `{file}`: {e}"),
+                    )
+                })?,
         ),
         (None, Some(var)) => Some(env(var).filter(|p| !p.is_empty()).ok_or_else(|| {
             err(
@@ -280,7 +288,9 @@ mod tests {
 
     fn parse(text: &str) -> Result<BatchConfig, ConfigError> {
         let section: BatchSection = toml::from_str(text).expect("toml");
-        batch_config(&section, &|name| (name == "PGPASS").then(|| "secret".to_string()))
+        batch_config(&section, &|name| {
+            (name == "PGPASS").then(|| "secret".to_string())
+        })
     }
 
     #[test]
@@ -293,9 +303,15 @@ mod tests {
         for (text, key) in [
             ("store = \"postgres://gw:pw@db/b\"", "batch.store"),
             ("store = \"mysql://db/b\"", "batch.store"),
-            ("store = \"postgres://db/b\"\nstore_password_env = \"NOPE\"", "batch.store_password_env"),
+            (
+                "store = \"postgres://db/b\"\nstore_password_env = \"NOPE\"",
+                "batch.store_password_env",
+            ),
             ("store_password_env = \"PGPASS\"", "batch.store"),
-            ("store = \"postgres://db/b\"\nstore_password_file = \"/nonexistent\"", "batch.store_password_file"),
+            (
+                "store = \"postgres://db/b\"\nstore_password_file = \"/nonexistent\"",
+                "batch.store_password_file",
+            ),
             ("lease = \"0s\"", "batch.lease"),
         ] {
             let e = parse(text).expect_err(text).to_string();

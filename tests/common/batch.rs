@@ -63,30 +63,11 @@ impl BatchSite {
     }
 
     pub async fn post(&self, user: &str, path: &str, body: &Value) -> (u16, Value) {
-        let res = client()
-            .post(self.url(path))
-            .header("authorization", bearer(&format!("key-{user}")))
-            .json(body)
-            .send()
-            .await
-            .expect("send");
-        (
-            res.status().as_u16(),
-            res.json().await.unwrap_or(Value::Null),
-        )
+        post_as(&self.gw, user, path, body).await
     }
 
     pub async fn get(&self, user: &str, path: &str) -> (u16, Value) {
-        let res = client()
-            .get(self.url(path))
-            .header("authorization", bearer(&format!("key-{user}")))
-            .send()
-            .await
-            .expect("send");
-        (
-            res.status().as_u16(),
-            res.json().await.unwrap_or(Value::Null),
-        )
+        get_as(&self.gw, user, path).await
     }
 
     /// Submits a path-based batch of `input` to `output` for `MODEL`.
@@ -103,26 +84,66 @@ impl BatchSite {
         statuses: &[&str],
         limit: Duration,
     ) -> Value {
-        let path = format!("/v1/batches/{id}");
-        let found = poll(limit, Duration::from_millis(50), || async {
-            let (_, b) = self.get(user, &path).await;
-            statuses
-                .contains(&b["status"].as_str().unwrap_or_default())
-                .then_some(b)
-        })
-        .await;
-        match found {
-            Some(b) => b,
-            None => panic!(
-                "batch {id} never reached {statuses:?}: {}",
-                self.get(user, &path).await.1
-            ),
-        }
+        wait_for(&self.gw, user, id, statuses, limit).await
+    }
+}
+
+/// POST `body` as JSON to `{base}{path}` of `gw` as `user` (API key `key-<user>`).
+pub async fn post_as(gw: &Gateway, user: &str, path: &str, body: &Value) -> (u16, Value) {
+    let res = client()
+        .post(gw.api(path))
+        .header("authorization", bearer(&format!("key-{user}")))
+        .json(body)
+        .send()
+        .await
+        .expect("send");
+    (
+        res.status().as_u16(),
+        res.json().await.unwrap_or(Value::Null),
+    )
+}
+
+/// GET `{base}{path}` of `gw` as `user`.
+pub async fn get_as(gw: &Gateway, user: &str, path: &str) -> (u16, Value) {
+    let res = client()
+        .get(gw.api(path))
+        .header("authorization", bearer(&format!("key-{user}")))
+        .send()
+        .await
+        .expect("send");
+    (
+        res.status().as_u16(),
+        res.json().await.unwrap_or(Value::Null),
+    )
+}
+
+/// Polls batch `id` on `gw` until its status is one of `statuses`; the batch object.
+pub async fn wait_for(
+    gw: &Gateway,
+    user: &str,
+    id: &str,
+    statuses: &[&str],
+    limit: Duration,
+) -> Value {
+    let path = format!("/v1/batches/{id}");
+    let found = poll(limit, Duration::from_millis(50), || async {
+        let (_, b) = get_as(gw, user, &path).await;
+        statuses
+            .contains(&b["status"].as_str().unwrap_or_default())
+            .then_some(b)
+    })
+    .await;
+    match found {
+        Some(b) => b,
+        None => panic!(
+            "batch {id} never reached {statuses:?}: {}",
+            get_as(gw, user, &path).await.1
+        ),
     }
 }
 
 /// The config of a site (the same state directory every time).
-fn config(
+pub fn config(
     root: &tempfile::TempDir,
     mock: &MockBackend,
     pool_extra: &str,

@@ -232,6 +232,7 @@ pub async fn with_mock(config: MockConfig, server_extra: &str) -> (Gateway, Mock
 }
 
 pub mod batch;
+pub mod postgres;
 pub mod raw;
 pub mod redis;
 pub mod requests;

@@ -5,7 +5,6 @@ use super::rows::{BatchRow, NewBatch, StoredLine};
 use super::{on, on_tx, BatchTx, Db, Page, Store, StoreError};
 
 impl Store {
-
     /// Starts storing a new batch: the row and its lines go in one transaction, committed only
     /// when every line passed validation.
     pub async fn begin_batch(&self) -> Result<BatchTx, StoreError> {

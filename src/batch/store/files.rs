@@ -4,7 +4,6 @@ use super::rows::FileRow;
 use super::{on, Page, Store, StoreError};
 
 impl Store {
-
     /// Records a file; a second insert of the same id (a finalization run again after a
     /// crash) changes nothing.
     pub async fn insert_file(&self, f: &FileRow) -> Result<(), StoreError> {

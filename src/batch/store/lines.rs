@@ -85,7 +85,12 @@ impl Store {
 
     /// Gives back a line this replica claimed but will not send (its batch stopped, or the
     /// gateway is stopping): pending again, for any replica.
-    pub async fn release(&self, batch_id: &str, line_no: i64, worker: &str) -> Result<(), StoreError> {
+    pub async fn release(
+        &self,
+        batch_id: &str,
+        line_no: i64,
+        worker: &str,
+    ) -> Result<(), StoreError> {
         on!(self, write, db => sqlx::query(
             "UPDATE lines SET state = 'pending', worker = NULL, lease_until = NULL
              WHERE batch_id = $1 AND line_no = $2 AND state = 'running' AND worker = $3",
