@@ -11,6 +11,7 @@ pub mod logging;
 pub mod metrics;
 pub mod plugins;
 pub mod proxy;
+pub mod reload;
 pub mod routing;
 pub mod server;
 

@@ -34,7 +34,7 @@ fn main() -> ExitCode {
             };
             logging::init(config.server.log_level);
             let listen: Vec<String> = config.server.listen.iter().map(|a| a.to_string()).collect();
-            let server = match server::build(config) {
+            let server = match server::build(config, path.clone()) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("{}: {e}", path.display());

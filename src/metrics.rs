@@ -2,9 +2,6 @@
 //! on their own listener. Labels hold only bounded values: routes, configured models and
 //! pools, backends, status classes. A model name a client made up is counted as `other`.
 
-use std::collections::HashSet;
-use std::sync::Arc;
-
 use async_trait::async_trait;
 use http::Response;
 use pingora_core::apps::http_app::ServeHttp;
@@ -19,7 +16,7 @@ use prometheus::{
 use gateway_plugin_api::{RequestCtx, RequestSummary};
 
 use crate::routing::pool::Routing;
-use crate::routing::Pool;
+use crate::routing::CurrentTable;
 
 /// Latencies of LLM requests span milliseconds to minutes.
 const REQUEST_BUCKETS: &[f64] = &[
@@ -45,7 +42,8 @@ pub struct GatewayMetrics {
     pub health_busy: IntCounterVec,
     pub panic_routed: IntCounterVec,
     pub connections_refused: prometheus::IntCounter,
-    known_models: HashSet<String>,
+    /// The table in force: model labels are the models it serves.
+    table: CurrentTable,
 }
 
 // The same helpers the plugins register their metrics with.
@@ -54,7 +52,7 @@ use gateway_plugin_api::metrics::{counter_vec as counter, histogram_vec as histo
 impl GatewayMetrics {
     pub fn register(
         registry: &Registry,
-        pools: &[Arc<Pool>],
+        table: CurrentTable,
     ) -> prometheus::Result<GatewayMetrics> {
         let tokens = register(
             registry,
@@ -66,7 +64,7 @@ impl GatewayMetrics {
                 &["model", "kind"],
             )?,
         )?;
-        registry.register(Box::new(PoolCollector::new(pools.to_vec())?))?;
+        registry.register(Box::new(PoolCollector::new(table.clone())?))?;
         Ok(GatewayMetrics {
             requests: counter(
                 registry,
@@ -138,7 +136,7 @@ impl GatewayMetrics {
                 "igw_connections_refused_total",
                 "New client connections answered 503 because max_connections were open",
             )?,
-            known_models: pools.iter().flat_map(|p| p.models.iter().cloned()).collect(),
+            table,
         })
     }
 
@@ -166,7 +164,7 @@ impl GatewayMetrics {
     /// The model label: configured models by name, anything a client made up as `other`.
     pub fn model_label<'a>(&self, model: Option<&'a str>) -> &'a str {
         match model {
-            Some(m) if self.known_models.contains(m) => m,
+            Some(m) if (self.table)().serves(m) => m,
             Some(_) => "other",
             None => "",
         }
@@ -187,17 +185,17 @@ pub fn status_class(status: u16) -> &'static str {
 /// Pool state read at scrape time (no cost on the request path): in-flight requests and
 /// backend health.
 struct PoolCollector {
-    pools: Vec<Arc<Pool>>,
+    table: CurrentTable,
     descs: Vec<Desc>,
 }
 
 impl PoolCollector {
-    fn new(pools: Vec<Arc<Pool>>) -> prometheus::Result<PoolCollector> {
+    fn new(table: CurrentTable) -> prometheus::Result<PoolCollector> {
         let mut descs = Vec::new();
         for g in Self::gauges()? {
             descs.extend(g.desc().into_iter().cloned());
         }
-        Ok(PoolCollector { pools, descs })
+        Ok(PoolCollector { table, descs })
     }
 
     fn gauges() -> prometheus::Result<[GaugeVec; 4]> {
@@ -237,7 +235,8 @@ impl Collector for PoolCollector {
         let Ok([inflight, healthy, healthy_count, panic]) = Self::gauges() else {
             return Vec::new();
         };
-        for pool in &self.pools {
+        let table = (self.table)();
+        for pool in &table.pools {
             inflight
                 .with_label_values(&[&pool.name])
                 .set(pool.inflight() as f64);

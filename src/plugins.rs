@@ -22,9 +22,20 @@ fn factories() -> Vec<Box<dyn PluginFactory>> {
 pub struct Chain {
     /// Every plugin, in phase order: the order the response hooks and `on_done` run in.
     pub all: Arc<[Arc<dyn Plugin>]>,
+    /// What each plugin was built from, in `[[plugins]]` order: a reload keeps the instance
+    /// (its counters, caches, connections) of an entry that did not change.
+    pub built: Arc<[Built]>,
     pub authenticate: Arc<[Arc<dyn Plugin>]>,
     pub authorize: Arc<[Arc<dyn Plugin>]>,
     pub admit: Arc<[Arc<dyn Plugin>]>,
+}
+
+/// A plugin and the `[[plugins]]` table (and what the pools asked of it) it was built from.
+#[derive(Clone)]
+pub struct Built {
+    pub table: toml::Table,
+    pub groups_needed: bool,
+    pub plugin: Arc<dyn Plugin>,
 }
 
 impl Chain {
@@ -43,6 +54,7 @@ impl Chain {
             authorize: of(Phase::Authorize),
             admit: of(Phase::Admit),
             all: plugins.into(),
+            built: Arc::new([]),
         }
     }
 
@@ -60,16 +72,33 @@ pub fn credential_hint(authenticators: &[Arc<dyn Plugin>]) -> Option<&str> {
 
 /// Builds the chain; an unknown kind names the known ones.
 pub fn build_chain(config: &Config, registry: &prometheus::Registry) -> Result<Chain, ConfigError> {
+    build_chain_reusing(config, registry, &[])
+}
+
+/// As [`build_chain`], keeping each plugin of `previous` whose `[[plugins]]` table (and what
+/// the pools ask of it) is unchanged: a reload keeps its rate-limit counters and auth cache.
+pub fn build_chain_reusing(
+    config: &Config,
+    registry: &prometheus::Registry,
+    previous: &[Built],
+) -> Result<Chain, ConfigError> {
     let factories = factories();
+    let groups_needed = config.pools.iter().any(|p| !p.allowed_groups.is_empty());
     let cx = BuildContext {
-        groups_needed: config.pools.iter().any(|p| !p.allowed_groups.is_empty()),
+        groups_needed,
         registry: registry.clone(),
         env: Env::default(),
     };
-    let chain = config
+    let built = config
         .plugins
         .iter()
         .map(|c| {
+            let same = previous
+                .iter()
+                .find(|b| b.table == c.table && b.groups_needed == groups_needed);
+            if let Some(kept) = same {
+                return Ok(kept.clone());
+            }
             let factory = factories
                 .iter()
                 .find(|f| f.kind() == c.kind)
@@ -84,12 +113,18 @@ pub fn build_chain(config: &Config, registry: &prometheus::Registry) -> Result<C
                         ),
                     }
                 })?;
-            factory
+            let plugin = factory
                 .build(&c.table, &c.path, &cx)
-                .map_err(|message| ConfigError::Plugin { message })
+                .map_err(|message| ConfigError::Plugin { message })?;
+            Ok(Built {
+                table: c.table.clone(),
+                groups_needed,
+                plugin,
+            })
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    let chain = Chain::new(chain);
+        .collect::<Result<Vec<_>, ConfigError>>()?;
+    let mut chain = Chain::new(built.iter().map(|b| b.plugin.clone()).collect());
+    chain.built = built.into();
     // A restriction nobody can satisfy is a configuration mistake, not a policy.
     if !chain.authenticates() {
         if let Some((i, pool)) = config

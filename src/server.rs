@@ -1,10 +1,13 @@
 //! Assembling Pingora: the gateway service on its listeners, the metrics listener, and the
 //! health checker.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+use pingora_core::connectors::http::Connector;
 use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{ExecutionPhase, Server};
@@ -14,10 +17,10 @@ use pingora_core::services::listening::Service;
 use crate::config::{Config, ConfigError};
 use crate::metrics::{GatewayMetrics, MetricsApp};
 use crate::plugins::build_chain;
-use crate::proxy::Gateway;
-use crate::proxy::PeerSettings;
+use crate::proxy::{Gateway, Live, PeerSettings, Snapshot};
+use crate::reload::Reloader;
 use crate::routing::health::{CheckCounters, HealthChecker};
-use crate::routing::ModelTable;
+use crate::routing::{CurrentTable, ModelTable};
 
 /// Validates everything `run` would, without binding sockets: the file and the plugins.
 pub fn check(config: &Config) -> Result<(), ConfigError> {
@@ -34,17 +37,40 @@ fn metrics_error(e: prometheus::Error) -> ConfigError {
 /// Builds the server; `run_forever` on it serves until SIGTERM (graceful) or SIGINT.
 /// After SIGTERM the process exits as soon as no client connection is left, and at the
 /// latest when the grace period ends.
-pub fn build(config: Config) -> Result<Server, ConfigError> {
+/// `path` is where `config` was read from: SIGHUP reads it again (see `reload.rs`).
+pub fn build(config: Config, path: PathBuf) -> Result<Server, ConfigError> {
     let registry = prometheus::Registry::new();
+    let registry_for_reload = registry.clone();
     let chain = build_chain(&config, &registry)?;
     let peers = PeerSettings::new(&config.server);
     let table = Arc::new(ModelTable::new(&config.pools, &|socket| peers.peer(socket)));
+    let connector = Arc::new(Connector::new(None));
+    // Filled with the first snapshot at once; `current` reads whichever is in force.
+    let live: Live = Arc::new(ArcSwap::from_pointee(Snapshot::new(
+        &config.server,
+        table.clone(),
+        chain.clone(),
+        connector.clone(),
+        None,
+    )));
+    let current: CurrentTable = {
+        let live = live.clone();
+        Arc::new(move || live.load().table.clone())
+    };
     let metrics = match config.server.metrics_listen {
         Some(_) => Some(Arc::new(
-            GatewayMetrics::register(&registry, &table.pools).map_err(metrics_error)?,
+            GatewayMetrics::register(&registry, current.clone()).map_err(metrics_error)?,
         )),
         None => None,
     };
+    // Again, now with the metrics the forwarder records into.
+    live.store(Arc::new(Snapshot::new(
+        &config.server,
+        table,
+        chain.clone(),
+        connector.clone(),
+        metrics.clone(),
+    )));
 
     let grace = config.server.shutdown_grace_period.as_secs();
     let conf = ServerConf {
@@ -61,7 +87,7 @@ pub fn build(config: Config) -> Result<Server, ConfigError> {
             crate::batch::Engine::open(
                 batch.clone(),
                 &config.server,
-                table.clone(),
+                current.clone(),
                 chain.all.clone(),
                 metrics.as_ref().map(|_| &registry),
             )
@@ -77,8 +103,7 @@ pub fn build(config: Config) -> Result<Server, ConfigError> {
     };
     let gateway = Gateway::new(
         config.server.clone(),
-        table.clone(),
-        chain,
+        live.clone(),
         metrics.clone(),
         batches.clone(),
     );
@@ -94,7 +119,12 @@ pub fn build(config: Config) -> Result<Server, ConfigError> {
     service.threads = Some(config.server.threads);
     server.add_service(service);
     if let Some(addr) = config.server.metrics_listen {
-        let mut metrics_service = Service::new("metrics".to_string(), MetricsApp { registry });
+        let mut metrics_service = Service::new(
+            "metrics".to_string(),
+            MetricsApp {
+                registry: registry.clone(),
+            },
+        );
         metrics_service.add_tcp(&addr.to_string());
         metrics_service.threads = Some(1);
         server.add_service(metrics_service);
@@ -102,11 +132,22 @@ pub fn build(config: Config) -> Result<Server, ConfigError> {
     server.add_service(background_service(
         "health-checks",
         HealthChecker::new(
-            table.pools.clone(),
-            metrics.map(|m| CheckCounters {
+            current,
+            metrics.as_ref().map(|m| CheckCounters {
                 failures: m.health_failures.clone(),
                 busy: m.health_busy.clone(),
             }),
+        ),
+    ));
+    server.add_service(background_service(
+        "reload",
+        Reloader::new(
+            path,
+            config.clone(),
+            live,
+            registry_for_reload,
+            connector,
+            metrics,
         ),
     ));
     let batch_lines = match batches {

@@ -26,7 +26,7 @@ use gateway_plugin_api::Plugin;
 
 use crate::config::{BatchConfig, ServerConfig};
 use crate::proxy::PeerSettings;
-use crate::routing::ModelTable;
+use crate::routing::CurrentTable;
 pub use api::{answer, Answer};
 pub use metrics::BatchMetrics;
 use store::Store;
@@ -39,7 +39,8 @@ pub struct Engine {
     /// `max_tokens_limit`).
     server: ServerConfig,
     store: Store,
-    table: Arc<ModelTable>,
+    /// The table in force (a reload replaces it).
+    table: CurrentTable,
     sender: send::LineSender,
     slots: capacity::Slots,
     /// Woken when a batch is submitted or cancelled, so the worker does not wait a tick.
@@ -61,7 +62,7 @@ impl Engine {
     pub fn open(
         config: BatchConfig,
         server: &ServerConfig,
-        table: Arc<ModelTable>,
+        table: CurrentTable,
         plugins: Arc<[Arc<dyn Plugin>]>,
         registry: Option<&prometheus::Registry>,
     ) -> Result<Engine, String> {

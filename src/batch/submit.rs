@@ -371,8 +371,8 @@ fn authorized(
     target: Option<Target<'_>>,
 ) -> Result<(), ApiError> {
     let principal = who.principal.as_ref();
-    engine
-        .table
+    let table = (engine.table)();
+    table
         .resolve(model, target, principal)
         .map_err(|why| match why {
             Unresolved::UnknownModel => errors::model_not_found(model, None),
@@ -381,8 +381,7 @@ fn authorized(
             }
             Unresolved::Forbidden => errors::model_forbidden(model, principal),
         })?;
-    let takes_batches = engine
-        .table
+    let takes_batches = table
         .pools_for(target)
         .any(|p| p.models.iter().any(|m| m == model) && p.permits(principal) && engine.accepts(p));
     if !takes_batches {

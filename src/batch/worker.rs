@@ -46,7 +46,10 @@ pub(super) struct Run {
     pub model: String,
     pub owner: String,
     pub owner_name: String,
-    pub pools: Vec<Arc<Pool>>,
+    /// The pools its lines go to, from the table in force (refreshed every tick, so a reload
+    /// that adds, moves or removes backends reaches running batches).
+    pools: std::sync::Mutex<Arc<[Arc<Pool>]>>,
+    target: Option<(String, String)>,
     /// Set when the batch is cancelled or expires, or the gateway stops: lines waiting for a
     /// backend or a retry give up (they stay claimed).
     pub stop: AtomicBool,
@@ -56,27 +59,43 @@ pub(super) struct Run {
 
 impl Run {
     fn new(engine: &Engine, b: &BatchRow) -> Run {
-        let target = match (&b.cluster, &b.framework) {
-            (Some(cluster), Some(framework)) => Some(Target { cluster, framework }),
-            _ => None,
-        };
-        // Every pool that serves the model on the target and takes batches: the owner was
-        // authorized for the model when the batch was submitted.
-        let pools = engine
-            .table
-            .pools_for(target)
-            .filter(|p| p.models.contains(&b.model) && engine.accepts(p))
-            .cloned()
-            .collect();
-        Run {
+        let run = Run {
+            target: b.cluster.clone().zip(b.framework.clone()),
+            pools: std::sync::Mutex::new(Arc::new([])),
             id: b.id.clone(),
             model: b.model.clone(),
             owner: b.owner.clone(),
             owner_name: b.owner_name.clone(),
-            pools,
             stop: AtomicBool::new(false),
             tasks: AtomicUsize::new(0),
+        };
+        run.refresh(engine);
+        run
+    }
+
+    /// Every pool of the table in force that serves the model on the target and takes
+    /// batches: the owner was authorized for the model when the batch was submitted.
+    fn refresh(&self, engine: &Engine) {
+        let table = (engine.table)();
+        let target = self
+            .target
+            .as_ref()
+            .map(|(cluster, framework)| Target { cluster, framework });
+        let pools: Arc<[Arc<Pool>]> = table
+            .pools_for(target)
+            .filter(|p| p.models.contains(&self.model) && engine.accepts(p))
+            .cloned()
+            .collect();
+        if let Ok(mut current) = self.pools.lock() {
+            *current = pools;
         }
+    }
+
+    pub fn pools(&self) -> Arc<[Arc<Pool>]> {
+        self.pools
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or_else(|_| Arc::new([]))
     }
 
     fn idle(&self) -> bool {
@@ -155,6 +174,7 @@ impl Worker {
                 .entry(batch.id.clone())
                 .or_insert_with(|| Arc::new(Run::new(engine, &batch)))
                 .clone();
+            run.refresh(engine);
             let ending = match batch.status.as_str() {
                 "cancelling" => Some(Ending::Cancelled),
                 "finalizing" => Some(Ending::Completed),
@@ -201,7 +221,7 @@ impl Worker {
     /// Claims as many lines as backends have room for and starts them.
     async fn start_lines(&self, run: &Arc<Run>) -> Result<usize, StoreError> {
         let engine = &self.engine;
-        let free = engine.slots.free(&run.pools);
+        let free = engine.slots.free(&run.pools());
         if free == 0 {
             return Ok(0);
         }
@@ -212,7 +232,7 @@ impl Worker {
             .await?;
         let started = lines.len();
         for line in lines {
-            let slot = engine.slots.acquire(&run.pools);
+            let slot = engine.slots.acquire(&run.pools());
             run.tasks.fetch_add(1, Ordering::SeqCst);
             engine.in_flight.fetch_add(1, Ordering::SeqCst);
             let (engine, run) = (engine.clone(), run.clone());
@@ -287,7 +307,7 @@ async fn wait_for_room(engine: &Engine, run: &Run) -> Option<Acquired> {
         if run.stop.load(Ordering::SeqCst) {
             return None;
         }
-        if let Some(a) = engine.slots.acquire(&run.pools) {
+        if let Some(a) = engine.slots.acquire(&run.pools()) {
             return Some(a);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -13,7 +13,7 @@ use super::ConfigError;
 pub const USER_PLACEHOLDER: &str = "{user}";
 
 /// A PostgreSQL job store shared by replicas.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct SharedStore {
     /// `postgres://user@host:port/db`, without a password.
     pub url: String,
@@ -28,7 +28,7 @@ impl std::fmt::Debug for SharedStore {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchConfig {
     /// Uploaded and result files (`files/`) live here, and, without `store`, the SQLite job
     /// store (`batches.sqlite3`). Replicas sharing `store` must share this directory too.

@@ -10,7 +10,7 @@ use super::model::{duration_or, err};
 use super::units::parse_size;
 use super::ConfigError;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     pub listen: Vec<SocketAddr>,
     /// `""` or a path starting with `/` and not ending with one.

@@ -134,8 +134,11 @@ impl HttpServerApp for Gateway {
                 tokio::time::timeout(Duration::from_secs(1), session.drain_request_body()).await;
             return None;
         }
-        let summary = self.handle(&mut session, &mut ctx).await;
-        for plugin in self.chain.all.iter() {
+        // One configuration snapshot for the whole request: a reload meanwhile changes the
+        // next request, never this one.
+        let snapshot = self.live.load_full();
+        let summary = self.handle(&snapshot, &mut session, &mut ctx).await;
+        for plugin in snapshot.chain.all.iter() {
             plugin.on_done(&summary, &ctx);
         }
         if summary.truncated || summary.error_code == Some("client_closed_request") {

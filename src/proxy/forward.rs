@@ -38,7 +38,7 @@ use crate::routing::{Api, Backend, Pool};
 /// settings and the plugins that watch the exchange. It writes what happened into the
 /// request's summary itself (attempts, first byte, aborts, panic routing).
 pub struct Forwarder {
-    pub(super) connector: Connector,
+    pub(super) connector: Arc<Connector>,
     pub(super) peers: PeerSettings,
     pub(super) max_connect_attempts: usize,
     /// Every plugin, in phase order: they see the upstream request, the response header and

@@ -45,16 +45,55 @@ use respond::Sent;
 
 pub use body::{parse_routing_fields, read_body};
 pub use forwarded::real_client;
+
 pub use peer::PeerSettings;
+
+/// What a request runs on: the model table, the plugins and the forwarder of one configuration.
+/// A reload builds a new one and swaps it in; requests that started on the old one finish on it.
+pub struct Snapshot {
+    pub table: Arc<ModelTable>,
+    pub chain: Chain,
+    forwarder: Forwarder,
+    /// `created` of every model in `/v1/models`: when this configuration was loaded.
+    loaded_at: u64,
+}
+
+impl Snapshot {
+    /// `connector` is shared by every snapshot, so kept-alive upstream connections outlive a
+    /// reload.
+    pub fn new(
+        settings: &ServerConfig,
+        table: Arc<ModelTable>,
+        chain: Chain,
+        connector: Arc<Connector>,
+        metrics: Option<Arc<GatewayMetrics>>,
+    ) -> Snapshot {
+        let forwarder = Forwarder {
+            connector,
+            peers: PeerSettings::new(settings),
+            max_connect_attempts: settings.max_connect_attempts,
+            plugins: chain.all.clone(),
+            metrics,
+        };
+        Snapshot {
+            table,
+            chain,
+            forwarder,
+            loaded_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// The snapshot in force, swapped whole by a reload.
+pub type Live = Arc<arc_swap::ArcSwap<Snapshot>>;
 
 pub struct Gateway {
     settings: ServerConfig,
-    table: Arc<ModelTable>,
-    chain: Chain,
-    forwarder: Forwarder,
+    live: Live,
     metrics: Option<Arc<GatewayMetrics>>,
-    /// `created` of every model in `/v1/models`: when this configuration was loaded.
-    loaded_at: u64,
     /// Client connections inside `process_new_http`, idle keep-alive ones included: bounds
     /// `max_connections`, and the server exits early once this is zero after SIGTERM (see
     /// `server::exit_when_drained`).
@@ -90,28 +129,14 @@ fn head(session: &ServerSession) -> RequestHead<'_> {
 impl Gateway {
     pub fn new(
         settings: ServerConfig,
-        table: Arc<ModelTable>,
-        chain: Chain,
+        live: Live,
         metrics: Option<Arc<GatewayMetrics>>,
         batches: Option<Arc<crate::batch::Engine>>,
     ) -> Gateway {
-        let forwarder = Forwarder {
-            connector: Connector::new(None),
-            peers: PeerSettings::new(&settings),
-            max_connect_attempts: settings.max_connect_attempts,
-            plugins: chain.all.clone(),
-            metrics: metrics.clone(),
-        };
         Gateway {
             metrics,
             settings,
-            table,
-            chain,
-            forwarder,
-            loaded_at: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or_default(),
+            live,
             connections: Arc::new(AtomicUsize::new(0)),
             batches,
         }
@@ -123,9 +148,14 @@ impl Gateway {
     }
 
     /// Handles one request; the summary is what `on_done` sees.
-    async fn handle(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> RequestSummary {
+    async fn handle(
+        &self,
+        snapshot: &Snapshot,
+        session: &mut ServerSession,
+        ctx: &mut RequestCtx,
+    ) -> RequestSummary {
         let mut summary = RequestSummary::default();
-        let sent = match self.phases(session, ctx, &mut summary).await {
+        let sent = match self.phases(snapshot, session, ctx, &mut summary).await {
             Ok(sent) => sent,
             Err(Stop::ClientGone) => {
                 // Nothing reached the client; logged as nginx does, 499.
@@ -151,6 +181,7 @@ impl Gateway {
     /// The phases of one request, in order (README.md, "Architecture"); each returns early with its answer.
     async fn phases(
         &self,
+        snap: &Snapshot,
         session: &mut ServerSession,
         ctx: &mut RequestCtx,
         summary: &mut RequestSummary,
@@ -158,41 +189,31 @@ impl Gateway {
         let path = session.req_header().uri.path().to_string();
         let method = session.req_header().method.as_str();
         let route = route::route(&self.settings.base_path, method, &path, ctx)?;
-        if let Some((status, body)) = self.status_route(&route) {
+        if let Some((status, body)) = status_route(&snap.table, &route) {
             return Ok(respond::reply(session, ctx, status, &body).await);
         }
-        authenticate::authenticate(&self.chain.authenticate, &head(session), ctx).await?;
+        authenticate::authenticate(&snap.chain.authenticate, &head(session), ctx).await?;
         let (api, target) = match route {
             Route::Inference { api, target } => (api, target),
             Route::Batches { .. } | Route::Files { .. } => {
                 return Ok(self.answer_batches(session, ctx, route).await?)
             }
-            local => return Ok(self.answer_locally(session, ctx, local).await?),
+            local => return Ok(self.answer_locally(snap, session, ctx, local).await?),
         };
         let body = body::read(session, &self.settings, ctx, api).await?;
         let pool = authorize::authorize(
-            &self.table,
-            &self.chain.authorize,
+            &snap.table,
+            &snap.chain.authorize,
             &head(session),
             ctx,
             target,
         )
         .await?;
-        admit::admit(&self.chain.admit, &head(session), ctx).await?;
+        admit::admit(&snap.chain.admit, &head(session), ctx).await?;
         let origin = Origin::of(session, |ip| self.settings.trusts(ip));
-        self.forwarder
+        snap.forwarder
             .forward(session, ctx, &pool, api, body, origin, summary)
             .await
-    }
-
-    /// Liveness and readiness: answered before authentication, for load balancers and
-    /// probes.
-    fn status_route(&self, route: &Route<'_>) -> Option<(u16, serde_json::Value)> {
-        match route {
-            Route::Health => Some((200, local::health())),
-            Route::Ready => Some(local::ready(&self.table)),
-            _ => None,
-        }
     }
 
     /// The batch and file routes, answered by the batch engine.
@@ -212,17 +233,27 @@ impl Gateway {
     /// The routes the gateway answers itself (model lists, endpoints, jobs, whoami).
     async fn answer_locally(
         &self,
+        snap: &Snapshot,
         session: &mut ServerSession,
         ctx: &RequestCtx,
         route: Route<'_>,
     ) -> Result<Sent, ApiError> {
         let view = local::LocalView {
-            table: &self.table,
+            table: &snap.table,
             base_path: &self.settings.base_path,
-            loaded_at: self.loaded_at,
+            loaded_at: snap.loaded_at,
             batches: self.batches.is_some(),
         };
         let body = local::answer(&view, route, ctx.principal.as_ref())?;
         Ok(respond::reply(session, ctx, 200, &body).await)
+    }
+}
+
+/// Liveness and readiness: answered before authentication, for load balancers and probes.
+fn status_route(table: &ModelTable, route: &Route<'_>) -> Option<(u16, serde_json::Value)> {
+    match route {
+        Route::Health => Some((200, local::health())),
+        Route::Ready => Some(local::ready(table)),
+        _ => None,
     }
 }

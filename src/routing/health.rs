@@ -2,6 +2,7 @@
 //! as a Pingora background service so that shutdown stops it.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora_core::connectors::http::Connector;
@@ -21,7 +22,9 @@ pub struct CheckCounters {
 }
 
 pub struct HealthChecker {
-    pools: Vec<Arc<Pool>>,
+    /// The table in force: after a reload its pools are checked (backends kept by the reload
+    /// keep their state).
+    table: super::CurrentTable,
     counters: Option<CheckCounters>,
     /// Its own connector, never released into: every check opens a fresh connection, so a
     /// pooled keep-alive connection cannot hide a backend that stopped accepting.
@@ -29,9 +32,9 @@ pub struct HealthChecker {
 }
 
 impl HealthChecker {
-    pub fn new(pools: Vec<Arc<Pool>>, counters: Option<CheckCounters>) -> HealthChecker {
+    pub fn new(table: super::CurrentTable, counters: Option<CheckCounters>) -> HealthChecker {
         HealthChecker {
-            pools,
+            table,
             counters,
             connector: Connector::new(None),
         }
@@ -183,22 +186,31 @@ fn is_reset(e: &pingora_error::Error) -> bool {
 #[async_trait]
 impl BackgroundService for HealthChecker {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let loops = self.pools.iter().map(|pool| {
-            let mut shutdown = shutdown.clone();
-            async move {
+        // One loop a pool, each on its own interval; when a reload replaces the table, the
+        // loops start over on the new pools (each checked at once).
+        loop {
+            let table = (self.table)();
+            let loops = table.pools.iter().map(|pool| async move {
                 let mut ticker = tokio::time::interval(pool.health.interval);
                 ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
-                    tokio::select! {
-                        _ = ticker.tick() => self.check_pool(pool).await,
-                        _ = shutdown.changed() => return,
+                    ticker.tick().await;
+                    self.check_pool(pool).await;
+                }
+            });
+            let replaced = async {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    if !Arc::ptr_eq(&(self.table)(), &table) {
+                        return;
                     }
                 }
+            };
+            tokio::select! {
+                _ = futures_util::future::join_all(loops) => return,
+                _ = replaced => continue,
+                _ = shutdown.changed() => return,
             }
-        });
-        tokio::select! {
-            _ = futures_util::future::join_all(loops) => {}
-            _ = shutdown.changed() => {}
         }
     }
 }

@@ -8,7 +8,7 @@ pub mod table;
 
 pub use pool::{Backend, NoBackend, Pool};
 pub use route::{match_route, Api, Route, Target};
-pub use table::{ModelTable, Unresolved};
+pub use table::{CurrentTable, ModelTable, Unresolved};
 
 /// A backend's connection target with Pingora's defaults, for tests and tools; the gateway
 /// builds its peers with its own timeouts (`proxy::peer`).

@@ -95,10 +95,31 @@ pub enum NoBackend {
 impl Pool {
     /// `peer` builds the connection target of a backend (the proxy layer's settings).
     pub fn new(config: &PoolConfig, peer: &dyn Fn(SocketAddr) -> HttpPeer) -> Pool {
+        Pool::reusing(config, peer, None)
+    }
+
+    /// As [`Pool::new`], keeping the backends of `previous` (the same pool before a reload)
+    /// that are configured alike: their health, in-flight counts and traffic evidence go on.
+    pub fn reusing(
+        config: &PoolConfig,
+        peer: &dyn Fn(SocketAddr) -> HttpPeer,
+        previous: Option<&Pool>,
+    ) -> Pool {
+        let kept = |address: &str, weight: u32| {
+            previous?
+                .backends
+                .iter()
+                .find(|b| b.address == address && b.weight == weight)
+                .cloned()
+        };
         let backends = config
             .backends
             .iter()
-            .map(|b| Arc::new(Backend::new(b.address.clone(), b.weight, peer(b.socket))))
+            .map(|b| {
+                kept(&b.address, b.weight).unwrap_or_else(|| {
+                    Arc::new(Backend::new(b.address.clone(), b.weight, peer(b.socket)))
+                })
+            })
             .collect();
         Pool {
             name: config.name.clone(),

@@ -23,6 +23,10 @@ pub enum Unresolved {
     Forbidden,
 }
 
+/// The model table in force now (a reload replaces it): what background work reads each
+/// time, instead of holding the table it started with.
+pub type CurrentTable = Arc<dyn Fn() -> Arc<ModelTable> + Send + Sync>;
+
 pub struct ModelTable {
     pub pools: Vec<Arc<Pool>>,
     by_model: HashMap<String, Vec<Arc<Pool>>>,
@@ -31,7 +35,21 @@ pub struct ModelTable {
 impl ModelTable {
     /// `peer` builds the connection target of a backend (the proxy layer's settings).
     pub fn new(pools: &[PoolConfig], peer: &dyn Fn(SocketAddr) -> HttpPeer) -> ModelTable {
-        let pools: Vec<Arc<Pool>> = pools.iter().map(|p| Arc::new(Pool::new(p, peer))).collect();
+        ModelTable::reusing(pools, peer, None)
+    }
+
+    /// As [`ModelTable::new`], keeping the backends of `previous`'s pools of the same name that
+    /// are configured alike (a reload: health state and counters carry over).
+    pub fn reusing(
+        pools: &[PoolConfig],
+        peer: &dyn Fn(SocketAddr) -> HttpPeer,
+        previous: Option<&ModelTable>,
+    ) -> ModelTable {
+        let before = |name: &str| previous?.pools.iter().find(|p| p.name == name).cloned();
+        let pools: Vec<Arc<Pool>> = pools
+            .iter()
+            .map(|p| Arc::new(Pool::reusing(p, peer, before(&p.name).as_deref())))
+            .collect();
         let mut by_model: HashMap<String, Vec<Arc<Pool>>> = HashMap::new();
         for pool in &pools {
             for model in &pool.models {
@@ -66,6 +84,11 @@ impl ModelTable {
             .min_by_key(|p| (p.preference(), p.priority, p.inflight()))
             .cloned()
             .ok_or(Unresolved::Forbidden)
+    }
+
+    /// Whether some pool serves `model`.
+    pub fn serves(&self, model: &str) -> bool {
+        self.by_model.contains_key(model)
     }
 
     /// Pools matching `target` (all pools when `None`), in configuration order.

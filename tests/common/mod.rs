@@ -138,6 +138,26 @@ impl Gateway {
         }
     }
 
+    /// Rewrites the config file with `new_rest` in place of `old_rest` (the text after
+    /// `[server]` given to `start`), and sends SIGHUP; returns once the gateway has logged
+    /// the outcome (reloaded or refused) one more time than before.
+    pub async fn reload(&self, old_rest: &str, new_rest: &str) {
+        let path = self.dir.path().join("gateway.toml");
+        let text = std::fs::read_to_string(&path).expect("config");
+        std::fs::write(&path, text.replacen(old_rest, new_rest, 1)).expect("write config");
+        let outcomes = |s: &str| s.matches("configuration reload").count();
+        let before = outcomes(&self.stderr());
+        let status = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        eventually(Duration::from_secs(10), "the reload is logged", || {
+            outcomes(&self.stderr()) > before
+        })
+        .await;
+    }
+
     /// Sends SIGTERM (graceful shutdown) to the gateway process.
     pub fn terminate(&self) {
         let status = Command::new("kill")

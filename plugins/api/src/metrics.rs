@@ -6,12 +6,20 @@ use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
 
-/// Registers `metric` and hands it back, for the plugin to keep.
+/// Registers `metric` and hands it back, for the plugin to keep. A metric of the same name
+/// and labels already there (the instance a configuration reload replaces) is replaced: its
+/// counts start again, as a restarted process's would.
 pub fn register<M: Collector + Clone + 'static>(
     registry: &Registry,
     metric: M,
 ) -> prometheus::Result<M> {
-    registry.register(Box::new(metric.clone()))?;
+    match registry.register(Box::new(metric.clone())) {
+        Err(prometheus::Error::AlreadyReg) => {
+            registry.unregister(Box::new(metric.clone()))?;
+            registry.register(Box::new(metric.clone()))?;
+        }
+        other => other?,
+    }
     Ok(metric)
 }
 
