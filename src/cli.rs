@@ -23,6 +23,11 @@ pub enum Command {
     Run {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// Take the listening sockets over from the running gateway (zero-downtime binary
+        /// upgrade): start this, then send SIGQUIT to the old process, which hands its sockets
+        /// over through `server.upgrade_socket` and drains its connections.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a configuration file and exit (non-zero with the error when invalid).
     Check {

@@ -24,7 +24,10 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config: path } => {
+        Command::Run {
+            config: path,
+            upgrade,
+        } => {
             let config = match Config::load(&path) {
                 Ok(c) => c,
                 Err(e) => {
@@ -34,7 +37,7 @@ fn main() -> ExitCode {
             };
             logging::init(config.server.log_level);
             let listen: Vec<String> = config.server.listen.iter().map(|a| a.to_string()).collect();
-            let server = match server::build(config, path.clone()) {
+            let server = match server::build(config, path.clone(), upgrade) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("{}: {e}", path.display());

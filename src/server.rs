@@ -9,7 +9,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use pingora_core::connectors::http::Connector;
 use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
-use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{ExecutionPhase, Server};
 use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
@@ -38,7 +38,8 @@ fn metrics_error(e: prometheus::Error) -> ConfigError {
 /// After SIGTERM the process exits as soon as no client connection is left, and at the
 /// latest when the grace period ends.
 /// `path` is where `config` was read from: SIGHUP reads it again (see `reload.rs`).
-pub fn build(config: Config, path: PathBuf) -> Result<Server, ConfigError> {
+/// `upgrade`: take the listening sockets over from a running gateway (see `cli.rs`).
+pub fn build(config: Config, path: PathBuf, upgrade: bool) -> Result<Server, ConfigError> {
     let registry = prometheus::Registry::new();
     let registry_for_reload = registry.clone();
     let chain = build_chain(&config, &registry)?;
@@ -75,12 +76,17 @@ pub fn build(config: Config, path: PathBuf) -> Result<Server, ConfigError> {
     let grace = config.server.shutdown_grace_period.as_secs();
     let conf = ServerConf {
         threads: config.server.threads,
+        upgrade_sock: config.server.upgrade_socket.display().to_string(),
         // In-flight streams get this long to finish after SIGTERM.
         grace_period_seconds: Some(grace),
         graceful_shutdown_timeout_seconds: Some(grace + 5),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = Opt {
+        upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
 
     let batches = match &config.batch {
         Some(batch) => Some(Arc::new(

@@ -61,6 +61,7 @@ pub struct ServerSection {
     pub shutdown_grace_period: Option<String>,
     pub log_level: Option<String>,
     pub metrics_listen: Option<String>,
+    pub upgrade_socket: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -42,6 +42,9 @@ pub struct ServerConfig {
     pub log_level: log::LevelFilter,
     /// Where `GET /metrics` is served; `None` turns metrics off.
     pub metrics_listen: Option<SocketAddr>,
+    /// The Unix socket a new process (`run --upgrade`) takes the listening sockets over from
+    /// this one (zero-downtime binary upgrade).
+    pub upgrade_socket: std::path::PathBuf,
 }
 
 impl ServerConfig {
@@ -189,8 +192,24 @@ pub(super) fn server_config(s: &ServerSection) -> Result<ServerConfig, ConfigErr
             )
         })?),
     };
+    let upgrade_socket = std::path::PathBuf::from(
+        s.upgrade_socket
+            .as_deref()
+            .unwrap_or("/run/inference-gateway/upgrade.sock"),
+    );
+    // A Unix socket path: absolute, and within the 107 bytes `sun_path` holds.
+    if !upgrade_socket.is_absolute() || upgrade_socket.as_os_str().len() > 100 {
+        return Err(err(
+            "server.upgrade_socket",
+            format!(
+                "`{}` must be an absolute path of at most 100 bytes",
+                upgrade_socket.display()
+            ),
+        ));
+    }
     let seconds = Duration::from_secs;
     Ok(ServerConfig {
+        upgrade_socket,
         metrics_listen,
         listen,
         base_path,
