@@ -14,6 +14,7 @@ pub mod proxy;
 pub mod reload;
 pub mod routing;
 pub mod server;
+pub mod tls;
 
 #[cfg(test)]
 mod test_support;

@@ -29,6 +29,8 @@ pub struct Reloader {
     registry: prometheus::Registry,
     connector: Arc<Connector>,
     metrics: Option<Arc<GatewayMetrics>>,
+    /// The HTTPS listeners' certificate, read again on every SIGHUP.
+    certificate: Option<Arc<crate::tls::ReloadableCert>>,
 }
 
 /// What a reload did.
@@ -57,7 +59,13 @@ impl Reloader {
             registry,
             connector,
             metrics,
+            certificate: None,
         }
+    }
+
+    pub fn with_certificate(mut self, cert: Option<Arc<crate::tls::ReloadableCert>>) -> Reloader {
+        self.certificate = cert;
+        self
     }
 
     /// Reads, validates and swaps in the file; on any error nothing changes.
@@ -105,6 +113,12 @@ impl Reloader {
     }
 
     fn reload_and_log(&self) {
+        if let Some(cert) = &self.certificate {
+            match cert.reload() {
+                Ok(()) => log::info!("TLS certificate reloaded: {cert:?}"),
+                Err(e) => log::error!("TLS certificate reload refused, the one in use stays: {e}"),
+            }
+        }
         match self.reload() {
             Ok(r) => {
                 log::info!(
@@ -154,7 +168,9 @@ fn need_restart(running: &Config, new: &Config) -> Vec<String> {
         max_connect_attempts,
         shutdown_grace_period,
         log_level,
-        metrics_listen
+        metrics_listen,
+        upgrade_socket,
+        tls
     );
     if running.batch != new.batch {
         changed.push("batch".into());

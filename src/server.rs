@@ -21,6 +21,7 @@ use crate::proxy::{Gateway, Live, PeerSettings, Snapshot};
 use crate::reload::Reloader;
 use crate::routing::health::{CheckCounters, HealthChecker};
 use crate::routing::{CurrentTable, ModelTable};
+use crate::tls::ReloadableCert;
 
 /// Validates everything `run` would, without binding sockets: the file and the plugins.
 pub fn check(config: &Config) -> Result<(), ConfigError> {
@@ -122,6 +123,21 @@ pub fn build(config: Config, path: PathBuf, upgrade: bool) -> Result<Server, Con
             ListenerConfig::tcp(addr.to_string()).l4_buffer(L4BufferSettings::default().read(0));
         service.add_listener(listener);
     }
+    let certificate = match &config.server.tls {
+        Some(tls) => {
+            let tls_error = |message: String| ConfigError::Invalid {
+                path: "server.tls.cert".into(),
+                message,
+            };
+            let cert = Arc::new(ReloadableCert::load(&tls.cert, &tls.key).map_err(tls_error)?);
+            for addr in &tls.listen {
+                let settings = crate::tls::listener_settings(&cert).map_err(tls_error)?;
+                service.add_listener(ListenerConfig::tcp(addr.to_string()).tls(settings));
+            }
+            Some(cert)
+        }
+        None => None,
+    };
     service.threads = Some(config.server.threads);
     server.add_service(service);
     if let Some(addr) = config.server.metrics_listen {
@@ -154,7 +170,8 @@ pub fn build(config: Config, path: PathBuf, upgrade: bool) -> Result<Server, Con
             registry_for_reload,
             connector,
             metrics,
-        ),
+        )
+        .with_certificate(certificate),
     ));
     let batch_lines = match batches {
         Some(engine) => {

@@ -62,6 +62,15 @@ pub struct ServerSection {
     pub log_level: Option<String>,
     pub metrics_listen: Option<String>,
     pub upgrade_socket: Option<String>,
+    pub tls: Option<TlsSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    pub listen: Vec<String>,
+    pub cert: String,
+    pub key: String,
 }
 
 #[derive(Debug, Deserialize)]

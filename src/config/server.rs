@@ -45,6 +45,42 @@ pub struct ServerConfig {
     /// The Unix socket a new process (`run --upgrade`) takes the listening sockets over from
     /// this one (zero-downtime binary upgrade).
     pub upgrade_socket: std::path::PathBuf,
+    /// HTTPS listeners, when `[server.tls]` is set.
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsConfig {
+    pub listen: Vec<SocketAddr>,
+    /// PEM certificate chain and private key; read again on SIGHUP.
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+/// `[server.tls]`: addresses, and a certificate and key that load and match.
+fn tls_config(t: &super::file::TlsSection) -> Result<TlsConfig, ConfigError> {
+    let listen = t
+        .listen
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            a.parse::<SocketAddr>().map_err(|_| {
+                err(
+                    format!("server.tls.listen[{i}]"),
+                    format!("`{a}` is not an ip:port address"),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if listen.is_empty() {
+        return Err(err("server.tls.listen", "at least one address is required"));
+    }
+    let (cert, key) = (
+        std::path::PathBuf::from(&t.cert),
+        std::path::PathBuf::from(&t.key),
+    );
+    crate::tls::read_pair(&cert, &key).map_err(|m| err("server.tls.cert", m))?;
+    Ok(TlsConfig { listen, cert, key })
 }
 
 impl ServerConfig {
@@ -207,8 +243,10 @@ pub(super) fn server_config(s: &ServerSection) -> Result<ServerConfig, ConfigErr
             ),
         ));
     }
+    let tls = s.tls.as_ref().map(tls_config).transpose()?;
     let seconds = Duration::from_secs;
     Ok(ServerConfig {
+        tls,
         upgrade_socket,
         metrics_listen,
         listen,
