@@ -13,6 +13,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
+use common::certs::{ca, server_cert, tls_server};
 use common::*;
 use serde_json::Value;
 
@@ -137,6 +138,85 @@ async fn the_usage_guide_command_reports_latencies_and_throughput() {
         streamed["mean_ttft_ms"].as_f64().unwrap_or_default()
             < streamed["mean_e2el_ms"].as_f64().unwrap_or_default()
     );
+}
+
+/// The usage guide's `--disable-ssl-verification`, for a gateway whose certificate comes from a
+/// site's own (here: a test) CA: every request completes over https; without the flag the
+/// benchmark refuses the certificate and says no request succeeded.
+#[tokio::test(flavor = "multi_thread")]
+async fn https_with_a_self_signed_ca_needs_disable_ssl_verification() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    server_cert(&ca("test CA"), dir.path(), false);
+    let port = free_port();
+    let (gw, _mock) = with_mock(MockConfig::default(), &tls_server(dir.path(), port)).await;
+    let data = dir.path().join("sharegpt.json");
+    let results = dir.path().join("results.jsonl");
+    let (ok, text) = bench(&[
+        "make-dataset",
+        "--num",
+        "10",
+        "--output",
+        data.to_str().expect("utf8"),
+    ]);
+    assert!(ok, "{text}");
+    let url = format!("https://127.0.0.1:{port}/resource_server/v1/chat/completions");
+    let args: Vec<String> = [
+        "--model",
+        MODEL,
+        "--base-url",
+        &url,
+        "--dataset-path",
+        data.to_str().expect("utf8"),
+        "--output-file",
+        results.to_str().expect("utf8"),
+        "--num-prompts",
+        "6",
+        "--quiet",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let run = |extra: &'static [&'static str]| {
+        let args = args.clone();
+        tokio::task::spawn_blocking(move || {
+            let all: Vec<&str> = args
+                .iter()
+                .map(String::as_str)
+                .chain(extra.iter().copied())
+                .collect();
+            bench(&all)
+        })
+    };
+
+    let (ok, text) = run(&["--disable-ssl-verification"]).await.expect("join");
+    assert!(ok, "{text}");
+    assert!(text.contains("Serving Benchmark Result"), "{text}");
+    let (ok, text) = run(&[]).await.expect("join");
+    assert!(!ok, "the test CA is not trusted: {text}");
+    assert!(
+        text.contains("Failed requests:") && text.contains("no request succeeded"),
+        "{text}"
+    );
+    // serving-bench prints only reqwest's top-level message ("error sending request for
+    // url ..."), not its cause; the gateway's log says why: the client refused the CA.
+    assert!(text.contains("error sending request"), "{text}");
+    eventually(
+        Duration::from_secs(5),
+        "the refused handshake is logged",
+        || gw.stderr().contains("UnknownCA"),
+    )
+    .await;
+
+    let records: Vec<Value> = std::fs::read_to_string(&results)
+        .expect("results")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSONL"))
+        .collect();
+    assert_eq!(records.len(), 2, "one record appended per run");
+    assert_eq!(records[0]["completed"], 6, "{}", records[0]);
+    assert_eq!(records[0]["failed"], 0, "{}", records[0]);
+    assert_eq!(records[1]["completed"], 0, "{}", records[1]);
+    assert_eq!(records[1]["failed"], 6, "{}", records[1]);
 }
 
 #[test]

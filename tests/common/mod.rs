@@ -252,6 +252,7 @@ pub async fn with_mock(config: MockConfig, server_extra: &str) -> (Gateway, Mock
 }
 
 pub mod batch;
+pub mod certs;
 pub mod postgres;
 pub mod raw;
 pub mod redis;
