@@ -170,3 +170,51 @@ async fn a_key_that_does_not_match_its_certificate_is_a_config_error() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pool_reaches_its_backends_over_tls_verified_against_its_own_ca() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let authority = ca("backend CA");
+    server_cert(&authority, dir.path(), false);
+    std::fs::write(dir.path().join("ca.pem"), authority.cert.pem()).expect("ca file");
+    // The HTTPS "backend" is a gateway with a TLS listener and no base path, before a mock.
+    let port = free_port();
+    let mock = MockBackend::start(MockConfig::default())
+        .await
+        .expect("mock");
+    let inner = pool("p", "local", &[MODEL], &[mock.addr.to_string()], "");
+    let _backend = Gateway::start(
+        &format!("base_path = \"\"{}", tls_server(dir.path(), port)),
+        &inner,
+    )
+    .await;
+    let outer = |tls: &str| {
+        format!(
+            "{}[pools.tls]\n{tls}\n",
+            pool("tls", "local", &[MODEL], &[format!("127.0.0.1:{port}")], "")
+        )
+    };
+    let ca_file = format!(
+        "sni = \"localhost\"\nca_file = \"{}\"",
+        dir.path().join("ca.pem").display()
+    );
+    let verified = Gateway::start("", &outer(&ca_file)).await;
+    let resp = post_json(&verified.api("/v1/chat/completions"), &chat_body(true)).await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp
+        .text()
+        .await
+        .expect("stream")
+        .trim_end()
+        .ends_with("data: [DONE]"));
+
+    // Without the CA, the system roots do not know the backend's certificate: refused.
+    let untrusting = Gateway::start("", &outer("sni = \"localhost\"")).await;
+    let resp = post_json(&untrusting.api("/v1/chat/completions"), &chat_body(false)).await;
+    assert!(resp.status().is_server_error(), "{}", resp.status());
+
+    // Verification off (a lab with self-signed backends): served.
+    let unverified = Gateway::start("", &outer("verify = false")).await;
+    let resp = post_json(&unverified.api("/v1/chat/completions"), &chat_body(false)).await;
+    assert_eq!(resp.status(), 200);
+}

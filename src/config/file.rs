@@ -94,6 +94,16 @@ pub struct PoolSection {
     pub health: HealthSection,
     pub batch_max_in_flight: Option<usize>,
     pub batch_when_below: Option<usize>,
+    /// Present: the pool's backends speak HTTPS.
+    pub tls: Option<PoolTlsSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolTlsSection {
+    pub sni: Option<String>,
+    pub verify: Option<bool>,
+    pub ca_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -12,8 +12,8 @@ use std::path::Path;
 
 pub use batch::USER_PLACEHOLDER;
 pub use model::{
-    BackendConfig, Balance, BatchConfig, Config, EnvLookup, HealthConfig, PluginConfig, PoolConfig,
-    ServerConfig, MAX_MODEL_NAME,
+    BackendConfig, BackendTls, Balance, BatchConfig, Config, EnvLookup, HealthConfig, PluginConfig,
+    PoolConfig, ServerConfig, MAX_MODEL_NAME,
 };
 
 /// Why a configuration was refused. Every variant names the file or the TOML path.

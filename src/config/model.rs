@@ -61,6 +61,20 @@ pub struct PoolConfig {
     /// A batch line starts on a backend only while its requests in flight (interactive and
     /// batch) are fewer than this: interactive users keep priority.
     pub batch_when_below: usize,
+    /// HTTPS to the backends, when `[pools.tls]` is set.
+    pub tls: Option<BackendTls>,
+}
+
+/// TLS to a pool's backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendTls {
+    /// The name sent in SNI and checked against the certificate; default: the backend's host.
+    pub sni: Option<String>,
+    /// Verify the certificate chain and name (default true).
+    pub verify: bool,
+    /// DER of the CA (first certificate of `ca_file`) trusted for these backends, instead of the
+    /// system's roots.
+    pub ca_der: Option<Vec<u8>>,
 }
 
 impl PoolConfig {
@@ -250,7 +264,47 @@ fn pool_config(i: usize, p: &PoolSection, env: EnvLookup<'_>) -> Result<PoolConf
             0..=10_000,
             &at("batch_max_in_flight"),
         )?,
+        tls: p
+            .tls
+            .as_ref()
+            .map(|t| backend_tls(t, &at("tls")))
+            .transpose()?,
         batch_when_below: bounded(p.batch_when_below, 8, 1..=100_000, &at("batch_when_below"))?,
+    })
+}
+
+fn backend_tls(t: &super::file::PoolTlsSection, path: &str) -> Result<BackendTls, ConfigError> {
+    let ca_der = match &t.ca_file {
+        None => None,
+        Some(file) => {
+            let bad = |why: String| err(format!("{path}.ca_file"), format!("`{file}`: {why}"));
+            let mut store = pingora_rustls::RootCertStore::empty();
+            pingora_rustls::load_ca_file_into_store(file, &mut store)
+                .map_err(|e| bad(e.to_string()))?;
+            let der = pingora_rustls::load_pem_file_ca(file).map_err(|e| bad(e.to_string()))?;
+            if der.is_empty() {
+                return Err(bad("holds no PEM certificate".into()));
+            }
+            Some(der)
+        }
+    };
+    if let Some(sni) = &t.sni {
+        if sni.is_empty()
+            || sni.len() > 253
+            || !sni
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"-.".contains(&c))
+        {
+            return Err(err(
+                format!("{path}.sni"),
+                format!("`{sni}` is not a host name"),
+            ));
+        }
+    }
+    Ok(BackendTls {
+        sni: t.sni.clone(),
+        verify: t.verify.unwrap_or(true),
+        ca_der,
     })
 }
 

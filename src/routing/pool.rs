@@ -29,6 +29,8 @@ pub struct Pool {
     pub batch_max_in_flight: usize,
     /// A batch line starts on a backend only while it has fewer requests in flight.
     pub batch_when_below: usize,
+    /// HTTPS to the backends (their peers carry it); a reload that changes it makes new ones.
+    tls: Option<crate::config::BackendTls>,
     cursor: AtomicUsize,
     /// Last computed [`PoolStatus`] and since when (unix seconds).
     status: AtomicUsize,
@@ -106,7 +108,8 @@ impl Pool {
         previous: Option<&Pool>,
     ) -> Pool {
         let kept = |address: &str, weight: u32| {
-            previous?
+            previous
+                .filter(|p| p.tls == config.tls)?
                 .backends
                 .iter()
                 .find(|b| b.address == address && b.weight == weight)
@@ -117,7 +120,11 @@ impl Pool {
             .iter()
             .map(|b| {
                 kept(&b.address, b.weight).unwrap_or_else(|| {
-                    Arc::new(Backend::new(b.address.clone(), b.weight, peer(b.socket)))
+                    let mut target = peer(b.socket);
+                    if let Some(tls) = &config.tls {
+                        with_tls(&mut target, tls, &b.address);
+                    }
+                    Arc::new(Backend::new(b.address.clone(), b.weight, target))
                 })
             })
             .collect();
@@ -140,6 +147,7 @@ impl Pool {
             health: config.health.clone(),
             batch_max_in_flight: config.batch_max_in_flight,
             batch_when_below: config.batch_when_below,
+            tls: config.tls.clone(),
             cursor: AtomicUsize::new(0),
             status: AtomicUsize::new(PoolStatus::Ready as usize),
             status_since: AtomicU64::new(unix_now()),
@@ -308,6 +316,25 @@ impl Pool {
         })?;
         let n = self.backends.len();
         (0..n).map(|k| (first + k) % n).find(|i| usable(i))
+    }
+}
+
+/// HTTPS to a backend: SNI (the configured name, else the host of `address`), verification,
+/// and the pool's own CA when it names one.
+fn with_tls(peer: &mut HttpPeer, tls: &crate::config::BackendTls, address: &str) {
+    use pingora_core::upstreams::peer::Scheme;
+    use pingora_core::utils::tls::{parse_x509, WrappedX509};
+    peer.scheme = Scheme::HTTPS;
+    let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
+    peer.sni = tls
+        .sni
+        .clone()
+        .unwrap_or_else(|| host.trim_matches(['[', ']']).to_string());
+    peer.options.verify_cert = tls.verify;
+    peer.options.verify_hostname = tls.verify;
+    if let Some(der) = &tls.ca_der {
+        let ca: Arc<[WrappedX509]> = Arc::new([WrappedX509::new(der.clone(), parse_x509)]);
+        peer.options.ca = Some(ca);
     }
 }
 
