@@ -201,6 +201,21 @@ pub fn invalid_body(detail: &str) -> ApiError {
     )
 }
 
+/// Why no pool could take `model` (on `target`, for `principal`), as the client's error.
+pub fn unresolved(
+    why: crate::routing::Unresolved,
+    model: &str,
+    target: Option<crate::routing::Target<'_>>,
+    principal: Option<&Principal>,
+) -> ApiError {
+    use crate::routing::Unresolved;
+    match why {
+        Unresolved::UnknownModel => model_not_found(model, None),
+        Unresolved::NotOnTarget => model_not_found(model, target.map(|t| (t.cluster, t.framework))),
+        Unresolved::Forbidden => model_forbidden(model, principal),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

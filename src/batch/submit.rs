@@ -17,7 +17,7 @@ use super::store::{NewBatch, Store};
 use super::{new_id, now, now_ms, object, paths, Engine};
 use crate::config::MAX_MODEL_NAME;
 use crate::errors;
-use crate::routing::{Target, Unresolved};
+use crate::routing::Target;
 
 #[derive(Deserialize)]
 struct CreateRequest {
@@ -374,13 +374,7 @@ fn authorized(
     let table = (engine.table)();
     table
         .resolve(model, target, principal)
-        .map_err(|why| match why {
-            Unresolved::UnknownModel => errors::model_not_found(model, None),
-            Unresolved::NotOnTarget => {
-                errors::model_not_found(model, target.map(|t| (t.cluster, t.framework)))
-            }
-            Unresolved::Forbidden => errors::model_forbidden(model, principal),
-        })?;
+        .map_err(|why| errors::unresolved(why, model, target, principal))?;
     let takes_batches = table
         .pools_for(target)
         .any(|p| p.models.iter().any(|m| m == model) && p.permits(principal) && engine.accepts(p));

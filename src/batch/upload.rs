@@ -35,24 +35,9 @@ pub async fn receive(
             "file",
         )
     })?;
-    let declared = session
-        .get_header("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
     // The form's own fields and boundaries on top of the file: a little slack.
     let limit = max.saturating_add(64 * 1024);
-    if declared.is_some_and(|len| len > limit) {
-        return Err(errors::body_too_large(max));
-    }
-    let expects_continue = session
-        .get_header("expect")
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    if expects_continue {
-        session
-            .write_continue_response()
-            .await
-            .map_err(|e| errors::internal(&format!("writing 100 Continue: {e}")))?;
-    }
+    crate::proxy::expect_body(session, limit, max).await?;
     let id = new_id("file-");
     let tmp = engine
         .config

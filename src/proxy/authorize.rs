@@ -6,7 +6,7 @@ use std::sync::Arc;
 use gateway_plugin_api::{ApiError, Flow, Plugin, RequestCtx, RequestHead};
 
 use crate::errors;
-use crate::routing::{ModelTable, Pool, Target, Unresolved};
+use crate::routing::{ModelTable, Pool, Target};
 
 pub async fn authorize(
     table: &ModelTable,
@@ -19,13 +19,7 @@ pub async fn authorize(
     let principal = ctx.principal.as_ref();
     let pool = table
         .resolve(model, target, principal)
-        .map_err(|why| match why {
-            Unresolved::UnknownModel => errors::model_not_found(model, None),
-            Unresolved::NotOnTarget => {
-                errors::model_not_found(model, target.map(|t| (t.cluster, t.framework)))
-            }
-            Unresolved::Forbidden => errors::model_forbidden(model, principal),
-        })?;
+        .map_err(|why| errors::unresolved(why, model, target, principal))?;
     ctx.pool = Some(pool.name.clone());
     for plugin in plugins {
         if let Flow::Respond(err) = plugin.authorize(head, ctx).await {

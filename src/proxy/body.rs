@@ -35,20 +35,20 @@ pub async fn read(
     Ok(body)
 }
 
-/// Reads the whole body. Answers `Expect: 100-continue` first, refuses a declared
-/// `Content-Length` over `limit` before reading a byte, and bounds the total read time (the
-/// socket timeout is per read, so a trickling client could otherwise hold a slot forever).
-pub async fn read_body(
+/// Before reading a body: refuses a declared `Content-Length` over `limit` (413 naming
+/// `shown`, the limit the client knows of) before a byte is read, and answers
+/// `Expect: 100-continue` (curl waits about a second for it on bodies over 1 KiB).
+pub async fn expect_body(
     session: &mut ServerSession,
     limit: u64,
-    timeout: Duration,
-) -> Result<Bytes, ApiError> {
+    shown: u64,
+) -> Result<(), ApiError> {
     let declared = session
         .get_header("content-length")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit) {
-        return Err(errors::body_too_large(limit));
+        return Err(errors::body_too_large(shown));
     }
     let expects_continue = session
         .get_header("expect")
@@ -59,6 +59,18 @@ pub async fn read_body(
             .await
             .map_err(|e| errors::internal(&format!("writing 100 Continue: {e}")))?;
     }
+    Ok(())
+}
+
+/// Reads the whole body. Answers `Expect: 100-continue` first, refuses a declared
+/// `Content-Length` over `limit` before reading a byte, and bounds the total read time (the
+/// socket timeout is per read, so a trickling client could otherwise hold a slot forever).
+pub async fn read_body(
+    session: &mut ServerSession,
+    limit: u64,
+    timeout: Duration,
+) -> Result<Bytes, ApiError> {
+    expect_body(session, limit, limit).await?;
     let read_all = async {
         let mut first: Option<Bytes> = None;
         let mut joined: Option<BytesMut> = None;

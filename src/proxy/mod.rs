@@ -43,7 +43,7 @@ use forward::Forwarder;
 use forwarded::Origin;
 use respond::Sent;
 
-pub use body::{parse_routing_fields, read_body};
+pub use body::{expect_body, parse_routing_fields, read_body};
 pub use forwarded::real_client;
 
 pub use peer::PeerSettings;
