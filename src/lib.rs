@@ -15,6 +15,7 @@ pub mod reload;
 pub mod routing;
 pub mod server;
 pub mod tls;
+pub mod upgrade;
 
 #[cfg(test)]
 mod test_support;

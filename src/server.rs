@@ -162,6 +162,10 @@ pub fn build(config: Config, path: PathBuf, upgrade: bool) -> Result<Server, Con
         ),
     ));
     server.add_service(background_service(
+        "upgrade",
+        crate::upgrade::Upgrader::new(path.clone(), config.server.upgrade_socket.clone()),
+    ));
+    server.add_service(background_service(
         "reload",
         Reloader::new(
             path,
