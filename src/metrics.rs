@@ -16,7 +16,7 @@ use prometheus::{
 use gateway_plugin_api::{RequestCtx, RequestSummary};
 
 use crate::routing::pool::Routing;
-use crate::routing::CurrentTable;
+use crate::routing::{CurrentTable, ModelTable};
 
 /// Latencies of LLM requests span milliseconds to minutes.
 const REQUEST_BUCKETS: &[f64] = &[
@@ -42,8 +42,6 @@ pub struct GatewayMetrics {
     pub health_busy: IntCounterVec,
     pub panic_routed: IntCounterVec,
     pub connections_refused: prometheus::IntCounter,
-    /// The table in force: model labels are the models it serves.
-    table: CurrentTable,
 }
 
 // The same helpers the plugins register their metrics with.
@@ -64,7 +62,7 @@ impl GatewayMetrics {
                 &["model", "kind"],
             )?,
         )?;
-        registry.register(Box::new(PoolCollector::new(table.clone())?))?;
+        registry.register(Box::new(PoolCollector::new(table)?))?;
         Ok(GatewayMetrics {
             requests: counter(
                 registry,
@@ -136,14 +134,14 @@ impl GatewayMetrics {
                 "igw_connections_refused_total",
                 "New client connections answered 503 because max_connections were open",
             )?,
-            table,
         })
     }
 
     /// Counts a finished request: by route, model, pool and status class, its duration and
     /// its tokens.
-    pub fn record(&self, summary: &RequestSummary, ctx: &RequestCtx) {
-        let model = self.model_label(ctx.model.as_deref());
+    /// `table` is the request's snapshot's: model labels are the models it serves.
+    pub fn record(&self, summary: &RequestSummary, ctx: &RequestCtx, table: &ModelTable) {
+        let model = model_label(table, ctx.model.as_deref());
         let pool = ctx.pool.as_deref().unwrap_or("");
         self.requests
             .with_label_values(&[ctx.route, model, pool, status_class(summary.status)])
@@ -160,14 +158,14 @@ impl GatewayMetrics {
                 .inc_by(usage.completion_tokens as f64);
         }
     }
+}
 
-    /// The model label: configured models by name, anything a client made up as `other`.
-    pub fn model_label<'a>(&self, model: Option<&'a str>) -> &'a str {
-        match model {
-            Some(m) if (self.table)().serves(m) => m,
-            Some(_) => "other",
-            None => "",
-        }
+/// The model label: configured models by name, anything a client made up as `other`.
+pub fn model_label<'a>(table: &ModelTable, model: Option<&'a str>) -> &'a str {
+    match model {
+        Some(m) if table.serves(m) => m,
+        Some(_) => "other",
+        None => "",
     }
 }
 

@@ -173,7 +173,7 @@ impl Gateway {
         summary.bytes_received = session.body_bytes_read() as u64;
         summary.duration = ctx.started.elapsed();
         if let Some(m) = &self.metrics {
-            m.record(&summary, ctx);
+            m.record(&summary, ctx, &snapshot.table);
         }
         summary
     }

@@ -22,9 +22,10 @@ pub struct StreamTiming {
 }
 
 impl StreamTiming {
-    /// The histograms' children for this model and pool, resolved once per stream.
+    /// The histograms' children for this model and pool, resolved once per stream. A stream
+    /// exists only for a model its pool serves, so the model is its own label.
     pub fn new(m: &GatewayMetrics, model: Option<&str>, pool: &str) -> StreamTiming {
-        let model = m.model_label(model);
+        let model = model.unwrap_or_default();
         StreamTiming {
             first_token: m.first_token.with_label_values(&[model, pool]),
             gap: m.chunk_gap.with_label_values(&[model, pool]),
