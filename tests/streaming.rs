@@ -219,3 +219,34 @@ async fn sigterm_on_an_idle_gateway_exits_at_once_even_with_keep_alive_clients()
     assert!(started.elapsed() < Duration::from_secs(5));
     drop(http);
 }
+
+/// A connection accepted just before the shutdown (or an upgrade's hand-over) whose request
+/// had not arrived yet is a client that did nothing wrong: it gets its answer, then the
+/// connection closes. Closing it unanswered failed one connection attempt in an upgrade.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_accepted_before_sigterm_still_gets_its_answer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut gw, _mock) = with_mock(MockConfig::default(), "shutdown_grace_period = \"30s\"").await;
+    let mut conn = gw.connect().await;
+    // Accepted by the gateway, no request yet.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gw.terminate();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    conn.write_all(b"GET /resource_server/health HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(5), conn.read_to_string(&mut answer))
+        .await
+        .expect("the gateway answers and closes")
+        .expect("read");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    assert!(
+        gw.wait_exit(Duration::from_secs(5)).await,
+        "then the gateway exits without waiting out its grace period"
+    );
+}

@@ -87,13 +87,20 @@ impl HttpServerApp for Gateway {
         let (_counted, open) = Counted::new(&self.connections);
         // Set when the previous request on this connection let it live on (see the end).
         let kept_alive = session.take_connection_user_context().is_some();
-        let mut stopping = shutdown.clone();
-        let read = tokio::select! {
-            biased;
-            read = self.read_header(&mut session, kept_alive) => read,
-            // Shutting down: an idle keep-alive connection is closed, as nginx does, so that
-            // the drain can end. A request already on the wire was read by the branch above.
-            _ = stopping.wait_for(|stop| *stop) => return None,
+        let read = if kept_alive {
+            let mut stopping = shutdown.clone();
+            tokio::select! {
+                biased;
+                read = self.read_header(&mut session, kept_alive) => read,
+                // Shutting down: an idle keep-alive connection is closed, as nginx does, so
+                // that the drain can end. A request already on the wire was read above.
+                _ = stopping.wait_for(|stop| *stop) => return None,
+            }
+        } else {
+            // A new connection was accepted before the listeners closed (or before an
+            // upgrade's hand-over): its client is sending its first request and gets an
+            // answer; `client_header_timeout` bounds the wait.
+            self.read_header(&mut session, kept_alive).await
         };
         if !read {
             return None;
