@@ -2,7 +2,8 @@
 //! end-to-end tests, benchmarks and trying `globus_auth` without a Globus app.
 //!
 //!   mock-globus --listen 127.0.0.1:8101 --client-id ID --client-secret S \
-//!       --token AgAlice=alice@anl.gov --token AgBob=bob@uchicago.edu:group-id-1,group-id-2
+//!       --token AgAlice=alice@anl.gov --token AgBob=bob@uchicago.edu:group-id-1,group-id-2 \
+//!       --login-user carol@anl.gov
 
 #![allow(
     clippy::expect_used,
@@ -19,7 +20,7 @@ use gateway_testkit::globus::{MockGlobus, TokenSpec};
 #[derive(Debug, Parser)]
 #[command(
     name = "mock-globus",
-    about = "Mock Globus Auth (introspect, dependent tokens, my_groups) for tests"
+    about = "Mock Globus Auth (introspect, dependent tokens, my_groups, native-app login) for tests"
 )]
 struct Args {
     #[arg(long, default_value = "127.0.0.1:8101")]
@@ -35,6 +36,13 @@ struct Args {
     /// Delay added to every answer, in milliseconds.
     #[arg(long, default_value_t = 0)]
     latency_ms: u64,
+    /// Who the authorize endpoint logs in (for `inference-auth-token authenticate`); without
+    /// it, authorize answers 403 access_denied.
+    #[arg(long)]
+    login_user: Option<String>,
+    /// Lifetime of the access tokens the code and refresh grants issue, in seconds.
+    #[arg(long, default_value_t = 172_800)]
+    access_token_lifetime: i64,
 }
 
 fn main() -> std::io::Result<()> {
@@ -47,6 +55,10 @@ fn main() -> std::io::Result<()> {
         let listener = tokio::net::TcpListener::bind(&args.listen).await?;
         let globus = MockGlobus::serve(listener, &args.client_id, &args.client_secret)?;
         globus.set_latency(Duration::from_millis(args.latency_ms));
+        globus.set_access_token_lifetime(args.access_token_lifetime);
+        if let Some(user) = &args.login_user {
+            globus.set_login_user(user);
+        }
         for entry in &args.tokens {
             let Some((token, rest)) = entry.split_once('=') else {
                 eprintln!("--token `{entry}`: expected TOKEN=USERNAME[:GROUP,...]");

@@ -1,6 +1,10 @@
-//! Mock Globus Auth and Groups API, faithful to globus-auth.md: introspection with Basic
-//! client credentials, the dependent-token grant, and `my_groups`. Tests register tokens,
-//! inject latency and outages, and read call counters to assert caching and single-flight.
+//! Mock Globus Auth and Groups API, faithful to Globus's wire format: introspection with Basic
+//! client credentials, the dependent-token grant, and `my_groups` (what a resource server
+//! sees); the native-app login (authorize, code and refresh grants, revocation: what a user's
+//! login tool sees) is in `native_app`. Tests register tokens, inject latency and outages,
+//! and read call counters to assert caching and single-flight.
+
+mod native_app;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -76,6 +80,7 @@ pub struct GlobusState {
     /// While set, every endpoint answers 503.
     pub outage: AtomicBool,
     pub stats: GlobusStats,
+    pub native: native_app::NativeAppState,
 }
 
 pub struct MockGlobus {
@@ -104,10 +109,14 @@ impl MockGlobus {
             latency: Mutex::new(Duration::ZERO),
             outage: AtomicBool::new(false),
             stats: GlobusStats::default(),
+            native: native_app::NativeAppState::default(),
         });
         let app = Router::new()
             .route("/v2/oauth2/token/introspect", post(introspect))
             .route("/v2/oauth2/token", post(token_grant))
+            .route("/v2/oauth2/token/revoke", post(revoke))
+            .route("/v2/oauth2/authorize", get(native_app::authorize))
+            .route("/v2/web/auth-code", get(native_app::auth_code_page))
             .route("/v2/groups/my_groups", get(my_groups))
             .with_state(state.clone());
         let (stop, stopped) = oneshot::channel::<()>();
@@ -138,6 +147,43 @@ impl MockGlobus {
 
     pub fn set_outage(&self, down: bool) {
         self.state.outage.store(down, Ordering::SeqCst);
+    }
+
+    /// Who the authorize endpoint logs in from now on (no browser, no password).
+    pub fn set_login_user(&self, username: &str) {
+        if let Ok(mut u) = self.state.native.login_user.lock() {
+            *u = Some(username.into());
+        }
+    }
+
+    /// Lifetime, in seconds, of the access tokens the code and refresh grants issue.
+    pub fn set_access_token_lifetime(&self, seconds: i64) {
+        if let Ok(mut l) = self.state.native.access_token_lifetime.lock() {
+            *l = seconds;
+        }
+    }
+
+    /// Whether `token` is an access token introspection reports active.
+    pub fn is_active(&self, token: &str) -> bool {
+        self.state
+            .tokens
+            .lock()
+            .is_ok_and(|t| t.get(token).is_some_and(|s| s.active))
+    }
+
+    /// `refresh_token` grants answered so far.
+    pub fn refreshes(&self) -> u64 {
+        self.state.native.refreshes.load(Ordering::SeqCst)
+    }
+
+    /// Revocation requests so far.
+    pub fn revocations(&self) -> u64 {
+        self.state.native.revocations.load(Ordering::SeqCst)
+    }
+
+    /// The Globus Auth base URL of this mock (what a login tool's `auth_url` is set to).
+    pub fn auth_url(&self) -> String {
+        format!("http://{}", self.addr)
     }
 
     pub fn introspections(&self) -> u64 {
@@ -268,24 +314,31 @@ async fn introspect(
     Json(body).into_response()
 }
 
+/// `POST /v2/oauth2/token`: the native app's grants (a public client: `client_id` in the form,
+/// no secret) and the resource server's dependent-token grant (Basic client credentials).
 async fn token_grant(
     State(state): State<Arc<GlobusState>>,
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    if let Some(refusal) = gate(&state, &headers, true).await {
+    let grant_type = form.get("grant_type").map(String::as_str);
+    let public = matches!(grant_type, Some("authorization_code" | "refresh_token"));
+    if let Some(refusal) = gate(&state, &headers, !public).await {
         return refusal;
     }
-    state.stats.dependent_grants.fetch_add(1, Ordering::SeqCst);
-    if form.get("grant_type").map(String::as_str)
-        != Some("urn:globus:auth:grant_type:dependent_token")
-    {
-        return (
-            StatusCode::BAD_REQUEST,
-            Json(json!({"error": "unsupported_grant_type"})),
-        )
-            .into_response();
+    match grant_type {
+        Some("authorization_code") => return native_app::exchange_code(&state, &form),
+        Some("refresh_token") => return native_app::refresh(&state, &form),
+        Some("urn:globus:auth:grant_type:dependent_token") => {}
+        _ => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": "unsupported_grant_type"})),
+            )
+                .into_response()
+        }
     }
+    state.stats.dependent_grants.fetch_add(1, Ordering::SeqCst);
     let token = form.get("token").cloned().unwrap_or_default();
     let known = state
         .tokens
@@ -307,6 +360,17 @@ async fn token_grant(
         "resource_server": "groups.api.globus.org",
     }]))
     .into_response()
+}
+
+async fn revoke(
+    State(state): State<Arc<GlobusState>>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    if let Some(refusal) = gate(&state, &headers, false).await {
+        return refusal;
+    }
+    native_app::revoke(&state, &form)
 }
 
 async fn my_groups(State(state): State<Arc<GlobusState>>, headers: HeaderMap) -> Response {
