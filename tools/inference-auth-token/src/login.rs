@@ -9,7 +9,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use sha2::{Digest, Sha256};
 
-use crate::globus::Globus;
+use crate::globus::{Globus, GrantError};
 use crate::store::Tokens;
 use crate::Fail;
 
@@ -134,9 +134,16 @@ pub async fn login(
         .map_err(|e| Fail::Failed(format!("reading the code: {e}")))?;
     eprintln!();
     let code = check_code(&line)?;
-    Ok(globus
+    match globus
         .exchange_code(&code, &pkce.verifier, &redirect_uri(globus))
-        .await?)
+        .await
+    {
+        Ok(tokens) => Ok(tokens),
+        Err(GrantError::Refused(m)) => Err(Fail::Failed(format!(
+            "{m}. A code works once, within minutes of the login: run `inference-auth-token authenticate` again"
+        ))),
+        Err(GrantError::Unreachable(m)) => Err(Fail::Failed(m)),
+    }
 }
 
 /// One line, at most 4 KiB of it (a pasted code is short; a pasted file is not a code).

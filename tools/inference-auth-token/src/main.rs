@@ -141,7 +141,9 @@ async fn valid_token(locked: &Locked<'_>, globus: &Globus<'_>) -> Result<Tokens,
         ));
     };
     match globus.refresh(&refresh).await {
-        Ok(fresh) => {
+        Ok(mut fresh) => {
+            // Who logged in does not change with a refresh (the Python SDK records it).
+            fresh.identity_id = tokens.identity_id.clone();
             locked.save(&fresh)?;
             Ok(fresh)
         }
