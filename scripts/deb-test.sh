@@ -8,6 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 command -v cargo-deb >/dev/null || cargo install cargo-deb --locked --quiet
+# The users' login tool is packaged too; cargo deb builds only the gateway's own crate.
+cargo build --release --quiet -p inference-auth-token
 cargo deb --quiet -p inference-gateway
 deb=$(ls -t target/debian/inference-gateway_*.deb | head -1)
 echo "== $deb"
@@ -19,6 +21,11 @@ trap 'pkill -f "inference-gateway run --config /etc/inference-gateway" || true; 
 getent passwd inference-gateway >/dev/null
 test "$(stat -c '%a %G' /etc/inference-gateway/gateway.toml)" = "640 inference-gateway"
 runuser -u inference-gateway -- /usr/bin/inference-gateway check --config /etc/inference-gateway/gateway.toml
+# The login tool runs for any user and reads the site's config file.
+test "$(stat -c '%a' /etc/inference-auth-token/config.toml)" = "644"
+runuser -u nobody -- env HOME=/tmp/deb-test-home /usr/bin/inference-auth-token \
+    --client-id 58fdd3bc-0000-4000-8000-000000000001 --gateway-client-id 681c10cc-0000-4000-8000-000000000002 config \
+    | grep -q '/etc/inference-auth-token/config.toml\|built-in default'
 if command -v systemd-analyze >/dev/null; then
     systemd-analyze verify /lib/systemd/system/inference-gateway.service
     echo "systemd-analyze verify: the unit is valid"

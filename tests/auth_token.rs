@@ -596,3 +596,58 @@ async fn a_token_file_others_can_read_is_made_private() {
     assert_eq!(mode(&dir), 0o700);
     assert_eq!(mode(&dir.join("tokens.json")), 0o600);
 }
+
+/// The site config the package installs documents every key, with values the tool accepts.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_packaged_site_config_documents_every_key() {
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/packaging/inference-auth-token.toml"
+    ))
+    .expect("example");
+    let keys = [
+        "client_id",
+        "gateway_client_id",
+        "scope",
+        "app_name",
+        "auth_url",
+        "gateway_url",
+        "ca_file",
+    ];
+    let uncommented: String = example
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(rest) if keys.iter().any(|k| rest.starts_with(&format!("{k} = "))) => rest,
+            _ => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The CA file must exist: the tool loads it before any request.
+    let ca_file = dir.path().join("site-ca.pem");
+    std::fs::write(&ca_file, common::certs::ca("site").cert.pem()).expect("ca");
+    let uncommented =
+        uncommented.replace("/etc/ssl/certs/site-ca.pem", &ca_file.display().to_string());
+    let file = dir.path().join("config.toml");
+    std::fs::write(&file, uncommented).expect("write");
+    let out = Command::new(tool())
+        .args(["config", "--config"])
+        .arg(&file)
+        .env_clear()
+        .env("HOME", dir.path())
+        .output()
+        .await
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for key in keys {
+        assert!(
+            stdout.contains(&format!("{key} = ")) && stdout.contains(&file.display().to_string()),
+            "{key}: {stdout}"
+        );
+    }
+}
