@@ -175,11 +175,11 @@ mod tests {
         assert_eq!(credential_hint(&chain(&[]).authenticate), None);
         let chain = chain(&[None, Some("a"), Some("b")]);
         assert_eq!(credential_hint(&chain.authenticate), Some("a"));
-        let globus = "get one with `python inference-auth-token.py get_access_token`";
+        let globus = "get one with `inference-auth-token get_access_token`";
         assert_eq!(
             crate::errors::missing_token(Some(globus)).message,
             "Missing or unrecognised bearer token: send `Authorization: Bearer $MY_TOKEN` with a \
-             valid access token (get one with `python inference-auth-token.py get_access_token`)."
+             valid access token (get one with `inference-auth-token get_access_token`)."
         );
         assert!(crate::errors::missing_token(None)
             .message

@@ -651,3 +651,57 @@ async fn the_packaged_site_config_documents_every_key() {
         );
     }
 }
+
+/// whoami over https trusts the site's CA only when told (`--ca-file`), and shows the
+/// gateway's own refusal when the gateway turns the user away.
+#[tokio::test(flavor = "multi_thread")]
+async fn whoami_over_https_with_the_sites_ca_and_a_refusal_explained() {
+    use common::certs::{ca, server_cert, tls_server};
+    let globus = globus().await;
+    let secret_file = tempfile::NamedTempFile::new().expect("secret file");
+    std::fs::write(secret_file.path(), SECRET).expect("write secret");
+    let certs = tempfile::tempdir().expect("certs");
+    let site_ca = ca("site CA");
+    server_cert(&site_ca, certs.path(), false);
+    let ca_file = certs.path().join("ca.pem");
+    std::fs::write(&ca_file, site_ca.cert.pem()).expect("ca file");
+    let tls_port = free_port();
+    // Only identities from uchicago.edu may use this gateway; the user is ada@anl.gov.
+    let plugins = format!(
+        "[[plugins]]\nkind = \"globus_auth\"\nclient_id = \"{GATEWAY}\"\nclient_secret_file = \"{}\"\nauthorized_idp_domains = [\"uchicago.edu\"]\n{}",
+        secret_file.path().display(),
+        globus.plugin_urls()
+    );
+    let (_gw, _mock) =
+        open_and_secret_pools(&tls_server(certs.path(), tls_port), &plugins, "local", "g").await;
+    let user = User::new(&globus);
+    assert_eq!(user.login(&[]).await.0.code, 0);
+    let base = format!("https://127.0.0.1:{tls_port}/resource_server");
+
+    let untrusted = user.run(&["whoami", "--gateway-url", &base]).await;
+    assert_eq!(untrusted.code, 1, "{}", untrusted.stderr);
+    assert!(
+        untrusted.stderr.contains("certificate"),
+        "the cause is named: {}",
+        untrusted.stderr
+    );
+
+    let ca = ca_file.display().to_string();
+    let refused = user
+        .run(&["whoami", "--gateway-url", &base, "--ca-file", &ca])
+        .await;
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("the gateway answered 401"),
+        "{}",
+        refused.stderr
+    );
+    // The gateway's reason, and what to run, with this tool's name.
+    for part in [
+        "accepts identities from uchicago.edu only",
+        "`inference-auth-token authenticate --force`",
+    ] {
+        assert!(refused.stderr.contains(part), "{part}: {}", refused.stderr);
+    }
+    assert!(refused.stdout.is_empty());
+}

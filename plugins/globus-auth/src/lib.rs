@@ -117,7 +117,7 @@ impl GlobusMetrics {
 }
 
 /// How a user gets a Globus access token for the gateway, for the core's 401.
-const GET_TOKEN_HINT: &str = "get one with `python inference-auth-token.py get_access_token`";
+const GET_TOKEN_HINT: &str = "get one with `inference-auth-token get_access_token`";
 
 /// Globus Auth access tokens are ~100 characters; anything far longer is not one, and is
 /// refused without a call to Globus.
@@ -300,7 +300,7 @@ impl Plugin for GlobusAuth {
                 "invalid_token",
                 format!(
                     "Your bearer token is longer than any Globus access token ({MAX_TOKEN_LEN} \
-                     bytes at most). Get one with `python inference-auth-token.py get_access_token`."
+                     bytes at most). Get one with `inference-auth-token get_access_token`."
                 ),
             ));
         }

@@ -72,7 +72,7 @@ pub struct Accepted {
     pub service_account: bool,
 }
 
-const GET_TOKEN: &str = "Get a new one with `python inference-auth-token.py get_access_token` \
+const GET_TOKEN: &str = "Get a new one with `inference-auth-token get_access_token` \
                          (or `authenticate --force` to log in again).";
 
 fn reject(code: &'static str, message: String) -> Rejection {
@@ -164,7 +164,7 @@ pub fn judge_at(r: &Introspection, cfg: &GlobusConfig, now: i64) -> Result<Accep
                 format!(
                     "Your Globus session does not satisfy this facility's authentication policy \
                      ({policy}). Log out at https://app.globus.org/logout, then log in again with \
-                     `python inference-auth-token.py authenticate --force`."
+                     `inference-auth-token authenticate --force`."
                 ),
             ));
         }
@@ -234,7 +234,7 @@ fn choose_identity(r: &Introspection, cfg: &GlobusConfig) -> Result<IdentityDeta
             format!(
                 "Wrong identity provider: this gateway accepts identities from {} only, and your \
                  Globus session has none. Log out at https://app.globus.org/logout and log in \
-                 again with one of them (`python inference-auth-token.py authenticate --force`).",
+                 again with one of them (`inference-auth-token authenticate --force`).",
                 cfg.authorized_idp_domains.join(", ")
             ),
         )
