@@ -129,26 +129,7 @@ impl User {
                 break format!("{}/v2/oauth2/authorize?{url}", self.auth_url);
             }
         };
-        // The browser elsewhere: the login redirects to the page that shows the code.
-        let page = reqwest::get(&url)
-            .await
-            .expect("open the address")
-            .text()
-            .await
-            .expect("page");
-        let code = page
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .expect("a code")
-            .trim()
-            .to_string();
-        let mut stdin = child.stdin.take().expect("stdin");
-        stdin
-            .write_all(format!("{code}\n").as_bytes())
-            .await
-            .expect("paste the code");
-        drop(stdin);
+        log_in_and_paste(&url, &mut child).await;
         while let Some(line) = stderr.next_line().await.expect("read stderr") {
             seen.push_str(&line);
             seen.push('\n');
@@ -161,6 +142,29 @@ impl User {
         };
         (run, url)
     }
+}
+
+/// The user in a browser elsewhere: opens the authorize address (the mock logs the test user
+/// in and redirects to the page that shows the code), and pastes the code into the tool.
+async fn log_in_and_paste(url: &str, child: &mut tokio::process::Child) {
+    let page = reqwest::get(url)
+        .await
+        .expect("open the address")
+        .text()
+        .await
+        .expect("page");
+    let code = page
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .expect("a code")
+        .trim()
+        .to_string();
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin
+        .write_all(format!("{code}\n").as_bytes())
+        .await
+        .expect("paste the code");
 }
 
 async fn globus() -> MockGlobus {
@@ -546,25 +550,7 @@ async fn a_browser_is_opened_where_there_is_one_and_not_with_no_browser() {
         .trim()
         .to_string();
     assert!(url.contains("prompt=login"), "{url}");
-    let page = reqwest::get(&url)
-        .await
-        .expect("open")
-        .text()
-        .await
-        .expect("page");
-    let code = page
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .expect("code")
-        .trim()
-        .to_string();
-    let mut stdin = child.stdin.take().expect("stdin");
-    stdin
-        .write_all(format!("{code}\n").as_bytes())
-        .await
-        .expect("paste");
-    drop(stdin);
+    log_in_and_paste(&url, &mut child).await;
     let out = child.wait_with_output().await.expect("ends");
     assert!(
         out.status.success(),

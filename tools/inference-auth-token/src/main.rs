@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use globus::{now, Globus, GrantError};
-use settings::{Given, Settings};
+use settings::{Given, Settings, Values};
 use store::{Locked, TokenStore, Tokens};
 
 /// Refresh an access token this close to its expiry (a job started now gets a token that
@@ -103,13 +103,15 @@ enum Command {
 fn given(o: &Options) -> Given {
     Given {
         config: o.config.clone(),
-        client_id: o.client_id.clone(),
-        gateway_client_id: o.gateway_client_id.clone(),
-        scope: o.scope.clone(),
-        app_name: o.app_name.clone(),
-        auth_url: o.auth_url.clone(),
-        gateway_url: o.gateway_url.clone(),
-        ca_file: o.ca_file.clone(),
+        flags: Values {
+            client_id: o.client_id.clone(),
+            gateway_client_id: o.gateway_client_id.clone(),
+            scope: o.scope.clone(),
+            app_name: o.app_name.clone(),
+            auth_url: o.auth_url.clone(),
+            gateway_url: o.gateway_url.clone(),
+            ca_file: o.ca_file.clone(),
+        },
     }
 }
 

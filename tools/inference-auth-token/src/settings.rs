@@ -13,10 +13,11 @@ use crate::Fail;
 /// The site-wide config file (a conffile of the package).
 pub const SYSTEM_CONFIG: &str = "/etc/inference-auth-token/config.toml";
 
-/// The keys a config file may set (the same names as the flags, with underscores).
-#[derive(Debug, Default, Deserialize)]
+/// The keys a config file may set, and the flags (with their environment variables): the
+/// same names, with underscores in the file.
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct FileSettings {
+pub struct Values {
     pub client_id: Option<String>,
     pub gateway_client_id: Option<String>,
     pub scope: Option<String>,
@@ -26,17 +27,27 @@ pub struct FileSettings {
     pub ca_file: Option<String>,
 }
 
-/// What the command line said (flags and their environment variables, through clap).
+impl Values {
+    fn get(&self, key: &str) -> Option<&String> {
+        match key {
+            "client_id" => self.client_id.as_ref(),
+            "gateway_client_id" => self.gateway_client_id.as_ref(),
+            "scope" => self.scope.as_ref(),
+            "app_name" => self.app_name.as_ref(),
+            "auth_url" => self.auth_url.as_ref(),
+            "gateway_url" => self.gateway_url.as_ref(),
+            "ca_file" => self.ca_file.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+/// What the command line said: a config file to read instead of the usual ones, and the
+/// flags (or their environment variables, through clap).
 #[derive(Debug, Default, Clone)]
 pub struct Given {
     pub config: Option<PathBuf>,
-    pub client_id: Option<String>,
-    pub gateway_client_id: Option<String>,
-    pub scope: Option<String>,
-    pub app_name: Option<String>,
-    pub auth_url: Option<String>,
-    pub gateway_url: Option<String>,
-    pub ca_file: Option<String>,
+    pub flags: Values,
 }
 
 /// The resolved settings, each with where it came from (`config` prints them).
@@ -101,7 +112,7 @@ fn user_config() -> Option<PathBuf> {
     Some(base.join("inference-auth-token").join("config.toml"))
 }
 
-fn read_file(path: &Path) -> Result<FileSettings, Fail> {
+fn read_file(path: &Path) -> Result<Values, Fail> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Fail::Usage(format!("cannot read config file {}: {e}", path.display())))?;
     toml::from_str(&text).map_err(|e| {
@@ -111,32 +122,6 @@ fn read_file(path: &Path) -> Result<FileSettings, Fail> {
             e.to_string().trim_end()
         ))
     })
-}
-
-fn field<'a>(file: &'a FileSettings, key: &str) -> Option<&'a String> {
-    match key {
-        "client_id" => file.client_id.as_ref(),
-        "gateway_client_id" => file.gateway_client_id.as_ref(),
-        "scope" => file.scope.as_ref(),
-        "app_name" => file.app_name.as_ref(),
-        "auth_url" => file.auth_url.as_ref(),
-        "gateway_url" => file.gateway_url.as_ref(),
-        "ca_file" => file.ca_file.as_ref(),
-        _ => None,
-    }
-}
-
-fn flag<'a>(given: &'a Given, key: &str) -> Option<&'a String> {
-    match key {
-        "client_id" => given.client_id.as_ref(),
-        "gateway_client_id" => given.gateway_client_id.as_ref(),
-        "scope" => given.scope.as_ref(),
-        "app_name" => given.app_name.as_ref(),
-        "auth_url" => given.auth_url.as_ref(),
-        "gateway_url" => given.gateway_url.as_ref(),
-        "ca_file" => given.ca_file.as_ref(),
-        _ => None,
-    }
 }
 
 /// A Globus client id: a UUID (it also names a directory of the token path).
@@ -206,14 +191,10 @@ fn scope_resource_server(scope: &str) -> Option<&str> {
 
 impl Settings {
     pub fn resolve(given: &Given) -> Result<Settings, Fail> {
-        let explicit = given
-            .config
-            .clone()
-            .map(|p| (p, "--config / INFERENCE_AUTH_CONFIG"));
-        let mut files: Vec<(PathBuf, FileSettings)> = Vec::new();
-        match explicit {
+        let mut files: Vec<(PathBuf, Values)> = Vec::new();
+        match &given.config {
             // A config file named explicitly must exist.
-            Some((path, _)) => files.push((path.clone(), read_file(&path)?)),
+            Some(path) => files.push((path.clone(), read_file(path)?)),
             None => {
                 for path in user_config()
                     .into_iter()
@@ -227,7 +208,9 @@ impl Settings {
         }
         let mut origins = Vec::new();
         let mut get = |key: &'static str| -> Option<(String, String)> {
-            let found = flag(given, key)
+            let found = given
+                .flags
+                .get(key)
                 .map(|v| {
                     (
                         v.clone(),
@@ -236,7 +219,7 @@ impl Settings {
                 })
                 .or_else(|| {
                     files.iter().find_map(|(path, f)| {
-                        field(f, key).map(|v| (v.clone(), path.display().to_string()))
+                        f.get(key).map(|v| (v.clone(), path.display().to_string()))
                     })
                 })
                 .or_else(|| compiled_in(key).map(|v| (v.to_string(), "the build".into())))
