@@ -7,12 +7,14 @@
 #
 #   benches/callgrind.sh [gateway-binary=target/release/inference-gateway] [seconds=15]
 #
-# STREAM=1 asks for streamed answers instead (16 tokens: 18 SSE events a request), which is
-# how a change to the per-chunk path shows its cost: compare two builds in one run.
+# STREAM=1 asks for streamed answers instead (256 content events, a usage event and [DONE]
+# a request; CHUNKS=N for another count), and also prints instructions per content chunk:
+# how a change to the per-chunk path shows its cost. Compare two builds in one run.
 #
 # Two shapes: `bare` (no plugins, metrics off) and `all` (globus_auth with a cached token,
-# rate_limits in memory with five admitting checks, access_log, metrics). Needs a release
-# build of the workspace (for mock-openai, mock-globus), wrk and valgrind
+# rate_limits in memory with five admitting checks, access_log, metrics). The backend is
+# `mock-fast` (pre-rendered answers). Needs a release build of the workspace (for mock-fast,
+# mock-globus), wrk and valgrind
 # (apt-get install wrk valgrind). Everything listens on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,7 +30,8 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; if [ 
 trap cleanup EXIT
 
 mock_port=18201 globus_port=18202 gw_port=18203
-target/release/mock-openai --listen 127.0.0.1:$mock_port --tokens 16 --threads 1 >"$work/mock.log" 2>&1 &
+chunks=${CHUNKS:-256}
+target/release/mock-fast --listen 127.0.0.1:$mock_port --threads 1 --chunks "$chunks" >"$work/mock.log" 2>&1 &
 pids+=($!)
 target/release/mock-globus --listen 127.0.0.1:$globus_port --client-id bench-client \
     --client-secret bench-secret --token AgBenchToken=ada@anl.gov >"$work/globus.log" 2>&1 &
@@ -100,9 +103,9 @@ for shape in bare all; do
     wrk -t1 -c4 -d"${seconds}s" -s "$work/post.lua" "http://127.0.0.1:$gw_port/resource_server/v1/chat/completions" >"$work/$shape.wrk"
     callgrind_control -d "$vg" >/dev/null 2>&1
     kill -INT "$vg"; wait "$vg" 2>/dev/null || true
-    python3 - "$shape" "$work/$shape.wrk" "$work" <<'PY'
+    python3 - "$shape" "$work/$shape.wrk" "$work" "${STREAM:+$chunks}" <<'PY'
 import glob, re, sys
-shape, wrk, work = sys.argv[1], open(sys.argv[2]).read(), sys.argv[3]
+shape, wrk, work, chunks = sys.argv[1], open(sys.argv[2]).read(), sys.argv[3], sys.argv[4]
 requests = int(re.search(r"(\d+) requests in", wrk).group(1))
 errors = re.search(r"Non-2xx or 3xx responses: (\d+)", wrk)
 # The dump taken right after the zeroed run ends in ".1"; the final one at exit is the rest.
@@ -112,7 +115,8 @@ for line in open(dumps[0]):
     if line.startswith("summary:") or line.startswith("totals:"):
         total = int(line.split()[1])
         break
-print(f"{shape}: {requests} requests, {total / requests / 1000:.1f} k instructions a request"
+per_chunk = f", {total / requests / int(chunks):.0f} a content chunk" if chunks else ""
+print(f"{shape}: {requests} requests, {total / requests / 1000:.1f} k instructions a request{per_chunk}"
       + (f" ({errors.group(1)} non-2xx!)" if errors else ""))
 PY
 done

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Gateway overhead benchmark (throughput): the same wrk load (non-streaming chat, keep-alive,
-# fixed connections), in one run, against
+# Gateway overhead benchmark: the same wrk load (keep-alive, fixed connections), in one run,
+# non-streaming chat and then 256-chunk SSE streams, against
 #   direct        the mock backend itself
 #   gateway       inference-gateway, no plugins, metrics off
 #   gw+metrics    ... with the Prometheus listener on
@@ -9,8 +9,14 @@
 #   gw+lim-mem    ... with rate_limits only (memory)
 #   gw+lim-redis  ... with rate_limits only (a local redis-server)
 #   nginx         nginx proxy_pass, the plain-proxy baseline
-# and prints req/s, p50/p99 latency, the proxy's CPU per request, and ratios. Everything
-# listens on 127.0.0.1. Latency at a fixed rate, streaming and memory: benches/latency.sh.
+# and prints req/s, p50/p99 latency, each proxy's CPU per request (and per streamed chunk)
+# from the proxy process's own CPU time (/proc/PID/stat, user + system), and ratios.
+#
+# The backend is `mock-fast` (pre-rendered answers, one write per request or per SSE event,
+# multi-threaded), so the proxies are what is measured: the script refuses to print ratios
+# when direct-to-mock is not at least 2.5x the fastest proxy's rate, and says so. With 3 or
+# more cores it pins wrk, the mock and the proxies to separate cores; it says what it did.
+# Everything listens on 127.0.0.1. Latency at a fixed rate and memory: benches/latency.sh.
 #
 #   benches/overhead.sh [duration_seconds=10] [connections=32]
 #
@@ -36,8 +42,19 @@ done
 
 mock_port=18101 gw_port=18102 nginx_port=18103 auth_port=18104 globus_port=18105
 mem_port=18106 redis_gw_port=18107 redis_port=18108 metrics_gw_port=18109
-target/release/mock-openai --listen 127.0.0.1:$mock_port --tokens 16 --threads 1 >"$work/mock.log" 2>&1 &
-pids+=($!)
+# Separate cores for the load generator, the mock and the proxies when there are enough.
+cores=$(nproc)
+if [ "$cores" -ge 3 ]; then
+    on_load="taskset -c 0" on_mock="taskset -c 1" on_proxy="taskset -c 2-$((cores - 1))"
+    placement="$cores cores: wrk on core 0, mock on core 1, proxies on cores 2-$((cores - 1))"
+else
+    on_load="" on_mock="" on_proxy=""
+    placement="$cores cores, shared by wrk, mock and proxy (not pinned: that needs 3)"
+fi
+[ -x target/release/mock-fast ] || { echo "build first: cargo build --release --workspace --bins" >&2; exit 1; }
+$on_mock target/release/mock-fast --listen 127.0.0.1:$mock_port --threads 2 --chunks 256 >"$work/mock.log" 2>&1 &
+mock_pid=$!
+pids+=($mock_pid)
 redis-server --port $redis_port --bind 127.0.0.1 --save "" --appendonly no >"$work/redis.log" 2>&1 &
 pids+=($!)
 target/release/mock-globus --listen 127.0.0.1:$globus_port --client-id bench-client \
@@ -117,19 +134,19 @@ $limits
 $pool
 TOML
 done
-target/release/inference-gateway run --config "$work/gateway-memory.toml" >"$work/gw-mem.out" 2>"$work/gw-mem.err" &
+$on_proxy target/release/inference-gateway run --config "$work/gateway-memory.toml" >"$work/gw-mem.out" 2>"$work/gw-mem.err" &
 mem_pid=$!
 pids+=($mem_pid)
-target/release/inference-gateway run --config "$work/gateway-redis.toml" >"$work/gw-redis.out" 2>"$work/gw-redis.err" &
+$on_proxy target/release/inference-gateway run --config "$work/gateway-redis.toml" >"$work/gw-redis.out" 2>"$work/gw-redis.err" &
 redis_gw_pid=$!
 pids+=($redis_gw_pid)
-target/release/inference-gateway run --config "$work/gateway-metrics.toml" >"$work/gw-metrics.out" 2>"$work/gw-metrics.err" &
+$on_proxy target/release/inference-gateway run --config "$work/gateway-metrics.toml" >"$work/gw-metrics.out" 2>"$work/gw-metrics.err" &
 metrics_pid=$!
 pids+=($metrics_pid)
-target/release/inference-gateway run --config "$work/gateway.toml" >"$work/gw.out" 2>"$work/gw.err" &
+$on_proxy target/release/inference-gateway run --config "$work/gateway.toml" >"$work/gw.out" 2>"$work/gw.err" &
 gw_pid=$!
 pids+=($gw_pid)
-BENCH_GLOBUS_SECRET=bench-secret target/release/inference-gateway run --config "$work/gateway-auth.toml" \
+BENCH_GLOBUS_SECRET=bench-secret $on_proxy target/release/inference-gateway run --config "$work/gateway-auth.toml" \
     >"$work/gw-auth.out" 2>"$work/gw-auth.err" &
 auth_pid=$!
 pids+=($auth_pid)
@@ -156,7 +173,7 @@ http {
     }
 }
 NGINX
-nginx -c "$work/nginx.conf" -g 'daemon off;' &
+$on_proxy nginx -c "$work/nginx.conf" -g 'daemon off;' &
 nginx_master=$!
 pids+=($nginx_master)
 
@@ -166,6 +183,13 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer AgBenchToken"
 wrk.body = '{"model":"facebook/opt-125m","messages":[{"role":"user","content":"Explain the concept of Globus Compute in simple terms."}],"max_tokens":16}'
 LUA
+# Each request is one 256-event SSE stream (the mock writes each event on its own, as vLLM does).
+cat >"$work/stream.lua" <<'LUA'
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer AgBenchToken"
+wrk.body = '{"model":"facebook/opt-125m","messages":[{"role":"user","content":"Explain the concept of Globus Compute in simple terms."}],"max_tokens":256,"stream":true,"stream_options":{"include_usage":true}}'
+LUA
 
 for port in $mock_port $gw_port $nginx_port $auth_port $globus_port $mem_port $redis_gw_port $redis_port $metrics_gw_port; do
     for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
@@ -174,19 +198,22 @@ done
 nginx_worker=$(pgrep -P "$nginx_master" | head -1)
 
 # CPU ticks (user + system) a process has used so far.
-cpu_ticks() { [ -n "${1:-}" ] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-# run NAME URL [PID]: prints "NAME rps p50_ms p99_ms non2xx cpu_us_per_request"
+# run KIND NAME URL PID: prints "KIND NAME rps p50_ms p99_ms non2xx cpu_us_per_request"; PID
+# is the process whose CPU time is counted (the proxy; the mock for `direct`).
 run() {
-    local name=$1 url=$2 pid=${3:-}
-    wrk -t1 -c5 -d2s -s "$work/post.lua" "$url" >/dev/null   # warm keep-alive pools and caches
+    local kind=$1 name=$2 url=$3 pid=$4
+    local script="$work/post.lua"
+    [ "$kind" = stream ] && script="$work/stream.lua"
+    $on_load wrk -t1 -c5 -d2s -s "$script" "$url" >/dev/null   # warm keep-alive pools and caches
     local before; before=$(cpu_ticks "$pid")
-    wrk -t1 -c"$connections" -d"${duration}s" --latency -s "$work/post.lua" "$url" >"$work/$name.txt"
+    $on_load wrk -t1 -c"$connections" -d"${duration}s" --latency -s "$script" "$url" >"$work/$kind-$name.txt"
     local after; after=$(cpu_ticks "$pid")
-    python3 - "$name" "$work/$name.txt" "$((after - before))" "$(getconf CLK_TCK)" <<'PY'
+    python3 - "$kind" "$name" "$work/$kind-$name.txt" "$((after - before))" "$(getconf CLK_TCK)" <<'PY'
 import re, sys
-name, text = sys.argv[1], open(sys.argv[2]).read()
-ticks, hz = int(sys.argv[3]), int(sys.argv[4])
+kind, name, text = sys.argv[1], sys.argv[2], open(sys.argv[3]).read()
+ticks, hz = int(sys.argv[4]), int(sys.argv[5])
 def ms(v):
     n, unit = re.match(r"([\d.]+)(us|ms|s)", v).groups()
     return float(n) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
@@ -195,48 +222,76 @@ p50 = ms(re.search(r"^\s+50%\s+(\S+)", text, re.M).group(1))
 p99 = ms(re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1))
 errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
 requests = int(re.search(r"(\d+) requests in", text).group(1))
-cpu_us = ticks / hz * 1e6 / requests if ticks else 0
-print(f"{name} {rps:.0f} {p50:.3f} {p99:.3f} {errors.group(1) if errors else 0} {cpu_us:.1f}")
+cpu_us = ticks / hz * 1e6 / requests if requests else 0
+print(f"{kind} {name} {rps:.0f} {p50:.3f} {p99:.3f} {errors.group(1) if errors else 0} {cpu_us:.2f}")
 PY
 }
 
+api=/resource_server/v1/chat/completions
 {
-    run direct "http://127.0.0.1:$mock_port/v1/chat/completions"
-    run gateway "http://127.0.0.1:$gw_port/resource_server/v1/chat/completions" "$gw_pid"
-    run gw+metrics "http://127.0.0.1:$metrics_gw_port/resource_server/v1/chat/completions" "$metrics_pid"
-    run gw+all "http://127.0.0.1:$auth_port/resource_server/v1/chat/completions" "$auth_pid"
-    run gw+lim-mem "http://127.0.0.1:$mem_port/resource_server/v1/chat/completions" "$mem_pid"
-    run gw+lim-redis "http://127.0.0.1:$redis_gw_port/resource_server/v1/chat/completions" "$redis_gw_pid"
-    run nginx "http://127.0.0.1:$nginx_port/resource_server/v1/chat/completions" "$nginx_worker"
+    for kind in plain stream; do
+        run $kind direct "http://127.0.0.1:$mock_port/v1/chat/completions" "$mock_pid"
+        run $kind gateway "http://127.0.0.1:$gw_port$api" "$gw_pid"
+        run $kind gw+all "http://127.0.0.1:$auth_port$api" "$auth_pid"
+        run $kind nginx "http://127.0.0.1:$nginx_port$api" "$nginx_worker"
+        if [ $kind = plain ]; then
+            run $kind gw+metrics "http://127.0.0.1:$metrics_gw_port$api" "$metrics_pid"
+            run $kind gw+lim-mem "http://127.0.0.1:$mem_port$api" "$mem_pid"
+            run $kind gw+lim-redis "http://127.0.0.1:$redis_gw_port$api" "$redis_gw_pid"
+        fi
+    done
 } >"$work/results"
 
-python3 - "$work/results" "$out" "$duration" "$connections" <<'PY'
+python3 - "$work/results" "$out" "$duration" "$connections" "$placement" <<'PY'
 import json, sys, time
-rows = {}
+CHUNKS = 256
+rows = {"plain": {}, "stream": {}}
 for line in open(sys.argv[1]):
-    name, rps, p50, p99, errors, cpu = line.split()
-    rows[name] = dict(rps=float(rps), p50_ms=float(p50), p99_ms=float(p99), non_2xx=int(errors), cpu_us_per_req=float(cpu))
-print(f"non-streaming chat, {sys.argv[4]} connections, {sys.argv[3]} s each, 2 cores shared by load generator, proxy and mock")
-print(f"{'target':<12} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'proxy CPU us/req':>17}")
-for name, r in rows.items():
-    print(f"{name:<12} {r['rps']:>9.0f} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} {r['non_2xx']:>8} {r['cpu_us_per_req']:>17.1f}")
-g, a, d, n = rows["gateway"], rows["gw+all"], rows["direct"], rows["nginx"]
-ratios = {
-    "gateway/direct throughput": g["rps"] / d["rps"],
-    "gateway/nginx throughput": g["rps"] / n["rps"],
-    "gateway+all/direct throughput": a["rps"] / d["rps"],
-    "gateway+all/nginx throughput": a["rps"] / n["rps"],
-    "metrics on/off throughput": rows["gw+metrics"]["rps"] / g["rps"],
-    "limits memory/none throughput": rows["gw+lim-mem"]["rps"] / g["rps"],
-    "limits redis/none throughput": rows["gw+lim-redis"]["rps"] / g["rps"],
-    "limits redis/memory throughput": rows["gw+lim-redis"]["rps"] / rows["gw+lim-mem"]["rps"],
-    "gateway p50 added ms (vs direct)": g["p50_ms"] - d["p50_ms"],
-    "gateway+all p50 added ms (vs direct)": a["p50_ms"] - d["p50_ms"],
-    "nginx p50 added ms (vs direct)": n["p50_ms"] - d["p50_ms"],
-}
+    kind, name, rps, p50, p99, errors, cpu = line.split()
+    rows[kind][name] = dict(rps=float(rps), p50_ms=float(p50), p99_ms=float(p99), non_2xx=int(errors), cpu_us=float(cpu))
+duration, connections, placement = sys.argv[3], sys.argv[4], sys.argv[5]
+print(f"wrk, 1 thread, {connections} connections, {duration} s per target; {placement}")
+print("CPU: the proxy process's own user+system time over the run (for `direct`: the mock's), per request")
+refused = []
+for kind, title in (("plain", "non-streaming chat (16 tokens)"), ("stream", f"SSE streams of {CHUNKS} chunks")):
+    unit = "req/s" if kind == "plain" else "streams/s"
+    print(f"\n{title}")
+    extra = "  CPU us/chunk" if kind == "stream" else ""
+    print(f"{'target':<12} {unit:>10} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'CPU us/req':>11}{extra}")
+    for name, r in rows[kind].items():
+        per_chunk = f"  {r['cpu_us'] / CHUNKS:>12.3f}" if kind == "stream" else ""
+        print(f"{name:<12} {r['rps']:>10.0f} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} {r['non_2xx']:>8} {r['cpu_us']:>11.2f}{per_chunk}")
+    proxies = {n: r for n, r in rows[kind].items() if n != "direct"}
+    fastest = max(proxies, key=lambda n: proxies[n]["rps"])
+    headroom = rows[kind]["direct"]["rps"] / proxies[fastest]["rps"]
+    if headroom < 2.5:
+        refused.append(kind)
+        print(f"REFUSED: direct-to-mock is only {headroom:.2f}x the fastest proxy ({fastest}); below 2.5x the mock "
+              f"(or the load generator) limits every proxy, so no ratios are reported for this run.")
+    else:
+        print(f"direct-to-mock is {headroom:.2f}x the fastest proxy ({fastest}): the proxies are what is measured")
+ratios = {}
+p, s = rows["plain"], rows["stream"]
+if "plain" not in refused:
+    for gw in ("gateway", "gw+all"):
+        ratios[f"{gw}/nginx req/s"] = p[gw]["rps"] / p["nginx"]["rps"]
+        ratios[f"{gw}/nginx CPU per request"] = p[gw]["cpu_us"] / p["nginx"]["cpu_us"]
+        ratios[f"{gw} p50 added ms (vs direct)"] = p[gw]["p50_ms"] - p["direct"]["p50_ms"]
+    ratios["nginx p50 added ms (vs direct)"] = p["nginx"]["p50_ms"] - p["direct"]["p50_ms"]
+    ratios["metrics on/off req/s"] = p["gw+metrics"]["rps"] / p["gateway"]["rps"]
+    ratios["limits memory/none req/s"] = p["gw+lim-mem"]["rps"] / p["gateway"]["rps"]
+    ratios["limits redis/memory req/s"] = p["gw+lim-redis"]["rps"] / p["gw+lim-mem"]["rps"]
+if "stream" not in refused:
+    for gw in ("gateway", "gw+all"):
+        ratios[f"{gw}/nginx streams/s"] = s[gw]["rps"] / s["nginx"]["rps"]
+        ratios[f"{gw}/nginx CPU per chunk"] = s[gw]["cpu_us"] / s["nginx"]["cpu_us"]
+if ratios:
+    print()
 for k, v in ratios.items():
     print(f"{k}: {v:.3f}")
-record = dict(time=time.time(), duration_s=int(sys.argv[3]), connections=int(sys.argv[4]), results=rows, ratios=ratios)
+record = dict(time=time.time(), duration_s=int(duration), connections=int(connections), placement=placement,
+              chunks_per_stream=CHUNKS, results=rows, ratios=ratios, refused=refused)
 with open(f"{sys.argv[2]}/overhead.jsonl", "a") as f:
     f.write(json.dumps(record) + "\n")
+sys.exit(3 if refused else 0)
 PY
