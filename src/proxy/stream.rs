@@ -3,9 +3,10 @@
 //! side.
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use gateway_plugin_api::{RequestCtx, RequestSummary};
 use pingora_core::protocols::http::client::HttpSession as UpstreamSession;
-use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::http::{HttpTask, ServerSession};
 use pingora_error::ErrorType;
 
 use super::forward::Forwarder;
@@ -52,9 +53,18 @@ pub struct Watchers<'a> {
     pub alive: Option<&'a Backend>,
 }
 
+/// At most this many chunks, or this many bytes, go out in one write (see `stream_body`).
+const GATHER_CHUNKS: usize = 64;
+const GATHER_BYTES: usize = 64 << 10;
+
 impl Forwarder {
     /// Passes body chunks through as they arrive while watching the client connection.
     /// Returns true when the upstream response was read to its end.
+    ///
+    /// Chunks that are already there when one arrives (Pingora holds them, or the socket
+    /// has them) go out with it in one write: a burst of SSE events costs one syscall, not
+    /// one each. Tokens a GPU server sends one by one find nothing more, and the read that
+    /// finds nothing is the one the next turn of the loop would have made anyway.
     pub(super) async fn stream_body(
         &self,
         session: &mut ServerSession,
@@ -69,45 +79,51 @@ impl Forwarder {
                 biased;
                 chunk = upstream.read_response_body() => match chunk {
                     Ok(Some(chunk)) => {
-                        if let Some(b) = watch.alive {
-                            b.saw_progress();
+                        self.watch_chunk(&chunk, ctx, &mut watch, done);
+                        let mut first = Some(chunk);
+                        let mut batch: Vec<HttpTask> = Vec::new();
+                        let mut gathered = first.as_ref().map_or(0, Bytes::len);
+                        let mut ended = false;
+                        let mut broke = None;
+                        while batch.len() < GATHER_CHUNKS && gathered < GATHER_BYTES {
+                            match upstream.read_response_body().now_or_never() {
+                                Some(Ok(Some(next))) => {
+                                    self.watch_chunk(&next, ctx, &mut watch, done);
+                                    gathered += next.len();
+                                    if let Some(first) = first.take() {
+                                        batch.push(HttpTask::Body(Some(first), false));
+                                    }
+                                    batch.push(HttpTask::Body(Some(next), false));
+                                }
+                                Some(Ok(None)) => {
+                                    ended = true;
+                                    break;
+                                }
+                                Some(Err(e)) => {
+                                    broke = Some(e);
+                                    break;
+                                }
+                                None => break,
+                            }
                         }
-                        watch.usage.observe(&chunk);
-                        if let Some(t) = &mut watch.timing {
-                            t.chunk(ctx.started);
-                        }
-                        for plugin in self.plugins.iter() {
-                            plugin.on_response_chunk(&chunk, false, ctx);
-                        }
-                        if done.first_byte.is_none() {
-                            done.first_byte = Some(ctx.started.elapsed());
-                        }
-                        done.bytes_sent += chunk.len() as u64;
-                        if let Err(e) = session.write_response_body(chunk, false).await {
+                        let written = match first {
+                            Some(chunk) => session.write_response_body(chunk, false).await,
+                            None => session.response_duplex_vec(batch).await.map(|_| ()),
+                        };
+                        if let Err(e) = written {
                             log::debug!(request_id = ctx.request_id.as_str(); "client went away mid-response: {e}");
                             done.client_aborted = true;
                             return false;
                         }
-                    }
-                    Ok(None) => {
-                        if let Some(b) = watch.alive {
-                            b.saw_progress();
+                        if let Some(e) = broke {
+                            return upstream_broke(&e, ctx, done);
                         }
-                        for plugin in self.plugins.iter() {
-                            plugin.on_response_chunk(&Bytes::new(), true, ctx);
+                        if ended {
+                            return self.upstream_ended(ctx, &watch);
                         }
-                        return true;
                     }
-                    Err(e) => {
-                        let timed_out = e.etype() == &ErrorType::ReadTimedout;
-                        done.error_code = Some(if timed_out { "upstream_timeout" } else { "upstream_error" });
-                        log::warn!(
-                            request_id = ctx.request_id.as_str(),
-                            backend = ctx.backend.as_deref().unwrap_or("");
-                            "backend response broke off mid-body: {e}"
-                        );
-                        return false;
-                    }
+                    Ok(None) => return self.upstream_ended(ctx, &watch),
+                    Err(e) => return upstream_broke(&e, ctx, done),
                 },
                 idle = session.read_body_or_idle(true), if watch_client => {
                     if client_left(idle) {
@@ -122,4 +138,55 @@ impl Forwarder {
             }
         }
     }
+
+    /// What is observed of each chunk on its way: progress, usage, timing, plugins, bytes.
+    fn watch_chunk(
+        &self,
+        chunk: &Bytes,
+        ctx: &mut RequestCtx,
+        watch: &mut Watchers<'_>,
+        done: &mut RequestSummary,
+    ) {
+        if let Some(b) = watch.alive {
+            b.saw_progress();
+        }
+        watch.usage.observe(chunk);
+        if let Some(t) = &mut watch.timing {
+            t.chunk(ctx.started);
+        }
+        for plugin in self.plugins.iter() {
+            plugin.on_response_chunk(chunk, false, ctx);
+        }
+        if done.first_byte.is_none() {
+            done.first_byte = Some(ctx.started.elapsed());
+        }
+        done.bytes_sent += chunk.len() as u64;
+    }
+
+    /// The upstream body ended; returns true (read to its end).
+    fn upstream_ended(&self, ctx: &mut RequestCtx, watch: &Watchers<'_>) -> bool {
+        if let Some(b) = watch.alive {
+            b.saw_progress();
+        }
+        for plugin in self.plugins.iter() {
+            plugin.on_response_chunk(&Bytes::new(), true, ctx);
+        }
+        true
+    }
+}
+
+/// The backend's answer broke off mid-body; returns false (not read to its end).
+fn upstream_broke(e: &pingora_error::Error, ctx: &RequestCtx, done: &mut RequestSummary) -> bool {
+    let timed_out = e.etype() == &ErrorType::ReadTimedout;
+    done.error_code = Some(if timed_out {
+        "upstream_timeout"
+    } else {
+        "upstream_error"
+    });
+    log::warn!(
+        request_id = ctx.request_id.as_str(),
+        backend = ctx.backend.as_deref().unwrap_or("");
+        "backend response broke off mid-body: {e}"
+    );
+    false
 }

@@ -236,10 +236,15 @@ impl UsageScan {
     }
 }
 
+/// The `"usage"` searcher, built once: building one per line cost ~380 instructions, a tenth
+/// of a streamed chunk's whole path.
+static USAGE_KEY: std::sync::LazyLock<memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memmem::Finder::new(b"\"usage\""));
+
 /// Whether `line` may hold a usage object: `"usage"` followed by `:` and `{` somewhere. A
 /// cheap filter: vLLM sends `"usage":null` in every chunk of a stream with usage on.
 fn may_hold_usage(line: &[u8]) -> bool {
-    memmem::find_iter(line, b"\"usage\"").any(|at| {
+    USAGE_KEY.find_iter(line).any(|at| {
         let rest = line.get(at + 7..).unwrap_or_default();
         rest.iter()
             .find(|c| !c.is_ascii_whitespace() && **c != b':')
