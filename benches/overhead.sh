@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Gateway overhead benchmark: the same wrk load (keep-alive, fixed connections), in one run,
-# non-streaming chat and then 256-chunk SSE streams, against
+# non-streaming chat, 256-chunk SSE streams sent in one burst, and 256-chunk streams whose
+# events come 2 ms apart (each reaches the proxy alone, as tokens from a GPU server do),
+# against
 #   direct        the mock backend itself
 #   gateway       inference-gateway, no plugins, metrics off
 #   gw+metrics    ... with the Prometheus listener on
@@ -12,9 +14,10 @@
 # and prints req/s, p50/p99 latency, each proxy's CPU per request (and per streamed chunk)
 # from the proxy process's own CPU time (/proc/PID/stat, user + system), and ratios.
 #
-# The backend is `mock-fast` (pre-rendered answers, one write per request or per SSE event,
-# multi-threaded), so the proxies are what is measured: the script refuses to print ratios
-# when direct-to-mock is not at least 2.5x the fastest proxy's rate, and says so. With 3 or
+# The backend is `mock-fast` (pre-rendered answers, one write a request or a burst stream,
+# multi-threaded), so the proxies are what is measured: the script refuses to print a run's
+# ratios when direct-to-mock is not at least 2.5x the fastest proxy's rate, and says so. The
+# paced streams' rate is set by the pacing; there only CPU per chunk is compared. With 3 or
 # more cores it pins wrk, the mock and the proxies to separate cores; it says what it did.
 # Everything listens on 127.0.0.1. Latency at a fixed rate and memory: benches/latency.sh.
 #
@@ -55,6 +58,11 @@ fi
 $on_mock target/release/mock-fast --listen 127.0.0.1:$mock_port --threads 2 --chunks 256 >"$work/mock.log" 2>&1 &
 mock_pid=$!
 pids+=($mock_pid)
+paced_port=18112
+$on_mock target/release/mock-fast --listen 127.0.0.1:$paced_port --threads 2 --chunks 256 --gap-ms 2 \
+    --model paced >"$work/paced.log" 2>&1 &
+paced_pid=$!
+pids+=($paced_pid)
 redis-server --port $redis_port --bind 127.0.0.1 --save "" --appendonly no >"$work/redis.log" 2>&1 &
 pids+=($!)
 target/release/mock-globus --listen 127.0.0.1:$globus_port --client-id bench-client \
@@ -66,7 +74,13 @@ name = \"bench\"
 cluster = \"local\"
 framework = \"vllm\"
 models = [\"facebook/opt-125m\"]
-backends = [\"127.0.0.1:$mock_port\"]"
+backends = [\"127.0.0.1:$mock_port\"]
+[[pools]]
+name = \"paced\"
+cluster = \"local\"
+framework = \"vllm\"
+models = [\"paced\"]
+backends = [\"127.0.0.1:$paced_port\"]"
 
 # The plain gateway: no plugins, no metrics.
 cat >"$work/gateway.toml" <<TOML
@@ -161,11 +175,18 @@ http {
     client_body_temp_path $work;
     proxy_temp_path $work;
     upstream mock { server 127.0.0.1:$mock_port; keepalive 64; }
+    upstream paced { server 127.0.0.1:$paced_port; keepalive 64; }
     server {
         listen 127.0.0.1:$nginx_port;
         client_max_body_size 10m;
         location /resource_server/v1/ {
             proxy_pass http://mock/v1/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }
+        location /paced/resource_server/v1/ {
+            proxy_pass http://paced/v1/;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_buffering off;
@@ -190,8 +211,9 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer AgBenchToken"
 wrk.body = '{"model":"facebook/opt-125m","messages":[{"role":"user","content":"Explain the concept of Globus Compute in simple terms."}],"max_tokens":256,"stream":true,"stream_options":{"include_usage":true}}'
 LUA
+sed 's/"model":"facebook\/opt-125m"/"model":"paced"/' "$work/stream.lua" >"$work/paced.lua"
 
-for port in $mock_port $gw_port $nginx_port $auth_port $globus_port $mem_port $redis_gw_port $redis_port $metrics_gw_port; do
+for port in $paced_port $mock_port $gw_port $nginx_port $auth_port $globus_port $mem_port $redis_gw_port $redis_port $metrics_gw_port; do
     for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
 done
 
@@ -206,6 +228,7 @@ run() {
     local kind=$1 name=$2 url=$3 pid=$4
     local script="$work/post.lua"
     [ "$kind" = stream ] && script="$work/stream.lua"
+    [ "$kind" = paced ] && script="$work/paced.lua"
     $on_load wrk -t1 -c5 -d2s -s "$script" "$url" >/dev/null   # warm keep-alive pools and caches
     local before; before=$(cpu_ticks "$pid")
     $on_load wrk -t1 -c"$connections" -d"${duration}s" --latency -s "$script" "$url" >"$work/$kind-$name.txt"
@@ -229,11 +252,17 @@ PY
 
 api=/resource_server/v1/chat/completions
 {
-    for kind in plain stream; do
-        run $kind direct "http://127.0.0.1:$mock_port/v1/chat/completions" "$mock_pid"
+    for kind in plain stream paced; do
+        if [ $kind = paced ]; then
+            run $kind direct "http://127.0.0.1:$paced_port/v1/chat/completions" "$paced_pid"
+        else
+            run $kind direct "http://127.0.0.1:$mock_port/v1/chat/completions" "$mock_pid"
+        fi
         run $kind gateway "http://127.0.0.1:$gw_port$api" "$gw_pid"
         run $kind gw+all "http://127.0.0.1:$auth_port$api" "$auth_pid"
-        run $kind nginx "http://127.0.0.1:$nginx_port$api" "$nginx_worker"
+        nginx_path=$api
+        [ $kind = paced ] && nginx_path=/paced$api
+        run $kind nginx "http://127.0.0.1:$nginx_port$nginx_path" "$nginx_worker"
         if [ $kind = plain ]; then
             run $kind gw+metrics "http://127.0.0.1:$metrics_gw_port$api" "$metrics_pid"
             run $kind gw+lim-mem "http://127.0.0.1:$mem_port$api" "$mem_pid"
@@ -245,7 +274,7 @@ api=/resource_server/v1/chat/completions
 python3 - "$work/results" "$out" "$duration" "$connections" "$placement" <<'PY'
 import json, sys, time
 CHUNKS = 256
-rows = {"plain": {}, "stream": {}}
+rows = {"plain": {}, "stream": {}, "paced": {}}
 for line in open(sys.argv[1]):
     kind, name, rps, p50, p99, errors, cpu = line.split()
     rows[kind][name] = dict(rps=float(rps), p50_ms=float(p50), p99_ms=float(p99), non_2xx=int(errors), cpu_us=float(cpu))
@@ -253,15 +282,27 @@ duration, connections, placement = sys.argv[3], sys.argv[4], sys.argv[5]
 print(f"wrk, 1 thread, {connections} connections, {duration} s per target; {placement}")
 print("CPU: the proxy process's own user+system time over the run (for `direct`: the mock's), per request")
 refused = []
-for kind, title in (("plain", "non-streaming chat (16 tokens)"), ("stream", f"SSE streams of {CHUNKS} chunks")):
+titles = (("plain", "non-streaming chat (16 tokens)"),
+          ("stream", f"SSE streams of {CHUNKS} chunks, each stream sent in one burst"),
+          ("paced", f"SSE streams of {CHUNKS} chunks, events 2 ms apart (each reaches the proxy alone)"))
+for kind, title in titles:
     unit = "req/s" if kind == "plain" else "streams/s"
     print(f"\n{title}")
-    extra = "  CPU us/chunk" if kind == "stream" else ""
+    extra = "  CPU us/chunk" if kind != "plain" else ""
     print(f"{'target':<12} {unit:>10} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'CPU us/req':>11}{extra}")
     for name, r in rows[kind].items():
-        per_chunk = f"  {r['cpu_us'] / CHUNKS:>12.3f}" if kind == "stream" else ""
+        per_chunk = f"  {r['cpu_us'] / CHUNKS:>12.3f}" if kind != "plain" else ""
         print(f"{name:<12} {r['rps']:>10.0f} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} {r['non_2xx']:>8} {r['cpu_us']:>11.2f}{per_chunk}")
     proxies = {n: r for n, r in rows[kind].items() if n != "direct"}
+    if kind == "paced":
+        # The pacing sets the rate; a proxy that falls behind it is saturated, and says so.
+        slow = [n for n, r in proxies.items() if r["rps"] < 0.9 * rows[kind]["direct"]["rps"]]
+        if slow:
+            refused.append(kind)
+            print(f"REFUSED: {', '.join(slow)} fell behind the paced rate (saturated): CPU per chunk is not comparable")
+        else:
+            print("every proxy kept the paced rate: CPU per chunk compares like with like")
+        continue
     fastest = max(proxies, key=lambda n: proxies[n]["rps"])
     headroom = rows[kind]["direct"]["rps"] / proxies[fastest]["rps"]
     if headroom < 2.5:
@@ -283,8 +324,11 @@ if "plain" not in refused:
     ratios["limits redis/memory req/s"] = p["gw+lim-redis"]["rps"] / p["gw+lim-mem"]["rps"]
 if "stream" not in refused:
     for gw in ("gateway", "gw+all"):
-        ratios[f"{gw}/nginx streams/s"] = s[gw]["rps"] / s["nginx"]["rps"]
-        ratios[f"{gw}/nginx CPU per chunk"] = s[gw]["cpu_us"] / s["nginx"]["cpu_us"]
+        ratios[f"{gw}/nginx streams/s (burst)"] = s[gw]["rps"] / s["nginx"]["rps"]
+        ratios[f"{gw}/nginx CPU per chunk (burst)"] = s[gw]["cpu_us"] / s["nginx"]["cpu_us"]
+if "paced" not in refused:
+    for gw in ("gateway", "gw+all"):
+        ratios[f"{gw}/nginx CPU per chunk (paced)"] = rows["paced"][gw]["cpu_us"] / rows["paced"]["nginx"]["cpu_us"]
 if ratios:
     print()
 for k, v in ratios.items():

@@ -1,6 +1,7 @@
 //! `mock-fast`: a backend for overhead benchmarks that must never be the bottleneck. Every
-//! answer is rendered once at start; a request costs a header scan and one write (a stream:
-//! one write per SSE event, as vLLM's server sends them). Multi-threaded, HTTP/1.1 keep-alive.
+//! answer is rendered once at start; a request costs a header scan and one write, a stream
+//! too (a burst: every event at once), or, with `--gap-ms`, one write per SSE event with a
+//! pause between them, as a GPU server sends tokens. Multi-threaded, HTTP/1.1 keep-alive.
 //!
 //!   mock-fast --listen 127.0.0.1:18101 --threads 2 --chunks 256 [--gap-ms 1]
 //!
@@ -38,8 +39,8 @@ struct Args {
     /// The model named in answers.
     #[arg(long, default_value = "facebook/opt-125m")]
     model: String,
-    /// Pause between a stream's events, in milliseconds (0: back to back). With a pause
-    /// each event reaches the proxy on its own, as tokens from a GPU server do.
+    /// Pause between a stream's events, in milliseconds. 0: the whole stream in one write.
+    /// With a pause each event is written, and reaches the proxy, on its own.
     #[arg(long, default_value_t = 0)]
     gap_ms: u64,
 }
@@ -52,6 +53,8 @@ struct Answers {
     not_found: Vec<u8>,
     /// The stream's header, then one HTTP chunk per SSE event, then the last chunk.
     stream: Vec<Vec<u8>>,
+    /// The same, in one piece.
+    stream_whole: Vec<u8>,
 }
 
 fn response(status: &str, content_type: &str, body: &str) -> Vec<u8> {
@@ -96,6 +99,7 @@ impl Answers {
                 "application/json",
                 r#"{"error":"not found"}"#,
             ),
+            stream_whole: stream.concat(),
             stream,
         }
     }
@@ -137,12 +141,16 @@ async fn serve(mut conn: TcpStream, answers: Arc<Answers>, gap: std::time::Durat
         let head = &buf[..head_end];
         let body = &buf[head_end + 4..total];
         let written = if head.starts_with(b"POST ") {
-            if find(body, b"\"stream\":true").is_some() || find(body, b"\"stream\": true").is_some()
-            {
+            let streamed = find(body, b"\"stream\":true").is_some()
+                || find(body, b"\"stream\": true").is_some();
+            if streamed && gap.is_zero() {
+                conn.write_all(&answers.stream_whole).await
+            } else if streamed {
                 let mut result = Ok(());
                 for (i, piece) in answers.stream.iter().enumerate() {
                     // The header goes with the first event; the pause is between events.
-                    if i > 1 && !gap.is_zero() {
+                    // The pause is between events (the header goes just before the first).
+                    if i > 1 {
                         tokio::time::sleep(gap).await;
                     }
                     result = conn.write_all(piece).await;
