@@ -9,7 +9,9 @@
 #
 # STREAM=1 asks for streamed answers instead (256 content events, a usage event and [DONE]
 # a request; CHUNKS=N for another count), and also prints instructions per content chunk:
-# how a change to the per-chunk path shows its cost. Compare two builds in one run.
+# how a change to the per-chunk path shows its cost. Compare two builds in one run. The mock
+# sends each stream in one burst; GAP_MS=N sends its events N ms apart instead, so that each
+# reaches the gateway alone, as tokens from a GPU server do.
 #
 # Two shapes: `bare` (no plugins, metrics off) and `all` (globus_auth with a cached token,
 # rate_limits in memory with five admitting checks, access_log, metrics). The backend is
@@ -31,7 +33,8 @@ trap cleanup EXIT
 
 mock_port=18201 globus_port=18202 gw_port=18203
 chunks=${CHUNKS:-256}
-target/release/mock-fast --listen 127.0.0.1:$mock_port --threads 1 --chunks "$chunks" >"$work/mock.log" 2>&1 &
+target/release/mock-fast --listen 127.0.0.1:$mock_port --threads 1 --chunks "$chunks" --gap-ms "${GAP_MS:-0}" \
+    >"$work/mock.log" 2>&1 &
 pids+=($!)
 target/release/mock-globus --listen 127.0.0.1:$globus_port --client-id bench-client \
     --client-secret bench-secret --token AgBenchToken=ada@anl.gov >"$work/globus.log" 2>&1 &

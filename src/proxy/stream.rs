@@ -85,6 +85,9 @@ impl Forwarder {
                         let mut gathered = first.as_ref().map_or(0, Bytes::len);
                         let mut ended = false;
                         let mut broke = None;
+                        // The probes never wait, so they need no timer: with a read timeout
+                        // set, Pingora registers one for every read it starts.
+                        upstream.set_read_timeout(None);
                         while batch.len() < GATHER_CHUNKS && gathered < GATHER_BYTES {
                             match upstream.read_response_body().now_or_never() {
                                 Some(Ok(Some(next))) => {
@@ -106,6 +109,7 @@ impl Forwarder {
                                 None => break,
                             }
                         }
+                        upstream.set_read_timeout(Some(self.peers.idle_timeout));
                         let written = match first {
                             Some(chunk) => session.write_response_body(chunk, false).await,
                             None => session.response_duplex_vec(batch).await.map(|_| ()),
