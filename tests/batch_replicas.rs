@@ -164,8 +164,11 @@ async fn a_cancel_on_one_replica_stops_the_others() {
     let b = replica(&site, pool_extra, &batch_extra).await;
     let input = site.input("alice", "in.jsonl", &guide_lines(100));
     let out = site.home("alice").join("out").display().to_string();
-    let (_, batch) = site.submit("alice", &input, &out).await;
-    let id = batch["id"].as_str().expect("id").to_string();
+    let (status, batch) = site.submit("alice", &input, &out).await;
+    let id = batch["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("submitted: {status} {batch}"))
+        .to_string();
     poll(
         Duration::from_secs(10),
         Duration::from_millis(20),
@@ -205,8 +208,11 @@ async fn a_database_restart_pauses_batches_and_loses_nothing() {
     let site = BatchSite::start(slow(10), "batch_max_in_flight = 2\n", &batch_extra).await;
     let input = site.input("alice", "in.jsonl", &guide_lines(300));
     let out = site.home("alice").join("out").display().to_string();
-    let (_, batch) = site.submit("alice", &input, &out).await;
-    let id = batch["id"].as_str().expect("id").to_string();
+    let (status, batch) = site.submit("alice", &input, &out).await;
+    let id = batch["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("submitted: {status} {batch}"))
+        .to_string();
     let folder = batch["result_folder_path"]
         .as_str()
         .expect("folder")

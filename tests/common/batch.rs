@@ -70,10 +70,20 @@ impl BatchSite {
         get_as(&self.gw, user, path).await
     }
 
-    /// Submits a path-based batch of `input` to `output` for `MODEL`.
+    /// Submits a path-based batch of `input` to `output` for `MODEL`. A 503 (the store did
+    /// not answer in time: a loaded test host) is retried, as its `Retry-After` tells clients
+    /// to, at most three times and a second apart.
     pub async fn submit(&self, user: &str, input: &str, output: &str) -> (u16, Value) {
         let body = json!({"input_file_path": input, "output_folder_path": output, "model": MODEL});
-        self.post(user, "/v1/batches", &body).await
+        let mut tries = 0;
+        loop {
+            let (status, answer) = self.post(user, "/v1/batches", &body).await;
+            tries += 1;
+            if status != 503 || tries > 3 {
+                return (status, answer);
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 
     /// Polls the batch until its status is one of `statuses`; the batch object.
