@@ -17,7 +17,7 @@ use base64::Engine;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::{GlobusState, TokenSpec};
+use super::{GlobusState, MockGlobus, TokenSpec};
 
 /// A code handed out by `authorize`, waiting to be exchanged (once, within 10 minutes).
 struct PendingCode {
@@ -78,6 +78,46 @@ impl NativeAppState {
         let a = hex::encode(Sha256::digest(seed.as_bytes()));
         let b = hex::encode(Sha256::digest(a.as_bytes()));
         format!("Ag{a}{}", &b[..29])
+    }
+}
+
+/// What tests set and read of the native-app side.
+impl MockGlobus {
+    /// Who the authorize endpoint logs in from now on (no browser, no password).
+    pub fn set_login_user(&self, username: &str) {
+        if let Ok(mut u) = self.state.native.login_user.lock() {
+            *u = Some(username.into());
+        }
+    }
+
+    /// Lifetime, in seconds, of the access tokens the code and refresh grants issue.
+    pub fn set_access_token_lifetime(&self, seconds: i64) {
+        if let Ok(mut l) = self.state.native.access_token_lifetime.lock() {
+            *l = seconds;
+        }
+    }
+
+    /// Whether `token` is an access token introspection reports active.
+    pub fn is_active(&self, token: &str) -> bool {
+        self.state
+            .tokens
+            .lock()
+            .is_ok_and(|t| t.get(token).is_some_and(|s| s.active))
+    }
+
+    /// `refresh_token` grants answered so far.
+    pub fn refreshes(&self) -> u64 {
+        self.state.native.refreshes.load(Ordering::SeqCst)
+    }
+
+    /// Revocation requests so far.
+    pub fn revocations(&self) -> u64 {
+        self.state.native.revocations.load(Ordering::SeqCst)
+    }
+
+    /// The Globus Auth base URL of this mock (what a login tool's `auth_url` is set to).
+    pub fn auth_url(&self) -> String {
+        format!("http://{}", self.addr)
     }
 }
 
