@@ -146,9 +146,13 @@ impl Forwarder {
                 done.truncated = true;
             }
             let keepalive = Some(self.peers.keepalive_timeout);
-            self.connector
-                .release_http_session(upstream, &backend.peer, keepalive)
-                .await;
+            // Boxed: Pingora's pool hand-back is a ~3 KB future, larger than everything the
+            // stream itself keeps; inline, every open stream would carry it for its whole life.
+            Box::pin(
+                self.connector
+                    .release_http_session(upstream, &backend.peer, keepalive),
+            )
+            .await;
         }
         // Otherwise `upstream` drops here and its connection closes, which is how a backend
         // learns to stop generating for a client that left.

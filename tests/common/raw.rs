@@ -1,6 +1,8 @@
 //! A bare HTTP/1.1 backend for faults the axum mock cannot stage: after `crash()` it reads
 //! each request in full and closes the connection without a byte of answer, as a server
-//! that crashes on a prompt does. Until then it answers every request (keep-alive).
+//! that crashes on a prompt does. Until then it answers every request (keep-alive). After
+//! `hold()` each POST gets an SSE stream's header and first event, then nothing more until
+//! the gateway closes the connection: streams held open for as long as a test needs.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,7 +16,12 @@ pub struct RawBackend {
     /// Inference requests (POSTs) received in full.
     pub posts: Arc<AtomicU64>,
     crashing: Arc<AtomicBool>,
+    holding: Arc<AtomicBool>,
 }
+
+const HELD_STREAM: &str =
+    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+const FIRST_EVENT: &str = "data: {\"id\":\"x\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"ok\"}}]}\n\n";
 
 const ANSWER: &str = "{\"id\":\"x\",\"object\":\"chat.completion\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"ok\"},\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1,\"total_tokens\":2}}";
 
@@ -24,17 +31,24 @@ impl RawBackend {
         let addr = listener.local_addr().expect("addr");
         let posts = Arc::new(AtomicU64::new(0));
         let crashing = Arc::new(AtomicBool::new(false));
-        let (p, c) = (posts.clone(), crashing.clone());
+        let holding = Arc::new(AtomicBool::new(false));
+        let (p, c, h) = (posts.clone(), crashing.clone(), holding.clone());
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(serve(stream, p.clone(), c.clone()));
+                tokio::spawn(serve(stream, p.clone(), c.clone(), h.clone()));
             }
         });
         RawBackend {
             addr,
             posts,
             crashing,
+            holding,
         }
+    }
+
+    /// From now on, every POST is answered with a stream that stays open.
+    pub fn hold(&self) {
+        self.holding.store(true, Ordering::SeqCst);
     }
 
     /// From now on, every request is read and its connection closed unanswered.
@@ -75,13 +89,27 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(bool
     }
 }
 
-async fn serve(mut stream: TcpStream, posts: Arc<AtomicU64>, crashing: Arc<AtomicBool>) {
+async fn serve(
+    mut stream: TcpStream,
+    posts: Arc<AtomicU64>,
+    crashing: Arc<AtomicBool>,
+    holding: Arc<AtomicBool>,
+) {
     let mut buf = Vec::new();
     while let Some((is_post, _)) = read_request(&mut stream, &mut buf).await {
         if is_post {
             posts.fetch_add(1, Ordering::SeqCst);
             if crashing.load(Ordering::SeqCst) {
                 return; // dropped: closed without a byte of answer
+            }
+            if holding.load(Ordering::SeqCst) {
+                let event = format!("{:x}\r\n{FIRST_EVENT}\r\n", FIRST_EVENT.len());
+                let _ = stream.write_all(HELD_STREAM.as_bytes()).await;
+                let _ = stream.write_all(event.as_bytes()).await;
+                // Silent until the gateway closes the connection.
+                let mut sink = [0u8; 1024];
+                while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+                return;
             }
         }
         let body = if is_post { ANSWER } else { "{}" };

@@ -29,6 +29,12 @@ use crate::utils::BufRef;
 
 // TODO: make this dynamically adjusted
 const BODY_BUFFER_SIZE: usize = 1024 * 64;
+/// Patched (inference-gateway): an upstream body's reads start at 4 KiB (nginx's
+/// `proxy_buffer_size` is a page) and double, up to `BODY_BUFFER_SIZE`, while reads fill
+/// the buffer. A 64 KiB buffer for every open SSE stream, most of which a token's few hundred
+/// bytes never touch, cost up to 64 KiB of resident memory a stream when the allocator handed
+/// it pages a freed request body had dirtied.
+const INITIAL_UPSTREAM_BODY_BUFFER_SIZE: usize = 1024 * 4;
 // limit how much incomplete chunk-size and chunk-ext to buffer
 const PARTIAL_CHUNK_HEAD_LIMIT: usize = 1024 * 8;
 // Trailers: https://datatracker.ietf.org/doc/html/rfc9112#section-7.1.2
@@ -158,7 +164,11 @@ impl BodyReader {
         BodyReader {
             body_state: PS::ToStart,
             body_buf: None,
-            body_buf_size: BODY_BUFFER_SIZE,
+            body_buf_size: if upstream {
+                INITIAL_UPSTREAM_BODY_BUFFER_SIZE
+            } else {
+                BODY_BUFFER_SIZE
+            },
             rewind_buf_len: 0,
             upstream,
             body_buf_overread: None,
@@ -205,6 +215,14 @@ impl BodyReader {
         body_buf.clear();
         body_buf.reserve(read_size);
         body_buf
+    }
+
+    /// Patched (inference-gateway): a read that filled the buffer doubles the next one's size,
+    /// up to `BODY_BUFFER_SIZE`.
+    fn grow_after_full_read(&mut self, n: usize, read_size: usize) {
+        if n == read_size && self.body_buf_size < BODY_BUFFER_SIZE {
+            self.body_buf_size = (self.body_buf_size * 2).min(BODY_BUFFER_SIZE);
+        }
     }
 
     /// Grow the body buffer so it has room for `body_buf_size` bytes in total without discarding
@@ -383,8 +401,13 @@ impl BodyReader {
         S: AsyncRead + Unpin + Send,
     {
         match self.body_state {
-            PS::Complete(_) => Ok(None),
-            PS::Done(_) => Ok(None),
+            // Patched (inference-gateway): the caller has taken the last piece, so the buffer
+            // (up to 64 KiB plus a long body) is not needed again; without this it stayed with
+            // the session until the response ended, so each open stream held its prompt.
+            PS::Complete(_) | PS::Done(_) => {
+                self.body_buf = None;
+                Ok(None)
+            }
             PS::Partial(_, _) => self.do_read_body(stream).await,
             PS::Chunked(..) => self.do_read_chunked_body(stream).await,
             PS::ChunkedFinal(..) => self.do_read_chunked_body_final(stream).await,
@@ -415,6 +438,7 @@ impl BodyReader {
                 .read_buf(body_buf)
                 .await
                 .or_err(ReadError, "when reading body")?;
+            self.grow_after_full_read(n, read_size);
         }
         match self.body_state {
             PS::Partial(read, to_read) => {
@@ -469,6 +493,7 @@ impl BodyReader {
                 .read_buf(body_buf)
                 .await
                 .or_err(ReadError, "when reading body")?;
+            self.grow_after_full_read(n, read_size);
         }
         match self.body_state {
             PS::UntilClose(read) => {
@@ -507,6 +532,7 @@ impl BodyReader {
                                 .read_buf(body_buf)
                                 .await
                                 .or_err(ReadError, "when reading body")?;
+                            self.grow_after_full_read(existing_buf_end, read_size);
                         }
                     } else {
                         /* existing_buf_end != 0 this is partial chunk head */

@@ -365,6 +365,7 @@ impl HttpSession {
                         // Detach bytes beyond the header in O(1). Keeping them as owned BytesMut
                         // allows body parsing and subsequent pipelined sessions to continue
                         // splitting the same allocation instead of copying the shrinking suffix.
+                        let read_capacity = buf.capacity();
                         let preread_body = if s == buf.len() {
                             // Keep the common no-body/no-overread path on BytesMut's Vec-backed
                             // representation. split_off() would promote it to shared storage.
@@ -380,7 +381,15 @@ impl HttpSession {
                             }
                             rest
                         };
-                        let buf = buf.freeze();
+                        // Patched (inference-gateway): header values point into this buffer
+                        // for the whole request (and pin the body bytes read with it); a
+                        // header much smaller than the read buffer (4 KiB at least) gets an
+                        // allocation of its own size instead.
+                        let buf = if read_capacity >= 2 * buf.len() {
+                            Bytes::copy_from_slice(&buf)
+                        } else {
+                            buf.freeze()
+                        };
 
                         for header in header_refs {
                             let header_name = header.get_name_bytes(&buf);
