@@ -6,6 +6,7 @@
 pub mod batch;
 pub mod cli;
 pub mod config;
+pub mod descriptors;
 pub mod errors;
 pub mod logging;
 pub mod metrics;

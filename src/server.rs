@@ -109,7 +109,7 @@ pub fn build(config: Config, path: PathBuf, upgrade: bool) -> Result<Server, Con
         None => None,
     };
     let gateway = Gateway::new(
-        config.server.clone(),
+        served_settings(&config),
         live.clone(),
         metrics.clone(),
         batches.clone(),
@@ -191,6 +191,34 @@ pub fn build(config: Config, path: PathBuf, upgrade: bool) -> Result<Server, Con
     server.bootstrap();
     exit_when_drained(&server, connections, batch_lines);
     Ok(server)
+}
+
+/// `[server]` as served: `max_connections` capped at what the descriptor limit holds (raised
+/// to the hard limit first). The configuration itself keeps the operator's value, so a reload
+/// compares like with like.
+fn served_settings(config: &Config) -> crate::config::ServerConfig {
+    let mut settings = config.server.clone();
+    let budget = crate::descriptors::budget(settings.max_connections);
+    if let Some(before) = budget.raised_from {
+        log::info!(
+            "file descriptor limit raised from {before} to the hard limit, {}",
+            budget.limit
+        );
+    }
+    if budget.max_connections < settings.max_connections {
+        log::warn!(
+            "server.max_connections = {} needs {} file descriptors (two a proxied connection, {} \
+             kept for the rest) and the limit is {}: serving at most {} connections at once, \
+             the rest get 503 too_many_connections (raise LimitNOFILE / ulimit -n)",
+            settings.max_connections,
+            settings.max_connections as u64 * 2 + crate::descriptors::RESERVED,
+            crate::descriptors::RESERVED,
+            budget.limit,
+            budget.max_connections
+        );
+        settings.max_connections = budget.max_connections;
+    }
+    settings
 }
 
 /// Pingora sleeps through the whole grace period after SIGTERM, even with nothing in flight,

@@ -128,3 +128,58 @@ async fn a_long_prompt_does_not_stay_with_its_open_stream() {
         long - short
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_descriptor_limit_new_connections_get_a_quick_503() {
+    let backend = RawBackend::start().await;
+    backend.hold();
+    let pools = pool(
+        "local-vllm",
+        "local",
+        &[MODEL],
+        &[backend.addr.to_string()],
+        "",
+    );
+    // max_connections is 10 000 by default; 1 024 descriptors hold (1 024 - 512) / 2.
+    let gateway = Gateway::start_with_nofile("", &pools, 1024).await;
+    let cap = 256;
+    assert!(
+        gateway
+            .stderr()
+            .contains(&format!("serving at most {cap} connections at once")),
+        "{}",
+        gateway.stderr()
+    );
+    let request = stream_request(64);
+    let mut held = Vec::with_capacity(cap);
+    for _ in 0..cap {
+        let (head, conn) = open(&gateway, &request).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        held.push(conn);
+    }
+    // Past the cap, and past where the descriptors would have run out (about 500 proxied
+    // connections): each new connection is answered at once, none waits on a stalled accept.
+    for i in 0..300 {
+        let started = Instant::now();
+        let (head, _conn) = open(&gateway, &request).await;
+        assert!(
+            head.starts_with("HTTP/1.1 503"),
+            "connection {i} past the cap: {head}"
+        );
+        assert!(head.contains("too_many_connections"), "{head}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "connection {i} past the cap took {:?}",
+            started.elapsed()
+        );
+    }
+    // The held streams were never disturbed: each is open and silent.
+    for conn in &held {
+        let mut buf = [0u8; 16];
+        match conn.try_read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => panic!("a held stream changed: {other:?}"),
+        }
+    }
+    assert_eq!(count(&backend.posts), cap as u64);
+}

@@ -35,6 +35,20 @@ impl Gateway {
     /// As `start`, with `env` set in the gateway process only: setting the test process's
     /// own environment would race with the tests running beside it.
     pub async fn start_with_env(server_extra: &str, rest: &str, env: &[(&str, &str)]) -> Gateway {
+        Gateway::spawn(server_extra, rest, env, None).await
+    }
+
+    /// As `start`, under a file descriptor limit of `nofile` (soft and hard).
+    pub async fn start_with_nofile(server_extra: &str, rest: &str, nofile: u64) -> Gateway {
+        Gateway::spawn(server_extra, rest, &[], Some(nofile)).await
+    }
+
+    async fn spawn(
+        server_extra: &str,
+        rest: &str,
+        env: &[(&str, &str)],
+        nofile: Option<u64>,
+    ) -> Gateway {
         let port = free_port();
         let dir = tempfile::tempdir().expect("tempdir");
         // Metrics stay off unless a test asks: every gateway would want the same default port.
@@ -50,7 +64,19 @@ impl Gateway {
         let config_path = dir.path().join("gateway.toml");
         std::fs::write(&config_path, &config).expect("write config");
         let stderr = std::fs::File::create(dir.path().join("stderr.log")).expect("stderr file");
-        let child = Command::new(env!("CARGO_BIN_EXE_inference-gateway"))
+        let binary = env!("CARGO_BIN_EXE_inference-gateway");
+        let mut command = match nofile {
+            // `exec`: the limited shell becomes the gateway, same pid.
+            Some(limit) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+                    .arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
+        let child = command
             .arg("run")
             .arg("--config")
             .arg(&config_path)
