@@ -195,10 +195,8 @@ impl Gateway {
         authenticate::authenticate(&snap.chain.authenticate, &head(session), ctx).await?;
         let (api, target) = match route {
             Route::Inference { api, target } => (api, target),
-            // Boxed: the batch engine's futures (uploads, the job store) are the largest a
-            // request can have; inline, every open stream would carry their size for its life.
             Route::Batches { .. } | Route::Files { .. } => {
-                return Ok(Box::pin(self.answer_batches(session, ctx, route)).await?)
+                return Ok(self.answer_batches(session, ctx, route).await?)
             }
             local => return Ok(self.answer_locally(snap, session, ctx, local).await?),
         };
