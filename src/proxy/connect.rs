@@ -161,11 +161,15 @@ async fn write(
     ctx: &RequestCtx,
     metrics: Option<&GatewayMetrics>,
 ) -> Result<(), WriteFailure> {
-    upstream
-        .write_request_header(Box::new(header))
-        .await
-        .map_err(WriteFailure::Stale)?;
-    if !body.is_empty() {
+    let header = Box::new(header);
+    // A body of up to 16 KiB leaves with the header: one write (one syscall), not two
+    // (vendor/README.md).
+    let body_sent = match &mut *upstream {
+        UpstreamSession::H1(h1) => h1.write_request_header_with_body(header, body).await,
+        other => other.write_request_header(header).await.map(|()| false),
+    }
+    .map_err(WriteFailure::Stale)?;
+    if !body.is_empty() && !body_sent {
         upstream
             .write_request_body(body.clone(), true)
             .await
