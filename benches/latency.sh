@@ -7,7 +7,7 @@
 #   2. streaming: tokens 20 ms apart; added time to first token, inter-token gaps;
 #   3. memory: the gateway's idle RSS, and its peak RSS holding N concurrent open streams.
 #
-#   benches/latency.sh [open_streams=10000]
+#   benches/latency.sh [open_streams=10000]     (GATEWAY=path/to/binary to measure another build)
 #
 # Needs a release build (cargo build --release --workspace --bins). Results go to stdout and
 # bench-results/latency.jsonl.
@@ -70,7 +70,7 @@ $(pool fast $fast)
 $(pool stream $stream)
 $(pool hold $slow)
 TOML
-BENCH_GLOBUS_SECRET=bench-secret target/release/inference-gateway run --config "$work/gateway.toml" \
+BENCH_GLOBUS_SECRET=bench-secret "${GATEWAY:-target/release/inference-gateway}" run --config "$work/gateway.toml" \
     >/dev/null 2>"$work/gw.err" &
 gw_pid=$!
 pids+=($gw_pid)
