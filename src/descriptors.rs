@@ -15,8 +15,9 @@ pub const RESERVED: u64 = 512;
 /// What the limit allows, decided once at start.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Budget {
-    /// The soft limit in force after start, and what it was before if it was raised.
+    /// The soft limit in force after start.
     pub limit: u64,
+    /// What the soft limit was before, when start raised it.
     pub raised_from: Option<u64>,
     /// Client connections served at once: `max_connections`, or fewer when the limit
     /// cannot hold that many.

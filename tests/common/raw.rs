@@ -2,11 +2,12 @@
 //! each request in full and closes the connection without a byte of answer, as a server
 //! that crashes on a prompt does. Until then it answers every request (keep-alive). After
 //! `hold()` each POST gets an SSE stream's header and first event, then nothing more until
-//! the gateway closes the connection: streams held open for as long as a test needs.
+//! the gateway closes the connection: streams held open for as long as a test needs. Every
+//! POST's arrival is recorded: how much of it the first read brought, and its body.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -15,6 +16,8 @@ pub struct RawBackend {
     pub addr: SocketAddr,
     /// Inference requests (POSTs) received in full.
     pub posts: Arc<AtomicU64>,
+    /// How each POST arrived, in order.
+    pub arrivals: Arc<Mutex<Vec<Arrival>>>,
     crashing: Arc<AtomicBool>,
     holding: Arc<AtomicBool>,
 }
@@ -32,15 +35,22 @@ impl RawBackend {
         let posts = Arc::new(AtomicU64::new(0));
         let crashing = Arc::new(AtomicBool::new(false));
         let holding = Arc::new(AtomicBool::new(false));
-        let (p, c, h) = (posts.clone(), crashing.clone(), holding.clone());
+        let arrivals = Arc::new(Mutex::new(Vec::new()));
+        let (p, c, h, a) = (
+            posts.clone(),
+            crashing.clone(),
+            holding.clone(),
+            arrivals.clone(),
+        );
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(serve(stream, p.clone(), c.clone(), h.clone()));
+                tokio::spawn(serve(stream, p.clone(), c.clone(), h.clone(), a.clone()));
             }
         });
         RawBackend {
             addr,
             posts,
+            arrivals,
             crashing,
             holding,
         }
@@ -57,8 +67,32 @@ impl RawBackend {
     }
 }
 
+/// How one request reached the backend.
+#[derive(Clone, Debug)]
+pub struct Arrival {
+    pub is_post: bool,
+    /// Bytes of the request in the read that brought its first byte (the same TCP write,
+    /// on loopback, for a request the gateway sent in one).
+    pub first_read: usize,
+    /// The whole request: header and body.
+    pub whole: usize,
+    pub body: Vec<u8>,
+}
+
+/// Appends what the next read brings to `buf`; `None` when the peer closed.
+async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
+    let mut chunk = vec![0u8; 64 * 1024];
+    let n = stream.read(&mut chunk).await.ok()?;
+    buf.extend_from_slice(&chunk[..n]);
+    (n > 0).then_some(n)
+}
+
 /// Reads one request (header and Content-Length body); `None` when the peer closed.
-async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(bool, usize)> {
+async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Arrival> {
+    let first_read = match buf.len() {
+        0 => read_more(stream, buf).await?,
+        already => already,
+    };
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
@@ -67,25 +101,20 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(bool
                 .find_map(|l| l.strip_prefix("content-length:"))
                 .and_then(|v| v.trim().parse::<usize>().ok())
                 .unwrap_or(0);
-            let total = end + 4 + length;
-            while buf.len() < total {
-                let mut chunk = [0u8; 8192];
-                let n = stream.read(&mut chunk).await.ok()?;
-                if n == 0 {
-                    return None;
-                }
-                buf.extend_from_slice(&chunk[..n]);
+            let whole = end + 4 + length;
+            while buf.len() < whole {
+                read_more(stream, buf).await?;
             }
-            let is_post = head.starts_with("post");
-            buf.drain(..total);
-            return Some((is_post, total));
+            let body = buf[end + 4..whole].to_vec();
+            buf.drain(..whole);
+            return Some(Arrival {
+                is_post: head.starts_with("post"),
+                first_read: first_read.min(whole),
+                whole,
+                body,
+            });
         }
-        let mut chunk = [0u8; 8192];
-        let n = stream.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
+        read_more(stream, buf).await?;
     }
 }
 
@@ -94,11 +123,16 @@ async fn serve(
     posts: Arc<AtomicU64>,
     crashing: Arc<AtomicBool>,
     holding: Arc<AtomicBool>,
+    arrivals: Arc<Mutex<Vec<Arrival>>>,
 ) {
     let mut buf = Vec::new();
-    while let Some((is_post, _)) = read_request(&mut stream, &mut buf).await {
+    while let Some(arrival) = read_request(&mut stream, &mut buf).await {
+        let is_post = arrival.is_post;
         if is_post {
             posts.fetch_add(1, Ordering::SeqCst);
+            if let Ok(mut all) = arrivals.lock() {
+                all.push(arrival);
+            }
             if crashing.load(Ordering::SeqCst) {
                 return; // dropped: closed without a byte of answer
             }
