@@ -34,8 +34,9 @@ else
 fi
 
 # The default config routes facebook/opt-125m to 127.0.0.1:8001: the test kit's mock there.
-cargo build --release -q -p gateway-testkit --bin mock-openai
-target/release/mock-openai --listen 127.0.0.1:8001 >/dev/null 2>&1 &
+# A debug build: a test helper, not what ships (and already built by scripts/test.sh in CI).
+cargo build -q -p gateway-testkit --bin mock-openai
+target/debug/mock-openai --listen 127.0.0.1:8001 >/dev/null 2>&1 &
 mock=$!
 runuser -u inference-gateway -- /usr/bin/inference-gateway run --config /etc/inference-gateway/gateway.toml \
     >/tmp/deb-test-gateway.log 2>&1 &
