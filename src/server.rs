@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use pingora_core::connectors::http::Connector;
 use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::{Opt, ServerConf};
-use pingora_core::server::{ExecutionPhase, Server};
+use pingora_core::server::{ExecutionPhase, RunArgs, Server};
 use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 
@@ -35,12 +35,35 @@ fn metrics_error(e: prometheus::Error) -> ConfigError {
     }
 }
 
+/// The assembled server, and the plugins to flush before the process exits.
+pub struct Serving {
+    server: Server,
+    live: Live,
+}
+
+impl Serving {
+    /// Serves until SIGTERM (graceful) or SIGINT, flushes the plugins, and exits.
+    pub fn run_forever(self) -> ! {
+        self.server.run(RunArgs::default());
+        flush_plugins(&self.live);
+        std::process::exit(0)
+    }
+}
+
+/// Lets every plugin of the configuration in force write out what it holds (the access log
+/// gathers lines in memory for up to its `flush_interval`).
+fn flush_plugins(live: &Live) {
+    for plugin in live.load().chain.all.iter() {
+        plugin.flush();
+    }
+}
+
 /// Builds the server; `run_forever` on it serves until SIGTERM (graceful) or SIGINT.
 /// After SIGTERM the process exits as soon as no client connection is left, and at the
 /// latest when the grace period ends.
 /// `path` is where `config` was read from: SIGHUP reads it again (see `reload.rs`).
 /// `upgrade`: take the listening sockets over from a running gateway (see `cli.rs`).
-pub fn build(config: Config, path: PathBuf, upgrade: bool) -> Result<Server, ConfigError> {
+pub fn build(config: Config, path: PathBuf, upgrade: bool) -> Result<Serving, ConfigError> {
     let registry = prometheus::Registry::new();
     let registry_for_reload = registry.clone();
     let chain = build_chain(&config, &registry)?;
@@ -175,7 +198,7 @@ pub fn build(config: Config, path: PathBuf, upgrade: bool) -> Result<Server, Con
         Reloader::new(
             path,
             config.clone(),
-            live,
+            live.clone(),
             registry_for_reload,
             connector,
             metrics,
@@ -194,8 +217,8 @@ pub fn build(config: Config, path: PathBuf, upgrade: bool) -> Result<Server, Con
         None => Arc::new(AtomicUsize::new(0)),
     };
     server.bootstrap();
-    exit_when_drained(&server, connections, batch_lines);
-    Ok(server)
+    exit_when_drained(&server, connections, batch_lines, live.clone());
+    Ok(Serving { server, live })
 }
 
 /// `[server]` as served: `max_connections` capped at what the descriptor limit holds (raised
@@ -230,11 +253,12 @@ fn served_settings(config: &Config) -> crate::config::ServerConfig {
 /// so every restart took `shutdown_grace_period`. Once the grace period starts, the listeners
 /// are closed and idle keep-alive connections close themselves (`process_new_http`); when no
 /// connection is left on two checks in a row, nothing can still be answering, and the
-/// process exits. Log lines are written unbuffered, so nothing is lost.
+/// process exits, once the plugins have written out what they hold: nothing is lost.
 fn exit_when_drained(
     server: &Server,
     connections: Arc<AtomicUsize>,
     batch_lines: Arc<AtomicUsize>,
+    live: Live,
 ) {
     let mut phases = server.watch_execution_phase();
     std::thread::spawn(move || {
@@ -254,6 +278,7 @@ fn exit_when_drained(
                 log::info!(
                     "shutdown: every connection has finished; exiting before the grace period ends"
                 );
+                flush_plugins(&live);
                 std::process::exit(0);
             }
             std::thread::sleep(Duration::from_millis(25));

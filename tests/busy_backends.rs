@@ -107,7 +107,8 @@ async fn a_busy_single_backend_serves_every_request_on_passive_evidence_alone() 
         sample(&metrics, "igw_panic_routed_requests_total{").unwrap_or(0.0),
         0.0
     );
-    assert!(gw.access_log().iter().all(|l| l["panic_routed"] == false));
+    let log = gw.wait_access_lines(20, |l| l["status"] == 200).await;
+    assert!(log.iter().all(|l| l["panic_routed"] == false));
 }
 
 #[tokio::test(flavor = "multi_thread")]

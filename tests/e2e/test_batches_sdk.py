@@ -97,10 +97,21 @@ def read_jsonl(client, file_id) -> list[dict]:
     return [json.loads(line) for line in client.files.content(file_id).text.splitlines()]
 
 
-def batch_access_lines(workdir, name, batch_id) -> list[dict]:
+def batch_access_lines(workdir, name, batch_id, expect: int) -> list[dict]:
+    """The access-log lines of `batch_id` once `expect` are there (waiting up to 5 s: a line
+    reaches the file within the log's flush_interval, 100 ms), read again one interval later
+    so that a line too many shows too."""
     log = workdir / f"{name}-access.log"
-    lines = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-    return [line for line in lines if line.get("batch_id") == batch_id]
+
+    def read() -> list[dict]:
+        lines = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+        return [line for line in lines if line.get("batch_id") == batch_id]
+
+    deadline = time.monotonic() + 5
+    while len(read()) < expect and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    return read()
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +163,7 @@ def test_full_flow_produces_every_answer_once(alice, site, workdir):
     output_file = alice.files.retrieve(done.output_file_id)
     assert (output_file.purpose, output_file.bytes) == ("batch_output", len(alice.files.content(done.output_file_id).content))
     # Every line went through the pool and was logged with the batch id.
-    assert len(batch_access_lines(workdir, "batches", done.id)) == 20
+    assert len(batch_access_lines(workdir, "batches", done.id, 20)) == 20
     with pytest.raises(openai.ConflictError) as err:
         alice.batches.cancel(done.id)
     assert err.value.code == "batch_not_cancellable"
@@ -245,12 +256,12 @@ def test_invalid_lines_fail_the_batch_before_any_is_sent(workdir):
         # A good batch submitted after it runs to the end: the worker has passed the failed
         # one by then, and must not have sent any of its lines.
         good = wait_status(client, submit(client, upload(client, [chat_line("ok")]).id).id, "completed")
-        assert len(batch_access_lines(workdir, "batches-invalid", good.id)) == 1
+        assert len(batch_access_lines(workdir, "batches-invalid", good.id, 1)) == 1
         again = client.batches.retrieve(batch.id)
         assert again.status == "failed"
         assert again.output_file_id is None and again.error_file_id is None
         assert again.request_counts.completed == 0 and again.in_progress_at is None
-        assert batch_access_lines(workdir, "batches-invalid", batch.id) == []
+        assert batch_access_lines(workdir, "batches-invalid", batch.id, 0) == []
         assert [b.id for b in client.batches.list(extra_query={"status": "failed"})] == [batch.id]
     finally:
         gw.stop()
@@ -280,7 +291,7 @@ def test_cancel_keeps_finished_lines_and_closes_the_rest(workdir):
         assert all(line["error"]["code"] == "batch_cancelled" and line["response"] is None for line in errs), errs
         assert sorted(line["custom_id"] for line in out + errs) == ids
         # Only the lines in the output reached the backend.
-        assert len(batch_access_lines(workdir, "batches-slow", batch.id)) == counts.completed
+        assert len(batch_access_lines(workdir, "batches-slow", batch.id, counts.completed)) == counts.completed
         assert client.batches.cancel(batch.id).status == "cancelled"  # cancelling again changes nothing
     finally:
         gw.stop()

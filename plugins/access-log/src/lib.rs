@@ -4,16 +4,19 @@
 //! [[plugins]]
 //! kind = "access_log"
 //! path = "/var/log/inference-gateway/access.log"   # optional; stdout when absent
+//! flush_interval = "100ms"                          # optional; lines are written in batches
 //! ```
 //! Lines never hold prompt or completion text, tokens, or secrets.
 
-use std::fs::{File, OpenOptions};
+mod writer;
+
+use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use gateway_plugin_api::config::from_table;
+use gateway_plugin_api::config::{from_table, TextDuration};
 use gateway_plugin_api::{BuildContext, Phase, Plugin, PluginFactory, RequestCtx, RequestSummary};
 use serde::{Deserialize, Serialize};
 
@@ -31,18 +34,30 @@ impl PluginFactory for AccessLogFactory {
         _cx: &BuildContext,
     ) -> Result<Arc<dyn Plugin>, String> {
         let file: FileConfig = from_table(config, path)?;
-        let sink = match file.path {
-            None => Sink::Stdout,
+        let interval = file.flush_interval.map_or(DEFAULT_FLUSH_INTERVAL, |d| d.0);
+        if interval > MAX_FLUSH_INTERVAL {
+            return Err(format!(
+                "{path}.flush_interval: `{interval:?}` must be at most 10s (lines wait this long in memory)"
+            ));
+        }
+        let out: Box<dyn Write + Send> = match file.path {
+            None => Box::new(io::stdout()),
             Some(file) => {
                 let opened = OpenOptions::new().create(true).append(true).open(&file);
                 let file = opened
                     .map_err(|e| format!("{path}.path: cannot open `{file}` for append: {e}"))?;
-                Sink::File(Mutex::new(file))
+                Box::new(file)
             }
         };
-        Ok(Arc::new(AccessLog { sink }))
+        let lines = writer::LineWriter::start(out, interval)
+            .map_err(|e| format!("{path}: cannot start the log writer thread: {e}"))?;
+        Ok(Arc::new(AccessLog { lines }))
     }
 }
+
+/// How long the writer gathers lines before one write.
+const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+const MAX_FLUSH_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The `[[plugins]]` table of `kind = "access_log"`.
 #[derive(Deserialize)]
@@ -50,31 +65,12 @@ impl PluginFactory for AccessLogFactory {
 struct FileConfig {
     /// The file lines are appended to; stdout when absent.
     path: Option<String>,
-}
-
-enum Sink {
-    Stdout,
-    File(Mutex<File>),
+    /// Lines of this long after the first leave in one write ("0s": each as it comes).
+    flush_interval: Option<TextDuration>,
 }
 
 pub struct AccessLog {
-    sink: Sink,
-}
-
-impl AccessLog {
-    fn write(&self, line: &[u8]) -> io::Result<()> {
-        match &self.sink {
-            Sink::Stdout => {
-                let mut out = io::stdout().lock();
-                out.write_all(line)?;
-                out.flush()
-            }
-            Sink::File(file) => {
-                let mut file = file.lock().map_err(|_| io::Error::other("poisoned"))?;
-                file.write_all(line)
-            }
-        }
-    }
+    lines: writer::LineWriter,
 }
 
 fn millis(d: std::time::Duration) -> f64 {
@@ -130,8 +126,11 @@ impl Plugin for AccessLog {
         line.boolean("truncated", Some(summary.truncated));
         line.boolean("panic_routed", Some(summary.panic_routed));
         line.string("batch_id", ctx.batch_id.as_deref());
-        // A full disk or closed stdout must not fail the request; there is nowhere to report it.
-        let _ = self.write(&line.finish());
+        self.lines.push(&line.finish());
+    }
+
+    fn flush(&self) {
+        self.lines.flush();
     }
 }
 
@@ -209,6 +208,19 @@ mod tests {
     }
 
     #[test]
+    fn rejects_a_flush_interval_over_10s_naming_it() {
+        let err = AccessLogFactory
+            .build(
+                &table("kind = \"access_log\"\nflush_interval = \"1m\""),
+                "plugins[1]",
+                &BuildContext::default(),
+            )
+            .err()
+            .expect("error");
+        assert!(err.starts_with("plugins[1].flush_interval: `60s`"), "{err}");
+    }
+
+    #[test]
     fn rejects_unknown_keys_with_path() {
         let err = AccessLogFactory
             .build(
@@ -243,6 +255,8 @@ mod tests {
         };
         plugin.on_done(&summary, &ctx);
         plugin.on_done(&summary, &ctx);
+        // Written by the log's thread: `flush` (as at exit) waits for it.
+        plugin.flush();
         let text = std::fs::read_to_string(&file).expect("read");
         let lines: Vec<serde_json::Value> = text
             .lines()

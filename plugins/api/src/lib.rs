@@ -116,6 +116,10 @@ pub trait Plugin: Send + Sync {
 
     /// Runs once when the request has ended, successfully or not.
     fn on_done(&self, _summary: &RequestSummary, _ctx: &RequestCtx) {}
+
+    /// Runs before the process exits, after the last request: write out whatever is held in
+    /// memory (e.g. log lines gathered for one write). May block briefly.
+    fn flush(&self) {}
 }
 
 /// A header block a plugin may edit. The core hands plugins an `http::HeaderMap`; the trait
