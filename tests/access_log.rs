@@ -17,12 +17,18 @@ use std::time::Duration;
 
 use common::*;
 
-/// A second access log (beside the test kit's own) writing to `path`.
-fn access_log_at(path: &std::path::Path, flush_interval: &str) -> String {
-    format!(
-        "[[plugins]]\nkind = \"access_log\"\npath = \"{}\"\nflush_interval = \"{flush_interval}\"\n\n",
-        path.display()
-    )
+/// A gateway in front of a fresh mock with a second access log (beside the test kit's own)
+/// writing to `path`.
+async fn start_logging_to(path: &std::path::Path, flush_interval: &str) -> (Gateway, MockBackend) {
+    let mock = MockBackend::start(MockConfig::default())
+        .await
+        .expect("mock");
+    let rest = format!(
+        "[[plugins]]\nkind = \"access_log\"\npath = \"{}\"\nflush_interval = \"{flush_interval}\"\n\n{}",
+        path.display(),
+        pool("local-vllm", "local", &[MODEL], &[mock.addr.to_string()], "")
+    );
+    (Gateway::start("", &rest).await, mock)
 }
 
 fn lines(path: &std::path::Path) -> Vec<serde_json::Value> {
@@ -46,21 +52,7 @@ async fn a_log_destination_that_stops_reading_stalls_no_request() {
         .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
         .open(&fifo)
         .expect("open the pipe for reading");
-    let mock = MockBackend::start(MockConfig::default())
-        .await
-        .expect("mock");
-    let rest = format!(
-        "{}{}",
-        access_log_at(&fifo, "0s"),
-        pool(
-            "local-vllm",
-            "local",
-            &[MODEL],
-            &[mock.addr.to_string()],
-            ""
-        )
-    );
-    let gw = Gateway::start("", &rest).await;
+    let (gw, _mock) = start_logging_to(&fifo, "0s").await;
     let http = client();
     // ~600 bytes a line: 400 lines are well past what the pipe holds.
     for i in 0..400 {
@@ -100,32 +92,11 @@ async fn a_log_destination_that_stops_reading_stalls_no_request() {
 async fn lines_gathered_in_memory_are_written_before_the_process_exits() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("gathered.log");
-    let mock = MockBackend::start(MockConfig::default())
-        .await
-        .expect("mock");
-    let rest = format!(
-        "{}{}",
-        access_log_at(&path, "10s"),
-        pool(
-            "local-vllm",
-            "local",
-            &[MODEL],
-            &[mock.addr.to_string()],
-            ""
-        )
-    );
-    let mut gw = Gateway::start("", &rest).await;
-    let http = client();
+    let (mut gw, _mock) = start_logging_to(&path, "10s").await;
     for _ in 0..3 {
-        let resp = http
-            .post(gw.api("/v1/chat/completions"))
-            .json(&chat_body(false))
-            .send()
-            .await
-            .expect("send");
+        let resp = post_json(&gw.api("/v1/chat/completions"), &chat_body(false)).await;
         assert_eq!(resp.status(), 200);
     }
-    drop(http);
     // Gathered for up to 10 s: not written yet.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(lines(&path).is_empty(), "{:?}", lines(&path));

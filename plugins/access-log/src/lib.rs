@@ -65,7 +65,8 @@ const MAX_FLUSH_INTERVAL: Duration = Duration::from_secs(10);
 struct FileConfig {
     /// The file lines are appended to; stdout when absent.
     path: Option<String>,
-    /// Lines of this long after the first leave in one write ("0s": each as it comes).
+    /// Lines that arrive within this long of the first leave together in one write ("0s":
+    /// each as it comes).
     flush_interval: Option<TextDuration>,
 }
 

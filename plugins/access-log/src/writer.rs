@@ -193,6 +193,14 @@ mod tests {
         }
     }
 
+    /// Waits up to 2 s for `done`.
+    fn wait_until(done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !done() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     impl Recorder {
         fn bytes(&self) -> Vec<u8> {
             self.0.lock().expect("lock").concat()
@@ -225,17 +233,11 @@ mod tests {
         let writer =
             LineWriter::start(Box::new(out.clone()), Duration::from_millis(20)).expect("start");
         writer.push(b"one\n");
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while out.bytes().is_empty() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_until(|| !out.bytes().is_empty());
         assert_eq!(out.bytes(), b"one\n");
         // The writer went idle again and wakes for the next line.
         writer.push(b"two\n");
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while out.writes() < 2 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_until(|| out.writes() >= 2);
         assert_eq!(out.bytes(), b"one\ntwo\n");
     }
 
@@ -246,10 +248,7 @@ mod tests {
             LineWriter::start(Box::new(out.clone()), Duration::from_secs(60)).expect("start");
         writer.push(b"last\n");
         drop(writer);
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while out.bytes().is_empty() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_until(|| !out.bytes().is_empty());
         assert_eq!(out.bytes(), b"last\n");
     }
 
