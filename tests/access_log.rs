@@ -26,7 +26,7 @@ async fn start_logging_to(path: &std::path::Path, flush_interval: &str) -> (Gate
     let rest = format!(
         "[[plugins]]\nkind = \"access_log\"\npath = \"{}\"\nflush_interval = \"{flush_interval}\"\n\n{}",
         path.display(),
-        pool("local-vllm", "local", &[MODEL], &[mock.addr.to_string()], "")
+        local_pool(mock.addr)
     );
     (Gateway::start("", &rest).await, mock)
 }

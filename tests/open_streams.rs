@@ -83,20 +83,9 @@ fn rss_kib(pid: u32) -> f64 {
         .expect("VmRSS")
 }
 
-/// The one pool, in front of `backend`.
-fn pool_of(backend: &RawBackend) -> String {
-    pool(
-        "local-vllm",
-        "local",
-        &[MODEL],
-        &[backend.addr.to_string()],
-        "",
-    )
-}
-
 /// Resident KiB a held stream costs a fresh gateway, with prompts of `prompt_bytes`.
 async fn kib_per_held_stream(backend: &RawBackend, prompt_bytes: usize, streams: usize) -> f64 {
-    let pools = pool_of(backend);
+    let pools = local_pool(backend.addr);
     let gateway = Gateway::start("", &pools).await;
     let request = stream_request(prompt_bytes);
     // Warm up (pools, lazily built state), then measure from there.
@@ -138,7 +127,7 @@ async fn a_long_prompt_does_not_stay_with_its_open_stream() {
 async fn past_the_descriptor_limit_new_connections_get_a_quick_503() {
     let backend = RawBackend::start().await;
     backend.hold();
-    let pools = pool_of(&backend);
+    let pools = local_pool(backend.addr);
     // max_connections is 10 000 by default; 1 024 descriptors hold (1 024 - 512) / 2.
     let gateway = Gateway::start_with_nofile("", &pools, 1024).await;
     let cap = 256;

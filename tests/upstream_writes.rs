@@ -17,14 +17,7 @@ use common::*;
 #[tokio::test]
 async fn small_bodies_leave_with_their_header_and_every_body_arrives_whole() {
     let backend = RawBackend::start().await;
-    let pools = pool(
-        "local-vllm",
-        "local",
-        &[MODEL],
-        &[backend.addr.to_string()],
-        "",
-    );
-    let gateway = Gateway::start("", &pools).await;
+    let gateway = Gateway::start("", &local_pool(backend.addr)).await;
     // 1 KiB and 12 KiB prompts fit the 16 KiB bound; 40 KiB does not.
     for prompt_len in [1024, 12 * 1024, 40 * 1024] {
         let body = serde_json::json!({

@@ -263,17 +263,16 @@ pub fn last_headers(mock: &MockBackend) -> http::HeaderMap {
     last.expect("the backend got a request")
 }
 
+/// The one pool most tests need: `local-vllm` (cluster `local`) serving `MODEL` from
+/// `backend`.
+pub fn local_pool(backend: std::net::SocketAddr) -> String {
+    pool("local-vllm", "local", &[MODEL], &[backend.to_string()], "")
+}
+
 /// A gateway with one pool `local` (cluster `local`) in front of one fresh mock.
 pub async fn with_mock(config: MockConfig, server_extra: &str) -> (Gateway, MockBackend) {
     let mock = MockBackend::start(config).await.expect("mock");
-    let pools = pool(
-        "local-vllm",
-        "local",
-        &[MODEL],
-        &[mock.addr.to_string()],
-        "",
-    );
-    let gateway = Gateway::start(server_extra, &pools).await;
+    let gateway = Gateway::start(server_extra, &local_pool(mock.addr)).await;
     (gateway, mock)
 }
 
