@@ -237,3 +237,56 @@ async fn federated_route_fails_over_to_a_healthy_pool() {
     assert_eq!(panicked["pool"], "primary");
     assert_eq!(panicked["status"], 200);
 }
+
+/// `consistent_hash` keeps each user on one backend (their shared prompt prefixes stay in one
+/// KV cache) and spreads users over the pool: the gateway hashes the authenticated user.
+#[tokio::test(flavor = "multi_thread")]
+async fn consistent_hash_keeps_each_user_on_one_backend() {
+    let mut mocks = Vec::new();
+    for _ in 0..3 {
+        mocks.push(
+            MockBackend::start(MockConfig::default())
+                .await
+                .expect("mock"),
+        );
+    }
+    let backends: Vec<String> = mocks.iter().map(|m| m.addr.to_string()).collect();
+    let pools = pool(
+        "trio",
+        "local",
+        &[MODEL],
+        &backends,
+        &format!("balance = \"consistent_hash\"\n{FAST_HEALTH}"),
+    );
+    let names: Vec<String> = (0..12).map(|i| format!("user{i}")).collect();
+    let users: Vec<(&str, &[&str])> = names.iter().map(|n| (n.as_str(), &[][..])).collect();
+    let gw = Gateway::start(&api_keys_plugin(&users), &pools).await;
+
+    let counts = || {
+        mocks
+            .iter()
+            .map(|m| count(&m.stats().requests))
+            .collect::<Vec<_>>()
+    };
+    let mut used = std::collections::BTreeSet::new();
+    for name in &names {
+        let before = counts();
+        let auth = bearer(&format!("key-{name}"));
+        for _ in 0..5 {
+            let resp = post_json_with(
+                &gw.api("/v1/chat/completions"),
+                &chat_body(false),
+                &[("authorization", &auth)],
+            )
+            .await;
+            assert_eq!(resp.status(), 200, "{name}");
+        }
+        let after = counts();
+        let got: Vec<usize> = (0..3).filter(|&i| after[i] > before[i]).collect();
+        assert_eq!(got.len(), 1, "{name}'s requests went to backends {got:?}");
+        assert_eq!(after[got[0]] - before[got[0]], 5, "{name}");
+        used.insert(got[0]);
+    }
+    // Twelve users on one backend of three: about one chance in 177,000 for a fair hash.
+    assert!(used.len() > 1, "every user hashed to backend {used:?}");
+}

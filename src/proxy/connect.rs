@@ -12,6 +12,7 @@ use super::forward::Forwarder;
 use super::forwarded::Origin;
 use super::retry::{may_resend, WriteFailure};
 use super::upstream::upstream_header;
+use crate::config::Balance;
 use crate::errors;
 use crate::metrics::GatewayMetrics;
 use crate::routing::backend::{connect_failure, ConnectFailure};
@@ -42,7 +43,11 @@ impl Forwarder {
     ) -> Result<Written, ApiError> {
         let mut tried: Vec<usize> = Vec::new();
         let mut resent = false;
-        let affinity = affinity_key(ctx);
+        // Only `consistent_hash` reads it; hashing the user costs a few hundred instructions.
+        let affinity = match pool.balance {
+            Balance::ConsistentHash => affinity_key(ctx),
+            _ => 0,
+        };
         loop {
             let Picked {
                 index,
@@ -65,8 +70,7 @@ impl Forwarder {
             }
             // Count the attempt as in flight at once, so that concurrent selections see it.
             let inflight = backend.start_request();
-            let (mut upstream, reused) = match self.connector.get_http_session(&backend.peer).await
-            {
+            let (mut upstream, reused) = match self.session_to(&backend).await {
                 Ok(s) => s,
                 Err(e) if connect_failure(&e) == ConnectFailure::Local => {
                     // Out of sockets or ports here: not the backend's fault, so nothing is
@@ -137,6 +141,20 @@ impl Forwarder {
                     return Err(errors::upstream_failed(&pool.name));
                 }
             }
+        }
+    }
+
+    /// A kept-alive connection to the backend when one is idle, else a new one. A connect's
+    /// future is large (~9 KB: Pingora's connectors with their TLS state), so it is boxed and
+    /// exists only while connecting; the reuse path, most requests', stays small and is
+    /// neither copied nor kept (vendor/README.md).
+    async fn session_to(
+        &self,
+        backend: &Backend,
+    ) -> pingora_error::Result<(UpstreamSession, bool)> {
+        match self.connector.reused_h1_http_session(&backend.peer).await {
+            Some(session) => Ok((session, true)),
+            None => Box::pin(self.connector.get_http_session(&backend.peer)).await,
         }
     }
 

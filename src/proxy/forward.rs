@@ -61,22 +61,14 @@ impl Forwarder {
         origin: Origin,
         done: &mut RequestSummary,
     ) -> Result<Sent, Stop> {
-        // Boxed: connecting nests Pingora's connector futures, the largest state of a request;
-        // inline, every open stream would carry that size for its whole life.
+        // Inline: the large part of connecting (a new connection) is boxed where it happens.
         let Written {
             mut upstream,
             backend,
             _inflight,
-        } = Box::pin(self.connect_and_write(
-            session.req_header(),
-            api,
-            &body,
-            origin,
-            ctx,
-            pool,
-            done,
-        ))
-        .await?;
+        } = self
+            .connect_and_write(session.req_header(), api, &body, origin, ctx, pool, done)
+            .await?;
         // Written in full and never resent from here on: a long prompt must not stay in
         // memory for the whole life of its stream.
         drop(body);
