@@ -223,22 +223,39 @@ impl GlobusAuth {
         client: Option<IpAddr>,
     ) -> Result<Arc<TokenVerdict>, Arc<CheckError>> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        // Set when this call ran the introspection itself (a miss), not a waiter or a hit.
+        // A hit first, without building the introspection's future: unpolled, it is still
+        // ~1.5 KB that `try_get_with` takes by value, and inline it would make every call's
+        // future that large (copied into async_trait's box per request). Misses box it.
+        let result = match self.cache.get(&key).await {
+            Some(verdict) => Ok((verdict, false)),
+            None => Box::pin(self.check_miss(key, token, client)).await,
+        };
+        if let Some(m) = &self.metrics {
+            let outcome = match &result {
+                Err(e) if matches!(e.as_ref(), CheckError::Throttled(_)) => "throttled",
+                Err(_) => "unavailable",
+                Ok((_, true)) => "miss",
+                Ok((_, false)) => "hit",
+            };
+            m.checks.with_label_values(&[outcome]).inc();
+        }
+        result.map(|(verdict, _)| verdict)
+    }
+
+    /// Introspects a token the cache lacks; concurrent requests with it wait for one
+    /// introspection. `true` when this call ran it itself (a miss, not a waiter).
+    async fn check_miss(
+        &self,
+        key: [u8; 32],
+        token: &str,
+        client: Option<IpAddr>,
+    ) -> Result<(Arc<TokenVerdict>, bool), Arc<CheckError>> {
         let ran = std::sync::atomic::AtomicBool::new(false);
         let result = self
             .cache
             .try_get_with(key, self.verify(token, client, &ran))
-            .await;
-        if let Some(m) = &self.metrics {
-            let outcome = match (&result, ran.load(std::sync::atomic::Ordering::Relaxed)) {
-                (Err(e), _) if matches!(e.as_ref(), CheckError::Throttled(_)) => "throttled",
-                (Err(_), _) => "unavailable",
-                (Ok(_), true) => "miss",
-                (Ok(_), false) => "hit",
-            };
-            m.checks.with_label_values(&[outcome]).inc();
-        }
-        result
+            .await?;
+        Ok((result, ran.load(std::sync::atomic::Ordering::Relaxed)))
     }
 
     fn refusal(&self, error: &CheckError, ctx: &RequestCtx) -> ApiError {
