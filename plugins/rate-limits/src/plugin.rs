@@ -98,15 +98,34 @@ impl RateLimits {
         holder: &str,
         request_id: &str,
     ) -> Result<(Decision, Arc<dyn Store>), ApiError> {
+        match &self.redis {
+            None => self.acquire_local(checks, holder).await,
+            // Boxed: the Redis path's future (connecting included) is several KB, which
+            // inline every admission would build and copy into async_trait's box.
+            Some(redis) => Box::pin(self.acquire_shared(redis, checks, holder, request_id)).await,
+        }
+    }
+
+    async fn acquire_local(
+        &self,
+        checks: &[crate::store::Check],
+        holder: &str,
+    ) -> Result<(Decision, Arc<dyn Store>), ApiError> {
         let local: Arc<dyn Store> = self.memory.clone();
-        let Some(redis) = &self.redis else {
-            return self
-                .memory
-                .acquire(checks, holder)
-                .await
-                .map(|d| (d, local))
-                .map_err(|e| unavailable(&e.0));
-        };
+        self.memory
+            .acquire(checks, holder)
+            .await
+            .map(|d| (d, local))
+            .map_err(|e| unavailable(&e.0))
+    }
+
+    async fn acquire_shared(
+        &self,
+        redis: &Arc<RedisSide>,
+        checks: &[crate::store::Check],
+        holder: &str,
+        request_id: &str,
+    ) -> Result<(Decision, Arc<dyn Store>), ApiError> {
         // The first requests wait for the first connection (bounded by the timeout), so a
         // healthy Redis is used from the start rather than after a spurious fallback.
         let error = match redis.connected().await {
@@ -156,12 +175,7 @@ impl RateLimits {
             );
         }
         match redis.on_error {
-            OnRedisError::FailOpen => self
-                .memory
-                .acquire(checks, holder)
-                .await
-                .map(|d| (d, local))
-                .map_err(|e| unavailable(&e.0)),
+            OnRedisError::FailOpen => self.acquire_local(checks, holder).await,
             OnRedisError::FailClosed => Err(unavailable(&error)),
         }
     }
