@@ -156,7 +156,17 @@ impl HttpServerApp for Gateway {
         }
         let mut persistent = HttpPersistentSettings::for_session(&session);
         persistent.set_user_context(Box::new(KeptAlive));
-        match session.finish().await {
+        // Pingora's `Session::finish`, with HTTP/1 taken directly and in place: the generic
+        // future holds every protocol's finish and the session twice (~3.7 KB), and as part of
+        // this future it made each request's future that large (moved into a box per request).
+        let finished = match session {
+            ServerSession::H1(mut h1) => match h1.finish_body().await {
+                Ok(_) => h1.reuse().await,
+                Err(e) => Err(e),
+            },
+            other => Box::pin(other.finish()).await,
+        };
+        match finished {
             Ok(reusable) => reusable.map(|s| ReusedHttpStream::from_reusable_stream(s, persistent)),
             Err(e) => {
                 log::debug!(request_id = ctx.request_id.as_str(); "finishing the session: {e}");

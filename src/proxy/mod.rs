@@ -195,10 +195,12 @@ impl Gateway {
         authenticate::authenticate(&snap.chain.authenticate, &head(session), ctx).await?;
         let (api, target) = match route {
             Route::Inference { api, target } => (api, target),
+            // Boxed, as rarer routes: their futures (the batch store's queries) are larger
+            // than the inference path's, and inline every request's future would be as large.
             Route::Batches { .. } | Route::Files { .. } => {
-                return Ok(self.answer_batches(session, ctx, route).await?)
+                return Ok(Box::pin(self.answer_batches(session, ctx, route)).await?)
             }
-            local => return Ok(self.answer_locally(snap, session, ctx, local).await?),
+            local => return Ok(Box::pin(self.answer_locally(snap, session, ctx, local)).await?),
         };
         let body = body::read(session, &self.settings, ctx, api).await?;
         let pool = authorize::authorize(
