@@ -12,7 +12,8 @@
 #   gw+lim-redis  ... with rate_limits only (a local redis-server)
 #   nginx         nginx proxy_pass, the plain-proxy baseline
 # and prints req/s, p50/p99 latency, each proxy's CPU per request (and per streamed chunk)
-# from the proxy process's own CPU time (/proc/PID/stat, user + system), and ratios.
+# from the proxy process's own CPU time (/proc/PID/stat, user + system, and each apart: the
+# kernel's part is the sockets' work, much the same for every proxy), and ratios.
 #
 # The backend is `mock-fast` (pre-rendered answers, one write a request or a burst stream,
 # multi-threaded), so the proxies are what is measured: the script refuses to print a run's
@@ -219,24 +220,25 @@ done
 
 nginx_worker=$(pgrep -P "$nginx_master" | head -1)
 
-# CPU ticks (user + system) a process has used so far.
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# CPU ticks a process has used so far: "user system".
+cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
 
-# run KIND NAME URL PID: prints "KIND NAME rps p50_ms p99_ms non2xx cpu_us_per_request"; PID
-# is the process whose CPU time is counted (the proxy; the mock for `direct`).
+# run KIND NAME URL PID: prints "KIND NAME rps p50_ms p99_ms non2xx cpu_us user_us sys_us" (CPU
+# per request); PID is the process whose CPU time is counted (the proxy; the mock for `direct`).
 run() {
     local kind=$1 name=$2 url=$3 pid=$4
     local script="$work/post.lua"
     [ "$kind" = stream ] && script="$work/stream.lua"
     [ "$kind" = paced ] && script="$work/paced.lua"
     $on_load wrk -t1 -c5 -d2s -s "$script" "$url" >/dev/null   # warm keep-alive pools and caches
-    local before; before=$(cpu_ticks "$pid")
+    local before; read -r -a before < <(cpu_ticks "$pid")
     $on_load wrk -t1 -c"$connections" -d"${duration}s" --latency -s "$script" "$url" >"$work/$kind-$name.txt"
-    local after; after=$(cpu_ticks "$pid")
-    python3 - "$kind" "$name" "$work/$kind-$name.txt" "$((after - before))" "$(getconf CLK_TCK)" <<'PY'
+    local after; read -r -a after < <(cpu_ticks "$pid")
+    python3 - "$kind" "$name" "$work/$kind-$name.txt" "$((after[0] - before[0]))" "$((after[1] - before[1]))" \
+        "$(getconf CLK_TCK)" <<'PY'
 import re, sys
 kind, name, text = sys.argv[1], sys.argv[2], open(sys.argv[3]).read()
-ticks, hz = int(sys.argv[4]), int(sys.argv[5])
+user, system, hz = int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 def ms(v):
     n, unit = re.match(r"([\d.]+)(us|ms|s)", v).groups()
     return float(n) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
@@ -245,8 +247,9 @@ p50 = ms(re.search(r"^\s+50%\s+(\S+)", text, re.M).group(1))
 p99 = ms(re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1))
 errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
 requests = int(re.search(r"(\d+) requests in", text).group(1))
-cpu_us = ticks / hz * 1e6 / requests if requests else 0
-print(f"{kind} {name} {rps:.0f} {p50:.3f} {p99:.3f} {errors.group(1) if errors else 0} {cpu_us:.2f}")
+per_request = lambda ticks: ticks / hz * 1e6 / requests if requests else 0
+print(f"{kind} {name} {rps:.0f} {p50:.3f} {p99:.3f} {errors.group(1) if errors else 0} "
+      f"{per_request(user + system):.2f} {per_request(user):.2f} {per_request(system):.2f}")
 PY
 }
 
@@ -276,11 +279,13 @@ import json, sys, time
 CHUNKS = 256
 rows = {"plain": {}, "stream": {}, "paced": {}}
 for line in open(sys.argv[1]):
-    kind, name, rps, p50, p99, errors, cpu = line.split()
-    rows[kind][name] = dict(rps=float(rps), p50_ms=float(p50), p99_ms=float(p99), non_2xx=int(errors), cpu_us=float(cpu))
+    kind, name, rps, p50, p99, errors, cpu, user, system = line.split()
+    rows[kind][name] = dict(rps=float(rps), p50_ms=float(p50), p99_ms=float(p99), non_2xx=int(errors),
+                            cpu_us=float(cpu), user_us=float(user), sys_us=float(system))
 duration, connections, placement = sys.argv[3], sys.argv[4], sys.argv[5]
 print(f"wrk, 1 thread, {connections} connections, {duration} s per target; {placement}")
-print("CPU: the proxy process's own user+system time over the run (for `direct`: the mock's), per request")
+print("CPU: the proxy process's own user+system time over the run (for `direct`: the mock's), per request;")
+print("     user and sys split it: the kernel's share (sockets) is much the same for every proxy")
 refused = []
 titles = (("plain", "non-streaming chat (16 tokens)"),
           ("stream", f"SSE streams of {CHUNKS} chunks, each stream sent in one burst"),
@@ -289,10 +294,11 @@ for kind, title in titles:
     unit = "req/s" if kind == "plain" else "streams/s"
     print(f"\n{title}")
     extra = "  CPU us/chunk" if kind != "plain" else ""
-    print(f"{'target':<12} {unit:>10} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'CPU us/req':>11}{extra}")
+    print(f"{'target':<12} {unit:>10} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'CPU us/req':>11} {'user':>7} {'sys':>7}{extra}")
     for name, r in rows[kind].items():
         per_chunk = f"  {r['cpu_us'] / CHUNKS:>12.3f}" if kind != "plain" else ""
-        print(f"{name:<12} {r['rps']:>10.0f} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} {r['non_2xx']:>8} {r['cpu_us']:>11.2f}{per_chunk}")
+        print(f"{name:<12} {r['rps']:>10.0f} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} {r['non_2xx']:>8} {r['cpu_us']:>11.2f} "
+              f"{r['user_us']:>7.2f} {r['sys_us']:>7.2f}{per_chunk}")
     proxies = {n: r for n, r in rows[kind].items() if n != "direct"}
     if kind == "paced":
         # The pacing sets the rate; a proxy that falls behind it is saturated, and says so.
@@ -317,6 +323,7 @@ if "plain" not in refused:
     for gw in ("gateway", "gw+all"):
         ratios[f"{gw}/nginx req/s"] = p[gw]["rps"] / p["nginx"]["rps"]
         ratios[f"{gw}/nginx CPU per request"] = p[gw]["cpu_us"] / p["nginx"]["cpu_us"]
+        ratios[f"{gw}/nginx user CPU per request"] = p[gw]["user_us"] / p["nginx"]["user_us"]
         ratios[f"{gw} p50 added ms (vs direct)"] = p[gw]["p50_ms"] - p["direct"]["p50_ms"]
     ratios["nginx p50 added ms (vs direct)"] = p["nginx"]["p50_ms"] - p["direct"]["p50_ms"]
     ratios["metrics on/off req/s"] = p["gw+metrics"]["rps"] / p["gateway"]["rps"]
