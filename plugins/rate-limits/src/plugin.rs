@@ -88,7 +88,7 @@ impl RateLimits {
 
     fn next_holder(&self) -> String {
         let n = self.holders.fetch_add(1, Ordering::Relaxed);
-        format!("{:016x}-{n:x}", self.holder_nonce)
+        holder_id(self.holder_nonce, n)
     }
 
     /// Runs the checks on Redis, or on the local store when Redis is off, down, or not used.
@@ -315,6 +315,25 @@ impl Plugin for RateLimits {
             ctx.request_id.clone(),
         ));
     }
+}
+
+/// `{nonce:016x}-{n:x}`, written by hand: `format!` cost ~1.3k instructions a request
+/// (callgrind), a tenth of the limiter's admission.
+fn holder_id(nonce: u64, n: u64) -> String {
+    fn push_hex(out: &mut String, value: u64, min_digits: u32) {
+        let digits = (u64::BITS - value.leading_zeros())
+            .div_ceil(4)
+            .max(min_digits);
+        for i in (0..digits).rev() {
+            let nibble = (value >> (i * 4)) & 0xf;
+            out.push(char::from_digit(nibble as u32, 16).unwrap_or('0'));
+        }
+    }
+    let mut id = String::with_capacity(33);
+    push_hex(&mut id, nonce, 16);
+    id.push('-');
+    push_hex(&mut id, n, 1);
+    id
 }
 
 #[cfg(test)]

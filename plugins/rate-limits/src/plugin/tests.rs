@@ -321,3 +321,16 @@ fn reset_times_use_openais_format() {
         assert_eq!(super::headers::format_reset(secs), want, "{secs}");
     }
 }
+
+#[test]
+fn holder_ids_read_as_nonce_and_counter_in_hex() {
+    for (nonce, n) in [
+        (0, 0),
+        (1, 15),
+        (0xabc, 16),
+        (u64::MAX, u64::MAX),
+        (0x0123_4567_89ab_cdef, 255),
+    ] {
+        assert_eq!(holder_id(nonce, n), format!("{nonce:016x}-{n:x}"));
+    }
+}
