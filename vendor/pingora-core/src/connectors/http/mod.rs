@@ -141,9 +141,9 @@ where
         &self,
         peer: &P,
     ) -> Option<HttpSession<C::Session>> {
-        let h1_only = peer
-            .get_peer_options()
-            .is_none_or(|o| o.alpn.get_max_http_version() == 1 && !matches!(o.alpn, ALPN::Custom(_)));
+        let h1_only = peer.get_peer_options().is_none_or(|o| {
+            o.alpn.get_max_http_version() == 1 && !matches!(o.alpn, ALPN::Custom(_))
+        });
         if !h1_only {
             return None;
         }
