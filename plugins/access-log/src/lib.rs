@@ -208,29 +208,26 @@ mod tests {
         src.parse().expect("toml")
     }
 
+    /// The error building the plugin from `src` at `path` gives.
+    fn build_error(src: &str, path: &str) -> String {
+        AccessLogFactory
+            .build(&table(src), path, &BuildContext::default())
+            .err()
+            .expect("error")
+    }
+
     #[test]
     fn rejects_a_flush_interval_over_10s_naming_it() {
-        let err = AccessLogFactory
-            .build(
-                &table("kind = \"access_log\"\nflush_interval = \"1m\""),
-                "plugins[1]",
-                &BuildContext::default(),
-            )
-            .err()
-            .expect("error");
+        let err = build_error(
+            "kind = \"access_log\"\nflush_interval = \"1m\"",
+            "plugins[1]",
+        );
         assert!(err.starts_with("plugins[1].flush_interval: `60s`"), "{err}");
     }
 
     #[test]
     fn rejects_unknown_keys_with_path() {
-        let err = AccessLogFactory
-            .build(
-                &table("kind = \"access_log\"\nfile = \"x\""),
-                "plugins[2]",
-                &BuildContext::default(),
-            )
-            .err()
-            .expect("error");
+        let err = build_error("kind = \"access_log\"\nfile = \"x\"", "plugins[2]");
         assert!(err.starts_with("plugins[2].file:"), "{err}");
     }
 

@@ -106,6 +106,7 @@ impl RateLimits {
         }
     }
 
+    /// This replica's own limits.
     async fn acquire_local(
         &self,
         checks: &[crate::store::Check],
@@ -119,6 +120,7 @@ impl RateLimits {
             .map_err(|e| unavailable(&e.0))
     }
 
+    /// The limits shared on Redis; on an error, the local ones (fail_open) or a 503.
     async fn acquire_shared(
         &self,
         redis: &Arc<RedisSide>,
