@@ -138,3 +138,47 @@ fn other_bodies_report_nothing() {
     o.observe(b"\"usage\":{\"prompt_tokens\":1}");
     assert_eq!(o.finish(10), None);
 }
+
+/// Strings of every length around the word-at-a-time search's steps (8 bytes, 32 bytes),
+/// with escapes at their edges, and keys that almost read `usage`: fed whole, split once
+/// at every byte, and in pieces of 1 to 9 bytes, the scan finds exactly the top-level usage.
+#[test]
+fn strings_of_every_length_and_escape_are_jumped_over_at_any_split() {
+    let mut fields = Vec::new();
+    for len in [0, 1, 6, 7, 8, 9, 15, 16, 17, 31, 32, 33, 40, 70] {
+        let plain = "u".repeat(len);
+        fields.push(format!("\"k{len}\":\"{plain}\""));
+        fields.push(format!("\"e{len}\":\"{plain}\\\"usage\\\":{{\\\\\""));
+        fields.push(format!(
+            "\"n{len}\":{{\"usage\":{{\"prompt_tokens\":{len}}},\"{plain}\":[\"\\\\\"]}}"
+        ));
+    }
+    let decoys = r#""usag":{"prompt_tokens":1},"usages":{"prompt_tokens":2},"us\u0061ge":{"prompt_tokens":3},"#;
+    let body = format!(
+        "{{{decoys}{},\"usage\":{{\"prompt_tokens\":41,\"note\":\"x\\\"}}\",\"completion_tokens\":5}},\"tail\":\"{}\"}}",
+        fields.join(","),
+        "t".repeat(33)
+    );
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body)
+            .map(|v| v["usage"]["prompt_tokens"].clone())
+            .ok(),
+        Some(serde_json::json!(41)),
+        "the test body is valid JSON"
+    );
+    let want = reported(41, 5);
+    for piece in 1..=9 {
+        assert_eq!(
+            observe_in_pieces(b"application/json", body.as_bytes(), piece),
+            want,
+            "pieces of {piece}"
+        );
+    }
+    for at in 0..=body.len() {
+        let (first, second) = body.as_bytes().split_at(at);
+        let mut o = UsageObserver::new(Some(b"application/json"));
+        o.observe(first);
+        o.observe(second);
+        assert_eq!(o.finish(0), want, "split at {at}");
+    }
+}
