@@ -70,6 +70,15 @@ struct FileConfig {
     flush_interval: Option<TextDuration>,
 }
 
+/// A field's key as written, built at compile time: `,"name":`. One copy a field instead of
+/// four pushes (the keys were a third of the line's instructions); `finish` turns the first
+/// field's comma into the object's `{`.
+macro_rules! key {
+    ($name:literal) => {
+        concat!(",\"", $name, "\":")
+    };
+}
+
 pub struct AccessLog {
     lines: writer::LineWriter,
 }
@@ -95,38 +104,44 @@ impl Plugin for AccessLog {
             .unwrap_or_default();
         // Field names are a stable interface for log pipelines.
         let mut line = JsonLine::new();
-        line.number("ts", ts);
-        line.string("kind", Some("access"));
-        line.string("request_id", Some(&ctx.request_id));
-        line.string("route", Some(ctx.route));
-        line.number("status", summary.status);
-        line.string("model", ctx.model.as_deref());
-        line.string("cluster", ctx.cluster.as_deref());
-        line.string("framework", ctx.framework.as_deref());
-        line.string("pool", ctx.pool.as_deref());
-        line.string("backend", ctx.backend.as_deref());
-        line.boolean("stream", Some(ctx.stream));
-        line.string("user", principal.map(|p| p.username.as_str()));
+        line.number(key!("ts"), ts);
+        line.string(key!("kind"), Some("access"));
+        line.string(key!("request_id"), Some(&ctx.request_id));
+        line.string(key!("route"), Some(ctx.route));
+        line.number(key!("status"), summary.status);
+        line.string(key!("model"), ctx.model.as_deref());
+        line.string(key!("cluster"), ctx.cluster.as_deref());
+        line.string(key!("framework"), ctx.framework.as_deref());
+        line.string(key!("pool"), ctx.pool.as_deref());
+        line.string(key!("backend"), ctx.backend.as_deref());
+        line.boolean(key!("stream"), Some(ctx.stream));
+        line.string(key!("user"), principal.map(|p| p.username.as_str()));
         line.string(
-            "identity_provider",
+            key!("identity_provider"),
             principal.and_then(|p| p.identity_provider.as_deref()),
         );
-        line.string("auth_method", principal.map(|p| p.auth_method.as_str()));
-        line.ip("client", ctx.client_addr.map(|a| a.ip()));
-        line.number("duration_ms", millis(summary.duration));
-        line.number("first_byte_ms", summary.first_byte.map(millis));
-        line.number("bytes_in", summary.bytes_received);
-        line.number("bytes_out", summary.bytes_sent);
-        line.number("upstream_attempts", summary.upstream_attempts);
-        line.number("prompt_tokens", ctx.usage.map(|u| u.prompt_tokens));
-        line.number("completion_tokens", ctx.usage.map(|u| u.completion_tokens));
-        line.boolean("tokens_estimated", ctx.usage.map(|u| u.estimated));
-        line.string("limiter", ctx.admit_outcome);
-        line.string("error_code", summary.error_code);
-        line.boolean("client_aborted", Some(summary.client_aborted));
-        line.boolean("truncated", Some(summary.truncated));
-        line.boolean("panic_routed", Some(summary.panic_routed));
-        line.string("batch_id", ctx.batch_id.as_deref());
+        line.string(
+            key!("auth_method"),
+            principal.map(|p| p.auth_method.as_str()),
+        );
+        line.ip(key!("client"), ctx.client_addr.map(|a| a.ip()));
+        line.number(key!("duration_ms"), millis(summary.duration));
+        line.number(key!("first_byte_ms"), summary.first_byte.map(millis));
+        line.number(key!("bytes_in"), summary.bytes_received);
+        line.number(key!("bytes_out"), summary.bytes_sent);
+        line.number(key!("upstream_attempts"), summary.upstream_attempts);
+        line.number(key!("prompt_tokens"), ctx.usage.map(|u| u.prompt_tokens));
+        line.number(
+            key!("completion_tokens"),
+            ctx.usage.map(|u| u.completion_tokens),
+        );
+        line.boolean(key!("tokens_estimated"), ctx.usage.map(|u| u.estimated));
+        line.string(key!("limiter"), ctx.admit_outcome);
+        line.string(key!("error_code"), summary.error_code);
+        line.boolean(key!("client_aborted"), Some(summary.client_aborted));
+        line.boolean(key!("truncated"), Some(summary.truncated));
+        line.boolean(key!("panic_routed"), Some(summary.panic_routed));
+        line.string(key!("batch_id"), ctx.batch_id.as_deref());
         self.lines.push(&line.finish());
     }
 
@@ -143,18 +158,12 @@ struct JsonLine(Vec<u8>);
 
 impl JsonLine {
     fn new() -> JsonLine {
-        let mut buf = Vec::with_capacity(640);
-        buf.push(b'{');
-        JsonLine(buf)
+        JsonLine(Vec::with_capacity(640))
     }
 
+    /// `key` comes from `key!`.
     fn key(&mut self, key: &str) {
-        if self.0.len() > 1 {
-            self.0.push(b',');
-        }
-        self.0.push(b'"');
         self.0.extend_from_slice(key.as_bytes());
-        self.0.extend_from_slice(b"\":");
     }
 
     fn value(&mut self, value: impl Serialize) {
@@ -195,6 +204,10 @@ impl JsonLine {
     }
 
     fn finish(mut self) -> Vec<u8> {
+        match self.0.first_mut() {
+            Some(comma) => *comma = b'{',
+            None => self.0.push(b'{'),
+        }
         self.0.extend_from_slice(b"}\n");
         self.0
     }
@@ -286,13 +299,13 @@ mod tests {
     #[test]
     fn values_are_escaped_and_typed_like_serde() {
         let v = line_of(|l| {
-            l.string("model", Some("a\"b\\c\n\u{1}é"));
-            l.string("pool", None);
-            l.number("ts", 1795754953.594_f64);
-            l.number("first_byte_ms", None::<f64>);
-            l.number("bytes_in", u64::MAX);
-            l.boolean("stream", Some(true));
-            l.boolean("tokens_estimated", None);
+            l.string(key!("model"), Some("a\"b\\c\n\u{1}é"));
+            l.string(key!("pool"), None);
+            l.number(key!("ts"), 1795754953.594_f64);
+            l.number(key!("first_byte_ms"), None::<f64>);
+            l.number(key!("bytes_in"), u64::MAX);
+            l.boolean(key!("stream"), Some(true));
+            l.boolean(key!("tokens_estimated"), None);
         });
         assert_eq!(v["model"], "a\"b\\c\n\u{1}é");
         assert!(v["pool"].is_null() && v["first_byte_ms"].is_null());
@@ -315,9 +328,9 @@ mod tests {
         ];
         for text in cases {
             let ip: IpAddr = text.parse().expect("ip");
-            let v = line_of(|l| l.ip("client", Some(ip)));
+            let v = line_of(|l| l.ip(key!("client"), Some(ip)));
             assert_eq!(v["client"], ip.to_string(), "{text}");
         }
-        assert!(line_of(|l| l.ip("client", None))["client"].is_null());
+        assert!(line_of(|l| l.ip(key!("client"), None))["client"].is_null());
     }
 }
