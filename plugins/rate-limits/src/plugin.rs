@@ -22,7 +22,7 @@ use crate::gcra::{CheckOutcome, WINDOW};
 use crate::store::memory::{system_clock, Clock, MemoryStore};
 use crate::store::{Decision, Store};
 use admission::{keep_leases, settle_with_retries, Admission, Allowance, Budget};
-use checks::{describe, plan, What};
+use checks::{describe, plan, shown_user, What};
 use metrics::LimitMetrics;
 use redis_side::RedisSide;
 
@@ -230,7 +230,7 @@ impl Plugin for RateLimits {
                         .with_label_values(&[scope.label(), what.label()])
                         .inc();
                 }
-                let limit = describe(scope, what, &plan.shown_user, &model, check.limit);
+                let limit = describe(scope, what, &shown_user(ctx), &model, check.limit);
                 let wait = retry_after.clamp(1.0, WINDOW).ceil() as u64;
                 return Flow::Respond(
                     ApiError::new(

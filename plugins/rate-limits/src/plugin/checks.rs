@@ -4,6 +4,8 @@
 //! request in one Redis Cluster slot; in the user × model key the user is length-prefixed,
 //! so no user or model name (both may hold `:` or `|`) can make two pairs share a key.
 
+use std::borrow::Cow;
+
 use gateway_plugin_api::RequestCtx;
 
 use crate::config::{LimitsConfig, ScopeLimits};
@@ -55,8 +57,6 @@ impl What {
 pub struct Plan {
     pub checks: Vec<Check>,
     pub about: Vec<(Scope, What)>,
-    /// The username shown in messages.
-    pub shown_user: String,
     /// Tokens reserved up front (before each budget's own cap).
     pub reserved: u64,
 }
@@ -72,39 +72,56 @@ pub fn reservation(ctx: &RequestCtx, default_max_tokens: u64) -> u64 {
     (ctx.body_bytes / 4).saturating_add(completion)
 }
 
-/// Joins key parts: several keys a request, where `format!` cost ~1k instructions each.
-fn concat(parts: &[&str]) -> String {
-    let mut key = String::with_capacity(parts.iter().map(|p| p.len()).sum::<usize>() + 8);
-    for part in parts {
+/// Whom a request's limits count against: the principal's id, else its username, else the
+/// client's address.
+fn limited_user(ctx: &RequestCtx) -> Cow<'_, str> {
+    match &ctx.principal {
+        Some(p) if !p.id.is_empty() => Cow::Borrowed(&p.id),
+        Some(p) => Cow::Borrowed(&p.username),
+        None => ctx.client_addr.map_or(Cow::Borrowed("anonymous"), |a| {
+            Cow::Owned(a.ip().to_string())
+        }),
+    }
+}
+
+/// The username a 429 message names.
+pub fn shown_user(ctx: &RequestCtx) -> Cow<'_, str> {
+    match &ctx.principal {
+        Some(p) => Cow::Borrowed(&p.username),
+        None => limited_user(ctx),
+    }
+}
+
+/// A check's key, `{tag}<what><subject...>`, in one allocation: a request builds up to
+/// nine, where `format!` cost ~1k instructions each.
+fn key(tag: &str, what: What, subject: &[&str]) -> String {
+    let len = tag.len() + what.key_part().len() + subject.iter().map(|p| p.len()).sum::<usize>();
+    let mut key = String::with_capacity(len);
+    key.push_str(tag);
+    key.push_str(what.key_part());
+    for part in subject {
         key.push_str(part);
     }
     key
 }
 
+/// At most three scopes of three checks.
+const MAX_CHECKS: usize = 9;
+
 pub fn plan(cfg: &LimitsConfig, ctx: &RequestCtx, model: &str) -> Plan {
     let principal = ctx.principal.as_ref();
-    let user = match principal {
-        Some(p) if !p.id.is_empty() => p.id.clone(),
-        Some(p) => p.username.clone(),
-        None => ctx
-            .client_addr
-            .map(|a| a.ip().to_string())
-            .unwrap_or_else(|| "anonymous".into()),
-    };
-    let shown_user = principal
-        .map(|p| p.username.clone())
-        .unwrap_or_else(|| user.clone());
+    let user = limited_user(ctx);
     let groups = principal.map(|p| p.groups.as_slice()).unwrap_or_default();
     let limits = cfg.effective(model, principal.map(|p| p.username.as_str()), groups);
     let reserved = reservation(ctx, cfg.default_max_tokens);
     let tag = cfg.key_tag.as_str();
-    let mut checks = Vec::new();
-    let mut about = Vec::new();
-    let mut add = |scope: Scope, subject: &str, l: &ScopeLimits| {
+    let mut checks = Vec::with_capacity(MAX_CHECKS);
+    let mut about = Vec::with_capacity(MAX_CHECKS);
+    let mut add = |scope: Scope, subject: &[&str], l: &ScopeLimits| {
         let mut push = |what: What, limit: Option<u64>, kind: Kind, cost: u64| {
             if let Some(limit) = limit {
                 checks.push(Check {
-                    key: concat(&[tag, what.key_part(), subject]),
+                    key: key(tag, what, subject),
                     kind,
                     limit,
                     cost: cost.min(limit),
@@ -117,20 +134,19 @@ pub fn plan(cfg: &LimitsConfig, ctx: &RequestCtx, model: &str) -> Plan {
         push(What::Concurrent, l.max_concurrent, Kind::Concurrency, 1);
     };
     if limits.user != ScopeLimits::default() {
-        add(Scope::User, &concat(&[":u:", &user]), &limits.user);
+        add(Scope::User, &[":u:", &user], &limits.user);
     }
     if limits.user_model != ScopeLimits::default() {
         let user_len = user.len().to_string();
-        let subject = concat(&[":um:", &user_len, ":", &user, ":", model]);
+        let subject = [":um:", &user_len, ":", &user, ":", model];
         add(Scope::UserModel, &subject, &limits.user_model);
     }
     if limits.model != ScopeLimits::default() {
-        add(Scope::Model, &concat(&[":m:", model]), &limits.model);
+        add(Scope::Model, &[":m:", model], &limits.model);
     }
     Plan {
         checks,
         about,
-        shown_user,
         reserved,
     }
 }
@@ -186,6 +202,19 @@ mod tests {
         assert_ne!(user_model_key("a|b", "c"), user_model_key("a", "b|c"));
         assert_ne!(user_model_key("a:1:b", "c"), user_model_key("a", "1:b:c"));
         assert_ne!(user_model_key("a:", "b"), user_model_key("a", ":b"));
+    }
+
+    #[test]
+    fn keys_are_written_as_the_module_documents() {
+        let keys: Vec<String> = plan(&cfg(), &ctx("ada"), "m")
+            .checks
+            .into_iter()
+            .map(|c| c.key)
+            .collect();
+        assert_eq!(
+            keys,
+            ["{igw}:conc:u:ada", "{igw}:rpm:um:3:ada:m", "{igw}:tpm:m:m"]
+        );
     }
 
     #[test]
