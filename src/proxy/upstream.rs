@@ -110,6 +110,10 @@ pub fn upstream_header(
     Ok(RequestHeader::from(parts))
 }
 
+/// Headers the gateway and its plugins typically add to a response: the request id,
+/// `X-Accel-Buffering`, OpenAI's six rate-limit headers.
+const RESPONSE_HEADERS_ADDED: usize = 8;
+
 /// The backend's response header as the client gets it (plain parts, as above).
 pub fn downstream_header(
     upstream: &ResponseHeader,
@@ -119,6 +123,9 @@ pub fn downstream_header(
     let mut parts = upstream.as_owned_parts();
     let headers = &mut parts.headers;
     remove_hop_by_hop(headers);
+    // The copy has room for the backend's headers only: make room once for ours and the
+    // plugins' (rate_limits adds six), where growing one at a time rehashed the map twice.
+    headers.reserve(RESPONSE_HEADERS_ADDED);
     headers.insert(X_REQUEST_ID, request_id_value(ctx)?);
     let is_sse = headers
         .get(header::CONTENT_TYPE)
