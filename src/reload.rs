@@ -11,14 +11,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use pingora_core::connectors::http::Connector;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 
 use crate::config::{Config, ConfigError, ServerConfig};
 use crate::metrics::GatewayMetrics;
 use crate::plugins::build_chain_reusing;
-use crate::proxy::{Live, PeerSettings, Snapshot};
+use crate::proxy::{BackendConnections, Live, PeerSettings, Snapshot};
 use crate::routing::ModelTable;
 
 pub struct Reloader {
@@ -27,7 +26,7 @@ pub struct Reloader {
     running: Mutex<Config>,
     live: Live,
     registry: prometheus::Registry,
-    connector: Arc<Connector>,
+    backends: Arc<BackendConnections>,
     metrics: Option<Arc<GatewayMetrics>>,
     /// The HTTPS listeners' certificate, read again on every SIGHUP.
     certificate: Option<Arc<crate::tls::ReloadableCert>>,
@@ -49,7 +48,7 @@ impl Reloader {
         running: Config,
         live: Live,
         registry: prometheus::Registry,
-        connector: Arc<Connector>,
+        backends: Arc<BackendConnections>,
         metrics: Option<Arc<GatewayMetrics>>,
     ) -> Reloader {
         Reloader {
@@ -57,7 +56,7 @@ impl Reloader {
             running: Mutex::new(running),
             live,
             registry,
-            connector,
+            backends,
             metrics,
             certificate: None,
         }
@@ -102,7 +101,7 @@ impl Reloader {
             server,
             Arc::new(table),
             chain,
-            self.connector.clone(),
+            self.backends.clone(),
             self.metrics.clone(),
         );
         self.live.store(Arc::new(snapshot));

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use pingora_core::connectors::http::Connector;
 use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{ExecutionPhase, RunArgs, Server};
@@ -17,7 +16,7 @@ use pingora_core::services::listening::Service;
 use crate::config::{Config, ConfigError};
 use crate::metrics::{GatewayMetrics, MetricsApp};
 use crate::plugins::build_chain;
-use crate::proxy::{Gateway, Live, PeerSettings, Snapshot};
+use crate::proxy::{BackendConnections, Gateway, Live, PeerSettings, Snapshot};
 use crate::reload::Reloader;
 use crate::routing::health::{CheckCounters, HealthChecker};
 use crate::routing::{CurrentTable, ModelTable};
@@ -69,13 +68,13 @@ pub fn build(config: Config, path: PathBuf, upgrade: bool) -> Result<Serving, Co
     let chain = build_chain(&config, &registry)?;
     let peers = PeerSettings::new(&config.server);
     let table = Arc::new(ModelTable::new(&config.pools, &|socket| peers.peer(socket)));
-    let connector = Arc::new(Connector::new(None));
+    let backends = Arc::new(BackendConnections::default());
     // Filled with the first snapshot at once; `current` reads whichever is in force.
     let live: Live = Arc::new(ArcSwap::from_pointee(Snapshot::new(
         &config.server,
         table.clone(),
         chain.clone(),
-        connector.clone(),
+        backends.clone(),
         None,
     )));
     let current: CurrentTable = {
@@ -93,7 +92,7 @@ pub fn build(config: Config, path: PathBuf, upgrade: bool) -> Result<Serving, Co
         &config.server,
         table,
         chain.clone(),
-        connector.clone(),
+        backends.clone(),
         metrics.clone(),
     )));
 
@@ -200,7 +199,7 @@ pub fn build(config: Config, path: PathBuf, upgrade: bool) -> Result<Serving, Co
             config.clone(),
             live.clone(),
             registry_for_reload,
-            connector,
+            backends,
             metrics,
         )
         .with_certificate(certificate),

@@ -70,7 +70,7 @@ impl Forwarder {
             }
             // Count the attempt as in flight at once, so that concurrent selections see it.
             let inflight = backend.start_request();
-            let (mut upstream, reused) = match self.session_to(&backend).await {
+            let (mut upstream, reused) = match self.backends.session_to(&backend.peer).await {
                 Ok(s) => s,
                 Err(e) if connect_failure(&e) == ConnectFailure::Local => {
                     // Out of sockets or ports here: not the backend's fault, so nothing is
@@ -141,20 +141,6 @@ impl Forwarder {
                     return Err(errors::upstream_failed(&pool.name));
                 }
             }
-        }
-    }
-
-    /// A kept-alive connection to the backend when one is idle, else a new one. A connect's
-    /// future is large (~9 KB: Pingora's connectors with their TLS state), so it is boxed and
-    /// exists only while connecting; the reuse path, most requests', stays small and is
-    /// neither copied nor kept (vendor/README.md).
-    async fn session_to(
-        &self,
-        backend: &Backend,
-    ) -> pingora_error::Result<(UpstreamSession, bool)> {
-        match self.connector.reused_h1_http_session(&backend.peer).await {
-            Some(session) => Ok((session, true)),
-            None => Box::pin(self.connector.get_http_session(&backend.peer)).await,
         }
     }
 

@@ -17,7 +17,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use gateway_plugin_api::{ApiError, Plugin, RequestCtx, RequestSummary};
 use http::header;
-use pingora_core::connectors::http::Connector;
 use pingora_core::protocols::http::ServerSession;
 use pingora_error::{Error, ErrorType};
 
@@ -34,11 +33,11 @@ use crate::errors;
 use crate::metrics::GatewayMetrics;
 use crate::routing::{Api, Backend, Pool};
 
-/// Sends requests to backends and streams their answers back: the connector, the upstream
+/// Sends requests to backends and streams their answers back: the connections, the upstream
 /// settings and the plugins that watch the exchange. It writes what happened into the
 /// request's summary itself (attempts, first byte, aborts, panic routing).
 pub struct Forwarder {
-    pub(super) connector: Arc<Connector>,
+    pub(super) backends: Arc<super::BackendConnections>,
     pub(super) peers: PeerSettings,
     pub(super) max_connect_attempts: usize,
     /// Every plugin, in phase order: they see the upstream request, the response header and
@@ -137,14 +136,10 @@ impl Forwarder {
                 done.client_aborted = true;
                 done.truncated = true;
             }
-            let keepalive = Some(self.peers.keepalive_timeout);
-            // Boxed: Pingora's pool hand-back is a ~3 KB future, larger than everything the
-            // stream itself keeps; inline, every open stream would carry it for its whole life.
-            Box::pin(
-                self.connector
-                    .release_http_session(upstream, &backend.peer, keepalive),
-            )
-            .await;
+            let keepalive = self.peers.keepalive_timeout;
+            // Boxed: the hand-back holds Pingora's session shutdown, larger than everything
+            // the stream itself keeps; inline, every open stream would carry it.
+            Box::pin(self.backends.release(upstream, &backend.peer, keepalive)).await;
         }
         // Otherwise `upstream` drops here and its connection closes, which is how a backend
         // learns to stop generating for a client that left.

@@ -20,6 +20,7 @@ mod stream;
 mod connect;
 mod connection;
 mod forwarded;
+mod idle_pool;
 mod local;
 mod peer;
 mod respond;
@@ -32,7 +33,6 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use gateway_plugin_api::{ApiError, RequestCtx, RequestHead, RequestSummary};
-use pingora_core::connectors::http::Connector;
 use pingora_core::protocols::http::ServerSession;
 
 use crate::config::ServerConfig;
@@ -45,6 +45,7 @@ use respond::Sent;
 
 pub use body::{expect_body, parse_routing_fields, read_body};
 pub use forwarded::real_client;
+pub use idle_pool::BackendConnections;
 
 pub use peer::PeerSettings;
 
@@ -59,17 +60,17 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// `connector` is shared by every snapshot, so kept-alive upstream connections outlive a
+    /// `backends` is shared by every snapshot, so kept-alive upstream connections outlive a
     /// reload.
     pub fn new(
         settings: &ServerConfig,
         table: Arc<ModelTable>,
         chain: Chain,
-        connector: Arc<Connector>,
+        backends: Arc<BackendConnections>,
         metrics: Option<Arc<GatewayMetrics>>,
     ) -> Snapshot {
         let forwarder = Forwarder {
-            connector,
+            backends,
             peers: PeerSettings::new(settings),
             max_connect_attempts: settings.max_connect_attempts,
             plugins: chain.all.clone(),

@@ -2,12 +2,16 @@
 //! each request in full and closes the connection without a byte of answer, as a server
 //! that crashes on a prompt does. Until then it answers every request (keep-alive). After
 //! `hold()` each POST gets an SSE stream's header and first event, then nothing more until
-//! the gateway closes the connection: streams held open for as long as a test needs. Every
-//! POST's arrival is recorded: how much of it the first read brought, and its body.
+//! the gateway closes the connection: streams held open for as long as a test needs. After
+//! `close_idle_after(d)` it closes a connection that brings no new request within `d` of
+//! its last answer, as servers with a short keep-alive timeout do. Every POST's arrival is
+//! recorded: its connection, how much of it the first read brought, and its body; and
+//! connections the gateway closed are counted.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -18,8 +22,24 @@ pub struct RawBackend {
     pub posts: Arc<AtomicU64>,
     /// How each POST arrived, in order.
     pub arrivals: Arc<Mutex<Vec<Arrival>>>,
+    /// Connections that carried a POST and that the gateway closed (the backend read the
+    /// end of the stream).
+    pub closed_by_gateway: Arc<AtomicU64>,
     crashing: Arc<AtomicBool>,
     holding: Arc<AtomicBool>,
+    /// Milliseconds an idle connection is kept; 0: for ever.
+    idle_close_ms: Arc<AtomicU64>,
+}
+
+/// What every connection's task shares with the backend.
+#[derive(Clone)]
+struct Shared {
+    posts: Arc<AtomicU64>,
+    arrivals: Arc<Mutex<Vec<Arrival>>>,
+    closed_by_gateway: Arc<AtomicU64>,
+    crashing: Arc<AtomicBool>,
+    holding: Arc<AtomicBool>,
+    idle_close_ms: Arc<AtomicU64>,
 }
 
 const HELD_STREAM: &str =
@@ -32,28 +52,43 @@ impl RawBackend {
     pub async fn start() -> RawBackend {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let posts = Arc::new(AtomicU64::new(0));
-        let crashing = Arc::new(AtomicBool::new(false));
-        let holding = Arc::new(AtomicBool::new(false));
-        let arrivals = Arc::new(Mutex::new(Vec::new()));
-        let (p, c, h, a) = (
-            posts.clone(),
-            crashing.clone(),
-            holding.clone(),
-            arrivals.clone(),
-        );
+        let shared = Shared {
+            posts: Arc::new(AtomicU64::new(0)),
+            arrivals: Arc::new(Mutex::new(Vec::new())),
+            closed_by_gateway: Arc::new(AtomicU64::new(0)),
+            crashing: Arc::new(AtomicBool::new(false)),
+            holding: Arc::new(AtomicBool::new(false)),
+            idle_close_ms: Arc::new(AtomicU64::new(0)),
+        };
+        let for_connections = shared.clone();
         tokio::spawn(async move {
+            let mut connection = 0;
             while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(serve(stream, p.clone(), c.clone(), h.clone(), a.clone()));
+                connection += 1;
+                tokio::spawn(serve(stream, connection, for_connections.clone()));
             }
         });
         RawBackend {
             addr,
-            posts,
-            arrivals,
-            crashing,
-            holding,
+            posts: shared.posts,
+            arrivals: shared.arrivals,
+            closed_by_gateway: shared.closed_by_gateway,
+            crashing: shared.crashing,
+            holding: shared.holding,
+            idle_close_ms: shared.idle_close_ms,
         }
+    }
+
+    /// From now on, a connection idle for `after` is closed by the backend.
+    pub fn close_idle_after(&self, after: Duration) {
+        self.idle_close_ms
+            .store(after.as_millis().max(1) as u64, Ordering::SeqCst);
+    }
+
+    /// The connection each POST arrived on, in order (numbered from 1 as accepted).
+    pub fn post_connections(&self) -> Vec<u64> {
+        let all = self.arrivals.lock().expect("arrivals");
+        all.iter().map(|a| a.connection).collect()
     }
 
     /// From now on, every POST is answered with a stream that stays open.
@@ -71,6 +106,8 @@ impl RawBackend {
 #[derive(Clone, Debug)]
 pub struct Arrival {
     pub is_post: bool,
+    /// The connection it came on (numbered from 1 as accepted).
+    pub connection: u64,
     /// Bytes of the request in the read that brought its first byte (the same TCP write,
     /// on loopback, for a request the gateway sent in one).
     pub first_read: usize,
@@ -109,6 +146,7 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Arriv
             buf.drain(..whole);
             return Some(Arrival {
                 is_post: head.starts_with("post"),
+                connection: 0,
                 first_read: first_read.min(whole),
                 whole,
                 body,
@@ -118,25 +156,39 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Arriv
     }
 }
 
-async fn serve(
-    mut stream: TcpStream,
-    posts: Arc<AtomicU64>,
-    crashing: Arc<AtomicBool>,
-    holding: Arc<AtomicBool>,
-    arrivals: Arc<Mutex<Vec<Arrival>>>,
-) {
+async fn serve(mut stream: TcpStream, connection: u64, shared: Shared) {
     let mut buf = Vec::new();
-    while let Some(arrival) = read_request(&mut stream, &mut buf).await {
+    let mut carried_post = false;
+    loop {
+        let idle_close_ms = shared.idle_close_ms.load(Ordering::SeqCst);
+        let next = if idle_close_ms > 0 && buf.is_empty() {
+            let limit = Duration::from_millis(idle_close_ms);
+            match tokio::time::timeout(limit, read_request(&mut stream, &mut buf)).await {
+                Ok(next) => next,
+                // Idle too long: the backend closes it, without a word.
+                Err(_) => return,
+            }
+        } else {
+            read_request(&mut stream, &mut buf).await
+        };
+        let Some(mut arrival) = next else {
+            if carried_post {
+                shared.closed_by_gateway.fetch_add(1, Ordering::SeqCst);
+            }
+            return;
+        };
+        arrival.connection = connection;
         let is_post = arrival.is_post;
+        carried_post |= is_post;
         if is_post {
-            posts.fetch_add(1, Ordering::SeqCst);
-            if let Ok(mut all) = arrivals.lock() {
+            shared.posts.fetch_add(1, Ordering::SeqCst);
+            if let Ok(mut all) = shared.arrivals.lock() {
                 all.push(arrival);
             }
-            if crashing.load(Ordering::SeqCst) {
+            if shared.crashing.load(Ordering::SeqCst) {
                 return; // dropped: closed without a byte of answer
             }
-            if holding.load(Ordering::SeqCst) {
+            if shared.holding.load(Ordering::SeqCst) {
                 let event = format!("{:x}\r\n{FIRST_EVENT}\r\n", FIRST_EVENT.len());
                 let _ = stream.write_all(HELD_STREAM.as_bytes()).await;
                 let _ = stream.write_all(event.as_bytes()).await;

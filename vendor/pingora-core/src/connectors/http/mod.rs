@@ -132,24 +132,6 @@ where
         }
     }
 
-    /// Patched (inference-gateway): the reuse step of [Self::get_http_session] alone, for a
-    /// peer that speaks HTTP/1 only (`None` for any other peer, or when no idle connection
-    /// is pooled). Its future is small: `get_http_session`'s holds a whole connect (TLS and
-    /// HTTP/2 handshakes included), ~9 KB that a caller moves or keeps per request even when
-    /// the connection is reused. A caller tries this first and connects only when it misses.
-    pub async fn reused_h1_http_session<P: Peer + Send + Sync + 'static>(
-        &self,
-        peer: &P,
-    ) -> Option<HttpSession<C::Session>> {
-        let h1_only = peer.get_peer_options().is_none_or(|o| {
-            o.alpn.get_max_http_version() == 1 && !matches!(o.alpn, ALPN::Custom(_))
-        });
-        if !h1_only {
-            return None;
-        }
-        self.h1.reused_http_session(peer).await.map(HttpSession::H1)
-    }
-
     pub async fn release_http_session<P: Peer + Send + Sync + 'static>(
         &self,
         session: HttpSession<C::Session>,
