@@ -22,7 +22,12 @@
 # more cores it pins wrk, the mock and the proxies to separate cores; it says what it did.
 # Everything listens on 127.0.0.1. Latency at a fixed rate and memory: benches/latency.sh.
 #
-#   benches/overhead.sh [duration_seconds=10] [connections=32]
+#   benches/overhead.sh [duration_seconds=10] [connections=32] [rounds=duration/2]
+#
+# Each target's time is cut into rounds (2 s at least), and the rounds of one load shape go
+# round-robin over the targets: on a shared host the machine's speed drifts by tens of percent
+# within a minute, and one long window a target would compare different moments. Figures
+# sum the rounds (requests, CPU); p50 is the rounds' median, p99 their worst.
 #
 # Needs: a release build (cargo build --release --workspace --bins), wrk, nginx and
 # redis-server (apt-get install wrk nginx-light redis-server). Results go to stdout and
@@ -32,6 +37,12 @@ cd "$(dirname "$0")/.."
 
 duration=${1:-10}
 connections=${2:-32}
+rounds=${3:-$(( duration / 2 > 0 ? duration / 2 : 1 ))}
+round_seconds=$(( duration / rounds ))
+if [ "$round_seconds" -lt 2 ]; then
+    echo "each of $rounds rounds would run under 2 s: give a longer duration or fewer rounds" >&2
+    exit 2
+fi
 out=bench-results
 mkdir -p "$out"
 work=$(mktemp -d)
@@ -223,22 +234,24 @@ nginx_worker=$(pgrep -P "$nginx_master" | head -1)
 # CPU ticks a process has used so far: "user system".
 cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
 
-# run KIND NAME URL PID: prints "KIND NAME rps p50_ms p99_ms non2xx cpu_us user_us sys_us" (CPU
-# per request); PID is the process whose CPU time is counted (the proxy; the mock for `direct`).
+# run KIND NAME URL PID ROUND: prints "KIND NAME rps p50_ms p99_ms non2xx requests user_ticks
+# sys_ticks" for one round; PID is the process whose CPU time is counted (the proxy; the mock
+# for `direct`). The first round warms keep-alive pools and caches first.
 run() {
-    local kind=$1 name=$2 url=$3 pid=$4
+    local kind=$1 name=$2 url=$3 pid=$4 round=$5
     local script="$work/post.lua"
     [ "$kind" = stream ] && script="$work/stream.lua"
     [ "$kind" = paced ] && script="$work/paced.lua"
-    $on_load wrk -t1 -c5 -d2s -s "$script" "$url" >/dev/null   # warm keep-alive pools and caches
+    if [ "$round" = 1 ]; then
+        $on_load wrk -t1 -c5 -d2s -s "$script" "$url" >/dev/null
+    fi
     local before; read -r -a before < <(cpu_ticks "$pid")
-    $on_load wrk -t1 -c"$connections" -d"${duration}s" --latency -s "$script" "$url" >"$work/$kind-$name.txt"
+    $on_load wrk -t1 -c"$connections" -d"${round_seconds}s" --latency -s "$script" "$url" >"$work/round.txt"
     local after; read -r -a after < <(cpu_ticks "$pid")
-    python3 - "$kind" "$name" "$work/$kind-$name.txt" "$((after[0] - before[0]))" "$((after[1] - before[1]))" \
-        "$(getconf CLK_TCK)" <<'PY'
+    python3 - "$kind" "$name" "$work/round.txt" "$((after[0] - before[0]))" "$((after[1] - before[1]))" <<'PY'
 import re, sys
 kind, name, text = sys.argv[1], sys.argv[2], open(sys.argv[3]).read()
-user, system, hz = int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+user, system = int(sys.argv[4]), int(sys.argv[5])
 def ms(v):
     n, unit = re.match(r"([\d.]+)(us|ms|s)", v).groups()
     return float(n) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
@@ -247,43 +260,54 @@ p50 = ms(re.search(r"^\s+50%\s+(\S+)", text, re.M).group(1))
 p99 = ms(re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1))
 errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
 requests = int(re.search(r"(\d+) requests in", text).group(1))
-per_request = lambda ticks: ticks / hz * 1e6 / requests if requests else 0
-print(f"{kind} {name} {rps:.0f} {p50:.3f} {p99:.3f} {errors.group(1) if errors else 0} "
-      f"{per_request(user + system):.2f} {per_request(user):.2f} {per_request(system):.2f}")
+print(f"{kind} {name} {rps:.1f} {p50:.3f} {p99:.3f} {errors.group(1) if errors else 0} {requests} {user} {system}")
 PY
 }
 
 api=/resource_server/v1/chat/completions
 {
     for kind in plain stream paced; do
-        if [ $kind = paced ]; then
-            run $kind direct "http://127.0.0.1:$paced_port/v1/chat/completions" "$paced_pid"
-        else
-            run $kind direct "http://127.0.0.1:$mock_port/v1/chat/completions" "$mock_pid"
-        fi
-        run $kind gateway "http://127.0.0.1:$gw_port$api" "$gw_pid"
-        run $kind gw+all "http://127.0.0.1:$auth_port$api" "$auth_pid"
         nginx_path=$api
         [ $kind = paced ] && nginx_path=/paced$api
-        run $kind nginx "http://127.0.0.1:$nginx_port$nginx_path" "$nginx_worker"
-        if [ $kind = plain ]; then
-            run $kind gw+metrics "http://127.0.0.1:$metrics_gw_port$api" "$metrics_pid"
-            run $kind gw+lim-mem "http://127.0.0.1:$mem_port$api" "$mem_pid"
-            run $kind gw+lim-redis "http://127.0.0.1:$redis_gw_port$api" "$redis_gw_pid"
-        fi
+        for round in $(seq "$rounds"); do
+            if [ $kind = paced ]; then
+                run $kind direct "http://127.0.0.1:$paced_port/v1/chat/completions" "$paced_pid" "$round"
+            else
+                run $kind direct "http://127.0.0.1:$mock_port/v1/chat/completions" "$mock_pid" "$round"
+            fi
+            run $kind gateway "http://127.0.0.1:$gw_port$api" "$gw_pid" "$round"
+            run $kind gw+all "http://127.0.0.1:$auth_port$api" "$auth_pid" "$round"
+            run $kind nginx "http://127.0.0.1:$nginx_port$nginx_path" "$nginx_worker" "$round"
+            if [ $kind = plain ]; then
+                run $kind gw+metrics "http://127.0.0.1:$metrics_gw_port$api" "$metrics_pid" "$round"
+                run $kind gw+lim-mem "http://127.0.0.1:$mem_port$api" "$mem_pid" "$round"
+                run $kind gw+lim-redis "http://127.0.0.1:$redis_gw_port$api" "$redis_gw_pid" "$round"
+            fi
+        done
     done
 } >"$work/results"
 
-python3 - "$work/results" "$out" "$duration" "$connections" "$placement" <<'PY'
-import json, sys, time
+python3 - "$work/results" "$out" "$duration" "$connections" "$placement" "$rounds" "$(getconf CLK_TCK)" <<'PY'
+import json, statistics, sys, time
 CHUNKS = 256
-rows = {"plain": {}, "stream": {}, "paced": {}}
+hz = int(sys.argv[7])
+# Every round of a target, in order: summed (requests, CPU), medians (rate, p50), worst (p99).
+by_target = {}
 for line in open(sys.argv[1]):
-    kind, name, rps, p50, p99, errors, cpu, user, system = line.split()
-    rows[kind][name] = dict(rps=float(rps), p50_ms=float(p50), p99_ms=float(p99), non_2xx=int(errors),
-                            cpu_us=float(cpu), user_us=float(user), sys_us=float(system))
-duration, connections, placement = sys.argv[3], sys.argv[4], sys.argv[5]
-print(f"wrk, 1 thread, {connections} connections, {duration} s per target; {placement}")
+    kind, name, rps, p50, p99, errors, requests, user, system = line.split()
+    by_target.setdefault((kind, name), []).append(
+        (float(rps), float(p50), float(p99), int(errors), int(requests), int(user), int(system)))
+rows = {"plain": {}, "stream": {}, "paced": {}}
+for (kind, name), runs in by_target.items():
+    requests = sum(r[4] for r in runs)
+    per_request = lambda ticks: ticks / hz * 1e6 / requests if requests else 0.0
+    user, system = sum(r[5] for r in runs), sum(r[6] for r in runs)
+    rows[kind][name] = dict(rps=statistics.mean(r[0] for r in runs), p50_ms=statistics.median(r[1] for r in runs),
+                            p99_ms=max(r[2] for r in runs), non_2xx=sum(r[3] for r in runs),
+                            cpu_us=per_request(user + system), user_us=per_request(user), sys_us=per_request(system),
+                            rounds_rps=[round(r[0]) for r in runs])
+duration, connections, placement, rounds = sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
+print(f"wrk, 1 thread, {connections} connections, {duration} s per target in {rounds} interleaved rounds; {placement}")
 print("CPU: the proxy process's own user+system time over the run (for `direct`: the mock's), per request;")
 print("     user and sys split it: the kernel's share (sockets) is much the same for every proxy")
 refused = []
@@ -340,7 +364,7 @@ if ratios:
     print()
 for k, v in ratios.items():
     print(f"{k}: {v:.3f}")
-record = dict(time=time.time(), duration_s=int(duration), connections=int(connections), placement=placement,
+record = dict(time=time.time(), duration_s=int(duration), rounds=int(rounds), connections=int(connections), placement=placement,
               chunks_per_stream=CHUNKS, results=rows, ratios=ratios, refused=refused)
 with open(f"{sys.argv[2]}/overhead.jsonl", "a") as f:
     f.write(json.dumps(record) + "\n")
