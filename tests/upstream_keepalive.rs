@@ -21,16 +21,10 @@ fn chat() -> serde_json::Value {
     json!({"model": MODEL, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 5})
 }
 
-/// A gateway in front of `backend` alone, health checks out of the way.
+/// A gateway in front of `backend` alone (its health checks open connections of their own,
+/// which carry no POST and are not counted).
 async fn gateway_for(backend: &RawBackend, server_extra: &str) -> Gateway {
-    let pools = pool(
-        "p",
-        "local",
-        &[MODEL],
-        &[backend.addr.to_string()],
-        "[pools.health]\ninterval = \"60s\"\n",
-    );
-    Gateway::start(server_extra, &pools).await
+    Gateway::start(server_extra, &local_pool(backend.addr)).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -94,4 +88,19 @@ async fn an_idle_connection_is_closed_after_upstream_keepalive_timeout() {
     assert_eq!(post_json(&url, &chat()).await.status(), 200);
     let connections: BTreeSet<u64> = backend.post_connections().into_iter().collect();
     assert_eq!(connections.len(), 2, "{connections:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn any_upstream_keepalive_timeout_the_file_accepts_works() {
+    for (timeout, connections) in [("500000000000years", 1), ("0s", 3)] {
+        let backend = RawBackend::start().await;
+        let server = format!("upstream_keepalive_timeout = \"{timeout}\"");
+        let gw = gateway_for(&backend, &server).await;
+        let url = gw.api("/v1/chat/completions");
+        for _ in 0..3 {
+            assert_eq!(post_json(&url, &chat()).await.status(), 200, "{timeout}");
+        }
+        let used: BTreeSet<u64> = backend.post_connections().into_iter().collect();
+        assert_eq!(used.len(), connections, "{timeout}: {used:?}");
+    }
 }

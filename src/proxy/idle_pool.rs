@@ -68,10 +68,6 @@ impl BackendConnections {
     pub async fn release(&self, session: UpstreamSession, peer: &HttpPeer, keepalive: Duration) {
         self.idle.put(session, peer, keepalive).await;
     }
-
-    pub fn idle(&self) -> &IdlePool {
-        &self.idle
-    }
 }
 
 struct Idle {
@@ -121,14 +117,14 @@ impl IdlePool {
         let Some(mut stream) = h1.reuse().await else {
             return;
         };
+        let Some(expires) = expiry(Instant::now(), keepalive) else {
+            return;
+        };
         if !still_idle(&mut stream) {
             return;
         }
         self.start_sweeper();
-        let idle = Idle {
-            stream,
-            expires: Instant::now() + keepalive,
-        };
+        let idle = Idle { stream, expires };
         let evicted = match self.stacks.lock() {
             Ok(mut stacks) => {
                 let stack = stacks.entry(peer.reuse_hash()).or_default();
@@ -141,8 +137,9 @@ impl IdlePool {
         drop(evicted);
     }
 
-    /// Idle connections held now, for tests and the sweeper's log.
-    pub fn len(&self) -> usize {
+    /// Idle connections held now.
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.stacks
             .lock()
             .map(|s| s.values().map(Vec::len).sum())
@@ -189,6 +186,17 @@ impl IdlePool {
         // Closed outside the lock.
         drop(closed);
     }
+}
+
+/// Until when a connection idled at `now` may be reused; `None`: not at all (a zero
+/// `upstream_keepalive_timeout`). The configuration accepts any duration (humantime reads
+/// years), and an `Instant` overflow panics: beyond a year is a year.
+fn expiry(now: Instant, keepalive: Duration) -> Option<Instant> {
+    const LONGEST: Duration = Duration::from_secs(365 * 24 * 3600);
+    if keepalive.is_zero() {
+        return None;
+    }
+    now.checked_add(keepalive.min(LONGEST))
 }
 
 /// Whether an idle connection has nothing to read: a backend that closed it (end of

@@ -109,3 +109,15 @@ async fn the_sweep_closes_what_expired_or_its_backend_closed() {
     let quiet = tokio::time::timeout(Duration::from_millis(50), kept_backend.read(&mut buf)).await;
     assert!(quiet.is_err(), "the live one stays open");
 }
+
+#[test]
+fn any_configured_keepalive_gives_an_expiry_without_overflow() {
+    let now = Instant::now();
+    assert_eq!(expiry(now, Duration::ZERO), None, "zero: not kept");
+    assert_eq!(
+        expiry(now, Duration::from_secs(60)),
+        Some(now + Duration::from_secs(60))
+    );
+    let longest = expiry(now, Duration::MAX).expect("capped, not overflowed");
+    assert!(longest > now + Duration::from_secs(300 * 24 * 3600));
+}
