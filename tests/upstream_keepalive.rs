@@ -15,12 +15,6 @@ use std::time::Duration;
 
 use common::raw::RawBackend;
 use common::*;
-use serde_json::json;
-
-fn chat() -> serde_json::Value {
-    json!({"model": MODEL, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 5})
-}
-
 /// A gateway in front of `backend` alone (its health checks open connections of their own,
 /// which carry no POST and are not counted).
 async fn gateway_for(backend: &RawBackend, server_extra: &str) -> Gateway {
@@ -33,7 +27,7 @@ async fn one_after_another_requests_share_one_backend_connection() {
     let gw = gateway_for(&backend, "").await;
     let url = gw.api("/v1/chat/completions");
     for _ in 0..20 {
-        assert_eq!(post_json(&url, &chat()).await.status(), 200);
+        assert_eq!(post_json(&url, &chat_body(false)).await.status(), 200);
     }
     let connections: BTreeSet<u64> = backend.post_connections().into_iter().collect();
     assert_eq!(connections.len(), 1, "{connections:?}");
@@ -47,7 +41,7 @@ async fn a_connection_its_backend_closed_while_idle_is_never_used() {
     let url = gw.api("/v1/chat/completions");
     for i in 0..5 {
         let id = format!("after-idle-{i}");
-        let resp = post_json_with(&url, &chat(), &[("x-request-id", id.as_str())]).await;
+        let resp = post_json_with(&url, &chat_body(false), &[("x-request-id", id.as_str())]).await;
         assert_eq!(resp.status(), 200, "request {i}");
         let line = gw.access_line(|l| l["request_id"] == id.as_str()).await;
         assert_eq!(
@@ -71,7 +65,7 @@ async fn an_idle_connection_is_closed_after_upstream_keepalive_timeout() {
     let backend = RawBackend::start().await;
     let gw = gateway_for(&backend, "upstream_keepalive_timeout = \"1s\"").await;
     let url = gw.api("/v1/chat/completions");
-    assert_eq!(post_json(&url, &chat()).await.status(), 200);
+    assert_eq!(post_json(&url, &chat_body(false)).await.status(), 200);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         count(&backend.closed_by_gateway),
@@ -85,7 +79,7 @@ async fn an_idle_connection_is_closed_after_upstream_keepalive_timeout() {
     )
     .await;
     // The next request opens a new connection and succeeds.
-    assert_eq!(post_json(&url, &chat()).await.status(), 200);
+    assert_eq!(post_json(&url, &chat_body(false)).await.status(), 200);
     let connections: BTreeSet<u64> = backend.post_connections().into_iter().collect();
     assert_eq!(connections.len(), 2, "{connections:?}");
 }
@@ -98,7 +92,11 @@ async fn any_upstream_keepalive_timeout_the_file_accepts_works() {
         let gw = gateway_for(&backend, &server).await;
         let url = gw.api("/v1/chat/completions");
         for _ in 0..3 {
-            assert_eq!(post_json(&url, &chat()).await.status(), 200, "{timeout}");
+            assert_eq!(
+                post_json(&url, &chat_body(false)).await.status(),
+                200,
+                "{timeout}"
+            );
         }
         let used: BTreeSet<u64> = backend.post_connections().into_iter().collect();
         assert_eq!(used.len(), connections, "{timeout}: {used:?}");

@@ -29,7 +29,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 
 /// Idle connections kept per backend at most; past it the oldest is closed. Pingora's pool
 /// keeps 128 by default.
-pub const MAX_IDLE_PER_BACKEND: usize = 128;
+const MAX_IDLE_PER_BACKEND: usize = 128;
 /// How often the sweeper closes expired and backend-closed connections.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 

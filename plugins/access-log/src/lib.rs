@@ -157,7 +157,7 @@ impl Plugin for AccessLog {
 struct JsonLine(Vec<u8>);
 
 /// Whether JSON (as serde_json writes it) escapes any byte of `text`: quotes, backslashes,
-/// control characters. No early exit, so the loop vectorizes.
+/// control characters. No early exit, so the compiler may vectorize the loop.
 fn needs_escape(text: &str) -> bool {
     text.bytes().fold(false, |found, b| {
         found | (b < 0x20) | (b == b'"') | (b == b'\\')
