@@ -1,5 +1,6 @@
 //! Kept-alive connections to backends, through the real binary: reused while open, never
-//! used once their backend closed them, and closed by the gateway when idle too long.
+//! used once their backend closed them, closed by the gateway when idle too long or when
+//! the backend's answer says `Connection: close`.
 
 #![allow(
     clippy::expect_used,
@@ -58,6 +59,29 @@ async fn a_connection_its_backend_closed_while_idle_is_never_used() {
         5,
         "each on a fresh connection: {connections:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_whose_answer_says_close_is_closed_by_the_gateway_not_reused() {
+    let backend = RawBackend::start().await;
+    backend.say_close();
+    let gw = gateway_for(&backend, "").await;
+    let url = gw.api("/v1/chat/completions");
+    for i in 0..3 {
+        assert_eq!(
+            post_json(&url, &chat_body(false)).await.status(),
+            200,
+            "request {i}"
+        );
+    }
+    eventually(
+        Duration::from_secs(5),
+        "the gateway closes each connection it may not reuse",
+        || count(&backend.closed_by_gateway) == 3,
+    )
+    .await;
+    let connections: BTreeSet<u64> = backend.post_connections().into_iter().collect();
+    assert_eq!(connections.len(), 3, "{connections:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -137,9 +137,11 @@ impl Forwarder {
                 done.truncated = true;
             }
             let keepalive = self.peers.keepalive_timeout;
-            // Boxed: the hand-back holds Pingora's session shutdown, larger than everything
-            // the stream itself keeps; inline, every open stream would carry it.
-            Box::pin(self.backends.release(upstream, &backend.peer, keepalive)).await;
+            if let Some(mut unfit) = self.backends.release(upstream, &backend.peer, keepalive) {
+                // Closed gracefully. Boxed: the shutdown's future (a TLS one included) is
+                // several times the session's size, and only this rare path needs it.
+                Box::pin(async move { unfit.shutdown().await }).await;
+            }
         }
         // Otherwise `upstream` drops here and its connection closes, which is how a backend
         // learns to stop generating for a client that left.

@@ -64,9 +64,16 @@ impl BackendConnections {
         }
     }
 
-    /// Hands a finished session back for reuse (see `IdlePool::put`).
-    pub async fn release(&self, session: UpstreamSession, peer: &HttpPeer, keepalive: Duration) {
-        self.idle.put(session, peer, keepalive).await;
+    /// Hands a finished session back for reuse (see `IdlePool::put`), without waiting: a
+    /// session that may not be reused comes back, for the caller to shut down.
+    #[must_use = "a session that may not be reused must be shut down"]
+    pub fn release(
+        &self,
+        session: UpstreamSession,
+        peer: &HttpPeer,
+        keepalive: Duration,
+    ) -> Option<H1Session> {
+        self.idle.put(session, peer, keepalive)
     }
 }
 
@@ -103,25 +110,25 @@ impl IdlePool {
     }
 
     /// Keeps `session`'s connection for the next request to `peer`, when its response was
-    /// read whole and both sides allow keep-alive; else it is closed.
-    pub async fn put(
+    /// read whole and both sides allow keep-alive. A session that may not be reused is
+    /// given back, to be shut down; any other connection not kept is closed here.
+    pub fn put(
         self: &Arc<Self>,
         session: UpstreamSession,
         peer: &HttpPeer,
         keepalive: Duration,
-    ) {
+    ) -> Option<H1Session> {
         let UpstreamSession::H1(mut h1) = session else {
-            return;
+            return None;
         };
         h1.respect_keepalive();
-        let Some(mut stream) = h1.reuse().await else {
-            return;
+        let mut stream = match h1.into_reusable() {
+            Ok(stream) => stream,
+            Err(unfit) => return Some(unfit),
         };
-        let Some(expires) = expiry(Instant::now(), keepalive) else {
-            return;
-        };
+        let expires = expiry(Instant::now(), keepalive)?;
         if !still_idle(&mut stream) {
-            return;
+            return None;
         }
         self.start_sweeper();
         let idle = Idle { stream, expires };
@@ -135,6 +142,7 @@ impl IdlePool {
         };
         // Closed outside the lock.
         drop(evicted);
+        None
     }
 
     /// Idle connections held now.

@@ -4,7 +4,9 @@
 //! `hold()` each POST gets an SSE stream's header and first event, then nothing more until
 //! the gateway closes the connection: streams held open for as long as a test needs. After
 //! `close_idle_after(d)` it closes a connection that brings no new request within `d` of
-//! its last answer, as servers with a short keep-alive timeout do. Every POST's arrival is
+//! its last answer, as servers with a short keep-alive timeout do. After `say_close()` each
+//! answer carries `Connection: close` but the backend leaves the closing to the gateway.
+//! Every POST's arrival is
 //! recorded: its connection, how much of it the first read brought, and its body; and
 //! connections the gateway closed are counted.
 
@@ -29,6 +31,7 @@ pub struct RawBackend {
     holding: Arc<AtomicBool>,
     /// Milliseconds an idle connection is kept; 0: for ever.
     idle_close_ms: Arc<AtomicU64>,
+    saying_close: Arc<AtomicBool>,
 }
 
 /// What every connection's task shares with the backend.
@@ -40,6 +43,7 @@ struct Shared {
     crashing: Arc<AtomicBool>,
     holding: Arc<AtomicBool>,
     idle_close_ms: Arc<AtomicU64>,
+    saying_close: Arc<AtomicBool>,
 }
 
 const HELD_STREAM: &str =
@@ -59,6 +63,7 @@ impl RawBackend {
             crashing: Arc::new(AtomicBool::new(false)),
             holding: Arc::new(AtomicBool::new(false)),
             idle_close_ms: Arc::new(AtomicU64::new(0)),
+            saying_close: Arc::new(AtomicBool::new(false)),
         };
         let for_connections = shared.clone();
         tokio::spawn(async move {
@@ -76,7 +81,14 @@ impl RawBackend {
             crashing: shared.crashing,
             holding: shared.holding,
             idle_close_ms: shared.idle_close_ms,
+            saying_close: shared.saying_close,
         }
+    }
+
+    /// From now on, every answer says `Connection: close` (and the connection stays open
+    /// until the gateway closes it).
+    pub fn say_close(&self) {
+        self.saying_close.store(true, Ordering::SeqCst);
     }
 
     /// From now on, a connection idle for `after` is closed by the backend.
@@ -199,8 +211,13 @@ async fn serve(mut stream: TcpStream, connection: u64, shared: Shared) {
             }
         }
         let body = if is_post { ANSWER } else { "{}" };
+        let close = if shared.saying_close.load(Ordering::SeqCst) {
+            "connection: close\r\n"
+        } else {
+            ""
+        };
         let response = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n{close}content-length: {}\r\n\r\n{body}",
             body.len()
         );
         if stream.write_all(response.as_bytes()).await.is_err() {

@@ -706,20 +706,29 @@ impl HttpSession {
     /// server is being contacted. A new client session can be created via [`Self::new()`].
     /// If the connection cannot be reused, the underlying stream will be closed and `None` will be
     /// returned.
-    pub async fn reuse(mut self) -> Option<Stream> {
+    pub async fn reuse(self) -> Option<Stream> {
+        match self.into_reusable() {
+            Ok(stream) => Some(stream),
+            Err(mut session) => {
+                debug!("HTTP shutdown connection");
+                session.shutdown().await;
+                None
+            }
+        }
+    }
+
+    /// Patched (inference-gateway): [`Self::reuse`] without a future. The keep-alive case
+    /// needs no waiting: `Ok` is the stream, ready for the next request; `Err` gives the
+    /// session back to be shut down. `reuse`'s future holds the stream's shutdown (a TLS
+    /// one included) and is several times the session's size, which a caller that boxes it
+    /// per request copies.
+    pub fn into_reusable(mut self) -> std::result::Result<Stream, Self> {
         if !self.body_reader.body_complete() || self.body_reader.has_bytes_overread() {
             self.set_keepalive(None);
         }
-
-        // TODO: this function is unnecessarily slow for keepalive case
-        // because that case does not need async
         match self.keepalive_timeout {
-            KeepaliveStatus::Off => {
-                debug!("HTTP shutdown connection");
-                self.shutdown().await;
-                None
-            }
-            _ => Some(self.underlying_stream),
+            KeepaliveStatus::Off => Err(self),
+            _ => Ok(self.underlying_stream),
         }
     }
 
