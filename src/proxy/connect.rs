@@ -21,7 +21,7 @@ use crate::routing::{Api, Backend, NoBackend, Pool};
 
 /// A connected upstream session with the request written.
 pub(super) struct Written {
-    pub upstream: UpstreamSession,
+    pub upstream: Box<UpstreamSession>,
     pub backend: Arc<Backend>,
     pub _inflight: InflightGuard,
 }

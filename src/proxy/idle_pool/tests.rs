@@ -41,7 +41,7 @@ async fn an_open_quiet_connection_is_reused_newest_first() {
             idle(newer, Duration::from_secs(60)),
         ],
     );
-    let Some(UpstreamSession::H1(mut session)) = pool.take(&peer()) else {
+    let Some(UpstreamSession::H1(mut session)) = pool.take(&peer()).map(|s| *s) else {
         panic!("no session");
     };
     assert_eq!(pool.len(), 1);
