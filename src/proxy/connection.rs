@@ -127,6 +127,12 @@ impl HttpServerApp for Gateway {
         let (_counted, open) = Counted::new(&self.connections);
         let mut kept_alive = false;
         loop {
+            if let ServerSession::H1(h1) = &mut session {
+                // The backend's request is built from the parsed names
+                // (`upstream::upstream_header`): the case map Pingora fills per header (a
+                // hash and an insert each) would never be read.
+                h1.set_keep_header_case(false);
+            }
             let read = if kept_alive {
                 let mut stopping = shutdown.clone();
                 tokio::select! {

@@ -36,8 +36,14 @@ impl PeerSettings {
         peer
     }
 
-    /// Applies the idle timeout to reads on a session just taken from the connector.
+    /// Applies the idle timeout to reads on a session just taken from the connector, and
+    /// reads the response header without keeping its names' case: the client's response is
+    /// built from the parsed names (`upstream::downstream_header`), so the case map Pingora
+    /// fills per header (a hash and an insert each) would never be read.
     pub fn prepare(&self, session: &mut UpstreamSession) {
         session.set_read_timeout(Some(self.idle_timeout));
+        if let UpstreamSession::H1(h1) = session {
+            h1.set_keep_header_case(false);
+        }
     }
 }

@@ -70,6 +70,9 @@ pub struct HttpSession {
     // If allowed, does not fail with error on invalid content-length
     // (treats as close-delimited response).
     allow_h1_response_invalid_content_length: bool,
+    /// Patched (inference-gateway): whether the parsed response header keeps each name's
+    /// case (a second map, filled per header), see `set_keep_header_case`.
+    keep_header_case: bool,
 }
 
 /// HTTP 1.x client session
@@ -103,7 +106,15 @@ impl HttpSession {
             received_upgrade_req_body: false,
             close_delimited_resp: false,
             allow_h1_response_invalid_content_length: false,
+            keep_header_case: true,
         }
+    }
+
+    /// Patched (inference-gateway): whether response headers read from now on keep each
+    /// name's case as the server wrote it (the default); see the server session's
+    /// `set_keep_header_case`.
+    pub fn set_keep_header_case(&mut self, keep: bool) {
+        self.keep_header_case = keep;
     }
 
     /// Create a new http client session and apply peer options
@@ -325,10 +336,14 @@ impl HttpSession {
                         // while header_refs doesn't as it is still empty
                         let _num_headers = populate_headers(base, &mut header_refs, resp.headers);
 
-                        let mut response_header = match ResponseHeader::build(
-                            resp.code.unwrap(),
-                            Some(resp.headers.len()),
-                        ) {
+                        // Patched (inference-gateway): without the case map on request.
+                        let (code, size_hint) = (resp.code.unwrap(), Some(resp.headers.len()));
+                        let built = if self.keep_header_case {
+                            ResponseHeader::build(code, size_hint)
+                        } else {
+                            ResponseHeader::build_no_case(code, size_hint)
+                        };
+                        let mut response_header = match built {
                             Ok(header) => Box::new(header),
                             Err(e) => return self.fail_response_header_read(e),
                         };

@@ -99,6 +99,9 @@ pub struct HttpSession {
     body_bytes_read: usize,
     /// Whether to update headers like connection, Date
     update_resp_headers: bool,
+    /// Patched (inference-gateway): whether the parsed request header keeps each name's
+    /// case (a second map, filled per header), see `set_keep_header_case`.
+    keep_header_case: bool,
     /// timeouts:
     keepalive_timeout: KeepaliveStatus,
     read_timeout: Option<Duration>,
@@ -184,6 +187,7 @@ impl HttpSession {
             body_write_buf: BytesMut::new(),
             keepalive_timeout: KeepaliveStatus::Off,
             update_resp_headers: true,
+            keep_header_case: true,
             response_written: None,
             request_header: None,
             read_timeout: Some(Duration::from_secs(60)),
@@ -349,12 +353,16 @@ impl HttpSession {
                         // while header_refs doesn't as it is still empty
                         let _num_headers = populate_headers(base, &mut header_refs, req.headers);
 
-                        let mut request_header = Box::new(RequestHeader::build(
-                            req.method.unwrap_or(""),
-                            // we path httparse to allow unsafe bytes in the str
-                            req.path.unwrap_or("").as_bytes(),
-                            Some(req.headers.len()),
-                        )?);
+                        // Patched (inference-gateway): without the case map when the
+                        // application does not write the header back as it came.
+                        let (method, size_hint) = (req.method.unwrap_or(""), Some(req.headers.len()));
+                        // we path httparse to allow unsafe bytes in the str
+                        let path = req.path.unwrap_or("").as_bytes();
+                        let mut request_header = Box::new(if self.keep_header_case {
+                            RequestHeader::build(method, path, size_hint)?
+                        } else {
+                            RequestHeader::build_no_case(method, path, size_hint)?
+                        });
 
                         request_header.set_version(match req.version {
                             Some(1) => Version::HTTP_11,
@@ -1339,6 +1347,15 @@ impl HttpSession {
 
     /// Sets the downstream read timeout. This will trigger if we're unable
     /// to read from the stream after `timeout`.
+    /// Patched (inference-gateway): whether request headers read from now on keep each
+    /// name's case as the client wrote it (the default). An application that never writes a
+    /// request header back out as it came (a proxy that builds the upstream request from
+    /// the parsed names) can turn it off: the case is kept in a second map, filled with a
+    /// hash and an insert per header, for the whole request.
+    pub fn set_keep_header_case(&mut self, keep: bool) {
+        self.keep_header_case = keep;
+    }
+
     pub fn set_read_timeout(&mut self, timeout: Option<Duration>) {
         self.read_timeout = timeout;
     }
