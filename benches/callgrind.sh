@@ -11,7 +11,9 @@
 # a request; CHUNKS=N for another count), and also prints instructions per content chunk:
 # how a change to the per-chunk path shows its cost. Compare two builds in one run. The mock
 # sends each stream in one burst; GAP_MS=N sends its events N ms apart instead, so that each
-# reaches the gateway alone, as tokens from a GPU server do.
+# reaches the gateway alone, as tokens from a GPU server do. SDK=1 sends the request header
+# the `openai` Python SDK sends (3.57.0: eighteen headers, `x-stainless-*` among them)
+# instead of wrk's four: what a header costs shows.
 #
 # Two shapes: `bare` (no plugins, metrics off) and `all` (globus_auth with a cached token,
 # rate_limits in memory with five admitting checks, access_log, metrics). The backend is
@@ -48,6 +50,24 @@ LUA
 stream_field=""
 [ -n "${STREAM:-}" ] && stream_field=',"stream":true'
 sed -i "s/STREAM_FIELD/$stream_field/" "$work/post.lua"
+if [ -n "${SDK:-}" ]; then
+    # As captured from the SDK; wrk adds Host and Content-Length.
+    cat >>"$work/post.lua" <<'LUA'
+wrk.headers["Accept-Encoding"] = "gzip, deflate"
+wrk.headers["Connection"] = "keep-alive"
+wrk.headers["accept"] = "application/json"
+wrk.headers["user-agent"] = "OpenAI/Python 3.57.0"
+wrk.headers["x-stainless-lang"] = "python"
+wrk.headers["x-stainless-package-version"] = "3.57.0"
+wrk.headers["x-stainless-os"] = "Linux"
+wrk.headers["x-stainless-arch"] = "x64"
+wrk.headers["x-stainless-runtime"] = "CPython"
+wrk.headers["x-stainless-runtime-version"] = "3.11.7"
+wrk.headers["x-stainless-async"] = "false"
+wrk.headers["x-stainless-retry-count"] = "0"
+wrk.headers["x-stainless-read-timeout"] = "600"
+LUA
+fi
 
 wait_port() { for _ in $(seq 600); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 

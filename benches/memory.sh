@@ -12,6 +12,9 @@
 #
 #   benches/memory.sh [streams=2000]          (TARGETS="gateway nginx" for fewer)
 #
+# GATEWAY=path measures another build of the gateway (e.g. the previous commit's, to see
+# what a change did); the mocks still come from target/release.
+#
 # A proxied stream holds two descriptors in the proxy; the script says when the host's limit
 # cannot hold the count asked for and measures what it can. Everything listens on 127.0.0.1.
 # Needs a release build and nginx. Results go to stdout and bench-results/memory.jsonl.
@@ -119,7 +122,7 @@ start() { # TARGET → sets proxy_pid and port
         proxy_pid=$(pgrep -P "$(cat "$work/nginx.pid")" | head -1)
         ;;
     *)
-        BENCH_GLOBUS_SECRET=bench-secret target/release/inference-gateway run --config "$work/$1.toml" \
+        BENCH_GLOBUS_SECRET=bench-secret "${GATEWAY:-target/release/inference-gateway}" run --config "$work/$1.toml" \
             >"$work/$1.out" 2>"$work/$1.err" &
         proxy_pid=$!
         pids+=($proxy_pid)
