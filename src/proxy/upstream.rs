@@ -77,7 +77,7 @@ pub fn upstream_header(
     let mut parts = client.as_owned_parts();
     // Backends serve the plain OpenAI paths: drop the base path and cluster/framework.
     parts.uri = match client.uri.query() {
-        None => http::Uri::from_static(api.path()),
+        None => api.uri(),
         Some(query) => format!("{}?{query}", api.path())
             .parse()
             .map_err(|e: http::uri::InvalidUri| errors::internal(&e.to_string()))?,

@@ -26,6 +26,20 @@ impl Api {
     }
 
     pub const ALL: [Api; 3] = [Api::ChatCompletions, Api::Completions, Api::Embeddings];
+
+    /// The backend's URI for this API, parsed once: `Uri::from_static` parses its argument
+    /// on every call (~280 instructions a request), a clone of a parsed one copies pointers.
+    pub fn uri(self) -> http::Uri {
+        static URIS: std::sync::LazyLock<[http::Uri; 3]> =
+            std::sync::LazyLock::new(|| Api::ALL.map(|api| http::Uri::from_static(api.path())));
+        let [chat, completions, embeddings] = &*URIS;
+        match self {
+            Api::ChatCompletions => chat,
+            Api::Completions => completions,
+            Api::Embeddings => embeddings,
+        }
+        .clone()
+    }
 }
 
 /// `/{cluster}/{framework}/v1/...` narrows a request to the pools tagged with both.
@@ -176,6 +190,14 @@ mod tests {
     use super::*;
 
     const BASE: &str = "/resource_server";
+
+    #[test]
+    fn each_api_has_its_own_backend_uri() {
+        for api in Api::ALL {
+            assert_eq!(api.uri().path(), api.path());
+            assert_eq!(api.uri().query(), None);
+        }
+    }
 
     #[test]
     fn federated_and_targeted_routes() {
