@@ -44,14 +44,14 @@ pub async fn expect_body(
     shown: u64,
 ) -> Result<(), ApiError> {
     let declared = session
-        .get_header("content-length")
+        .get_header(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit) {
         return Err(errors::body_too_large(shown));
     }
     let expects_continue = session
-        .get_header("expect")
+        .get_header(http::header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     if expects_continue {
         session

@@ -40,7 +40,9 @@ fn request_id(session: &ServerSession) -> String {
             && v.iter()
                 .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
     };
-    match session.get_header("x-request-id") {
+    // A `HeaderName` const: a `&str` name is parsed on every lookup.
+    const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+    match session.get_header(X_REQUEST_ID) {
         Some(v) if sane(v.as_bytes()) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
         _ => uuid::Uuid::new_v4().simple().to_string(),
     }
