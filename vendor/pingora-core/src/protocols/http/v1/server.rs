@@ -1345,8 +1345,6 @@ impl HttpSession {
         }
     }
 
-    /// Sets the downstream read timeout. This will trigger if we're unable
-    /// to read from the stream after `timeout`.
     /// Patched (inference-gateway): whether request headers read from now on keep each
     /// name's case as the client wrote it (the default). An application that never writes a
     /// request header back out as it came (a proxy that builds the upstream request from
@@ -1356,6 +1354,8 @@ impl HttpSession {
         self.keep_header_case = keep;
     }
 
+    /// Sets the downstream read timeout. This will trigger if we're unable
+    /// to read from the stream after `timeout`.
     pub fn set_read_timeout(&mut self, timeout: Option<Duration>) {
         self.read_timeout = timeout;
     }
