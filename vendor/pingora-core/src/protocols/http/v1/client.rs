@@ -336,7 +336,8 @@ impl HttpSession {
                         // while header_refs doesn't as it is still empty
                         let _num_headers = populate_headers(base, &mut header_refs, resp.headers);
 
-                        // Patched (inference-gateway): without the case map on request.
+                        // Patched (inference-gateway): without the case map when asked
+                        // (`set_keep_header_case`).
                         let (code, size_hint) = (resp.code.unwrap(), Some(resp.headers.len()));
                         let built = if self.keep_header_case {
                             ResponseHeader::build(code, size_hint)
