@@ -6,9 +6,8 @@
 //! `close_idle_after(d)` it closes a connection that brings no new request within `d` of
 //! its last answer, as servers with a short keep-alive timeout do. After `say_close()` each
 //! answer carries `Connection: close` but the backend leaves the closing to the gateway.
-//! Every POST's arrival is
-//! recorded: its connection, how much of it the first read brought, and its body; and
-//! connections the gateway closed are counted.
+//! Every POST's arrival is recorded: its connection, how much of it the first read brought,
+//! and its body; and connections the gateway closed are counted.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
