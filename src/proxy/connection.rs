@@ -128,6 +128,8 @@ impl HttpServerApp for Gateway {
     ) -> Option<ReusedHttpStream> {
         let (_counted, open) = Counted::new(&self.connections);
         let mut kept_alive = false;
+        // One receiver for the connection's whole life, not a clone a request.
+        let mut stopping = shutdown.clone();
         loop {
             if let ServerSession::H1(h1) = &mut session {
                 // The backend's request is built from the parsed names
@@ -136,7 +138,6 @@ impl HttpServerApp for Gateway {
                 h1.set_keep_header_case(false);
             }
             let read = if kept_alive {
-                let mut stopping = shutdown.clone();
                 tokio::select! {
                     biased;
                     read = self.read_header(&mut session, kept_alive) => read,
