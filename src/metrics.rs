@@ -18,6 +18,9 @@ use gateway_plugin_api::{RequestCtx, RequestSummary};
 use crate::routing::pool::Routing;
 use crate::routing::{CurrentTable, ModelTable};
 
+mod series;
+use series::SeriesCache;
+
 /// Latencies of LLM requests span milliseconds to minutes.
 const REQUEST_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
@@ -42,6 +45,8 @@ pub struct GatewayMetrics {
     pub health_busy: IntCounterVec,
     pub panic_routed: IntCounterVec,
     pub connections_refused: prometheus::IntCounter,
+    /// Where `record` finds a request's series.
+    series: SeriesCache,
 }
 
 // The same helpers the plugins register their metrics with.
@@ -134,6 +139,7 @@ impl GatewayMetrics {
                 "igw_connections_refused_total",
                 "New client connections answered 503 because max_connections were open",
             )?,
+            series: SeriesCache::default(),
         })
     }
 
@@ -143,18 +149,19 @@ impl GatewayMetrics {
     pub fn record(&self, summary: &RequestSummary, ctx: &RequestCtx, table: &ModelTable) {
         let model = model_label(table, ctx.model.as_deref());
         let pool = ctx.pool.as_deref().unwrap_or("");
-        self.requests
-            .with_label_values(&[ctx.route, model, pool, status_class(summary.status)])
-            .inc();
-        self.duration
-            .with_label_values(&[ctx.route, model, pool])
+        let series = self.series.get(ctx.route, model, pool);
+        if let Some(requests) = series.requests(&self.requests, summary.status) {
+            requests.inc();
+        }
+        series
+            .duration(&self.duration)
             .observe(summary.duration.as_secs_f64());
         if let Some(usage) = ctx.usage {
-            self.tokens
-                .with_label_values(&[model, "prompt"])
+            series
+                .prompt_tokens(&self.tokens)
                 .inc_by(usage.prompt_tokens as f64);
-            self.tokens
-                .with_label_values(&[model, "completion"])
+            series
+                .completion_tokens(&self.tokens)
                 .inc_by(usage.completion_tokens as f64);
         }
     }
@@ -166,17 +173,6 @@ pub fn model_label<'a>(table: &ModelTable, model: Option<&'a str>) -> &'a str {
         Some(m) if table.serves(m) => m,
         Some(_) => "other",
         None => "",
-    }
-}
-
-pub fn status_class(status: u16) -> &'static str {
-    match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        500..=599 => "5xx",
-        _ => "none",
     }
 }
 
