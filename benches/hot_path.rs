@@ -146,11 +146,11 @@ fn limiter_memory(c: &mut Criterion) {
         uri: &uri,
         headers: &headers,
     };
-    let principal = gateway_plugin_api::Principal {
+    let principal = std::sync::Arc::new(gateway_plugin_api::Principal {
         id: "5f6a7b8c-0000-4000-8000-000000000042".into(),
         username: "ada@anl.gov".into(),
         ..Default::default()
-    };
+    });
     c.bench_function("rate_limits_admit_memory", |b| {
         b.to_async(&runtime).iter(|| {
             let plugin = plugin.clone();

@@ -29,7 +29,7 @@ pub enum Answer {
 pub struct Who {
     pub owner: String,
     pub name: String,
-    pub principal: Option<Principal>,
+    pub principal: Option<Arc<Principal>>,
 }
 
 impl Who {
@@ -50,7 +50,7 @@ impl Who {
     }
 
     pub fn local_user(&self) -> Option<&str> {
-        self.principal.as_ref().and_then(paths::local_user)
+        self.principal.as_deref().and_then(paths::local_user)
     }
 }
 

@@ -280,12 +280,12 @@ impl<'a> Tries<'a> {
         ctx.backend = self.last_backend.clone();
         ctx.body_bytes = self.body.len() as u64;
         ctx.batch_id = Some(self.run.id.clone());
-        ctx.principal = Some(Principal {
+        ctx.principal = Some(Arc::new(Principal {
             id: self.run.owner.clone(),
             username: self.run.owner_name.clone(),
             auth_method: "batch".into(),
             ..Principal::default()
-        });
+        }));
         ctx.usage = Some(Usage {
             prompt_tokens: outcome.prompt_tokens as u64,
             completion_tokens: outcome.completion_tokens as u64,

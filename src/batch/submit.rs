@@ -370,7 +370,7 @@ fn authorized(
     model: &str,
     target: Option<Target<'_>>,
 ) -> Result<(), ApiError> {
-    let principal = who.principal.as_ref();
+    let principal = who.principal.as_deref();
     let table = (engine.table)();
     table
         .resolve(model, target, principal)

@@ -16,7 +16,7 @@ pub async fn authorize(
     target: Option<Target<'_>>,
 ) -> Result<Arc<Pool>, ApiError> {
     let model = ctx.model.as_deref().unwrap_or_default();
-    let principal = ctx.principal.as_ref();
+    let principal = ctx.principal.as_deref();
     let pool = table
         .resolve(model, target, principal)
         .map_err(|why| errors::unresolved(why, model, target, principal))?;

@@ -247,7 +247,7 @@ impl Gateway {
             loaded_at: snap.loaded_at,
             batches: self.batches.is_some(),
         };
-        let body = local::answer(&view, route, ctx.principal.as_ref())?;
+        let body = local::answer(&view, route, ctx.principal.as_deref())?;
         Ok(respond::reply(session, ctx, 200, &body).await)
     }
 }

@@ -129,7 +129,7 @@ impl Plugin for ApiKeys {
         };
         let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         match self.by_hash.get(&hash) {
-            Some(principal) => Authn::Accepted(Principal::clone(principal)),
+            Some(principal) => Authn::Accepted(principal.clone()),
             None => Authn::NotMine,
         }
     }
@@ -146,7 +146,7 @@ mod tests {
         ApiKeysFactory.build(&table, "plugins[1]", &BuildContext::default())
     }
 
-    async fn principal_for(plugin: &Arc<dyn Plugin>, auth: &str) -> Option<Principal> {
+    async fn principal_for(plugin: &Arc<dyn Plugin>, auth: &str) -> Option<Arc<Principal>> {
         let mut headers = http::HeaderMap::new();
         headers.insert("authorization", auth.parse().expect("header"));
         let (method, uri) = (http::Method::POST, http::Uri::from_static("/"));

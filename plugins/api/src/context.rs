@@ -1,6 +1,7 @@
 //! What the core knows about a request, shared with every plugin.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The parts of the client's request a plugin may read.
@@ -60,7 +61,7 @@ pub struct RequestCtx {
     /// The pool and backend address the request went to.
     pub pool: Option<String>,
     pub backend: Option<String>,
-    pub principal: Option<Principal>,
+    pub principal: Option<Arc<Principal>>,
     pub usage: Option<Usage>,
     /// What the admit phase decided (e.g. `admitted`, `limited`), set by the admit plugin
     /// that decided, for logs.

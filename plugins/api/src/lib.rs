@@ -54,8 +54,10 @@ pub enum Phase {
 pub enum Authn {
     /// Not a credential this plugin judges (absent, or another kind): the next one tries.
     NotMine,
-    /// This plugin's kind of credential, and valid: the request is this principal's.
-    Accepted(Principal),
+    /// This plugin's kind of credential, and valid: the request is this principal's. Shared:
+    /// an authenticator's cache hands out the same principal to each of a user's requests
+    /// (a copy was five allocations a request).
+    Accepted(Arc<Principal>),
     /// This plugin's kind of credential, and refused (401), or it cannot be checked now (503).
     Refused(ApiError),
 }

@@ -66,7 +66,7 @@ impl PluginFactory for GlobusAuthFactory {
 /// What the gateway decided about one token, and for how long that decision may be cached.
 #[derive(Debug)]
 pub enum TokenVerdict {
-    Accepted(Principal, Duration),
+    Accepted(Arc<Principal>, Duration),
     Rejected(Rejection, Duration),
 }
 
@@ -204,7 +204,7 @@ impl GlobusAuth {
                 if cfg.fetch_groups && !accepted.service_account {
                     accepted.principal.groups = self.client.groups(token).await?;
                 }
-                TokenVerdict::Accepted(accepted.principal, accepted.ttl)
+                TokenVerdict::Accepted(Arc::new(accepted.principal), accepted.ttl)
             }
         };
         Ok(Arc::new(verdict))

@@ -184,7 +184,7 @@ impl JwtAuth {
             match jsonwebtoken::decode::<Map<String, Value>>(token, &key, &self.validation) {
                 Ok(data) => {
                     return match self.principal(&data.claims) {
-                        Some(principal) => Authn::Accepted(principal),
+                        Some(principal) => Authn::Accepted(Arc::new(principal)),
                         None => invalid(
                             "invalid_token",
                             format!(

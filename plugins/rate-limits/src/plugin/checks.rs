@@ -179,11 +179,11 @@ mod tests {
 
     fn ctx(user: &str) -> RequestCtx {
         let mut ctx = RequestCtx::new("r".into(), None);
-        ctx.principal = Some(Principal {
+        ctx.principal = Some(std::sync::Arc::new(Principal {
             id: user.into(),
             username: user.into(),
             ..Principal::default()
-        });
+        }));
         ctx
     }
 

@@ -35,12 +35,12 @@ impl Harness {
         ctx.model = Some(model.into());
         ctx.max_tokens = max_tokens;
         ctx.body_bytes = 40; // 10 tokens of prompt estimate
-        ctx.principal = Some(Principal {
+        ctx.principal = Some(std::sync::Arc::new(Principal {
             id: user.into(),
             username: user.into(),
             groups: groups.iter().map(|g| g.to_string()).collect(),
             ..Principal::default()
-        });
+        }));
         ctx
     }
 
