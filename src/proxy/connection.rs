@@ -11,6 +11,7 @@ use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::server::ShutdownWatch;
 
+use super::upstream::X_REQUEST_ID;
 use super::{real_client, respond, Gateway};
 use crate::errors;
 
@@ -40,8 +41,6 @@ fn request_id(session: &ServerSession) -> String {
             && v.iter()
                 .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
     };
-    // A `HeaderName` const: a `&str` name is parsed on every lookup.
-    const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
     match session.get_header(X_REQUEST_ID) {
         Some(v) if sane(v.as_bytes()) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
         _ => uuid::Uuid::new_v4().simple().to_string(),

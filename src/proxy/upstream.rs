@@ -37,7 +37,8 @@ fn dropped_upstream(name: &str, trusted: bool) -> bool {
         }
 }
 
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// By `HeaderName` const: a `&str` name is parsed on every lookup.
+pub(super) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 
 /// Drops what the backend must not get (`dropped_upstream`, and whatever the sender's
