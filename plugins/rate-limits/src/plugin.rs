@@ -99,23 +99,21 @@ impl RateLimits {
         request_id: &str,
     ) -> Result<(Decision, Arc<dyn Store>), ApiError> {
         match &self.redis {
-            None => self.acquire_local(checks, holder).await,
+            None => self.acquire_local(checks),
             // Boxed: the Redis path's future (connecting included) is several KB, which
             // inline every admission would build and copy into async_trait's box.
             Some(redis) => Box::pin(self.acquire_shared(redis, checks, holder, request_id)).await,
         }
     }
 
-    /// This replica's own limits.
-    async fn acquire_local(
+    /// This replica's own limits (the memory store never waits: no future).
+    fn acquire_local(
         &self,
         checks: &[crate::store::Check],
-        holder: &str,
     ) -> Result<(Decision, Arc<dyn Store>), ApiError> {
         let local: Arc<dyn Store> = self.memory.clone();
         self.memory
-            .acquire(checks, holder)
-            .await
+            .acquire_now(checks)
             .map(|d| (d, local))
             .map_err(|e| unavailable(&e.0))
     }
@@ -177,7 +175,7 @@ impl RateLimits {
             );
         }
         match redis.on_error {
-            OnRedisError::FailOpen => self.acquire_local(checks, holder).await,
+            OnRedisError::FailOpen => self.acquire_local(checks),
             OnRedisError::FailClosed => Err(unavailable(&error)),
         }
     }
@@ -212,7 +210,11 @@ impl Plugin for RateLimits {
         if plan.checks.is_empty() {
             return Flow::Continue;
         }
-        let holder = self.next_holder();
+        // Only Redis tells holders apart (this process's own slots are counts).
+        let holder = match self.redis {
+            Some(_) => self.next_holder(),
+            None => String::new(),
+        };
         let (decision, store) = match self.acquire(&plan.checks, &holder, &ctx.request_id).await {
             Ok(found) => found,
             Err(e) => return Flow::Respond(e),

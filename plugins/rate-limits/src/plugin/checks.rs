@@ -137,8 +137,9 @@ pub fn plan(cfg: &LimitsConfig, ctx: &RequestCtx, model: &str) -> Plan {
         add(Scope::User, &[":u:", &user], &limits.user);
     }
     if limits.user_model != ScopeLimits::default() {
-        let user_len = user.len().to_string();
-        let subject = [":um:", &user_len, ":", &user, ":", model];
+        let mut digits = itoa::Buffer::new();
+        let user_len = digits.format(user.len());
+        let subject = [":um:", user_len, ":", &user, ":", model];
         add(Scope::UserModel, &subject, &limits.user_model);
     }
     if limits.model != ScopeLimits::default() {

@@ -82,11 +82,10 @@ impl MemoryStore {
         }
         Ok(())
     }
-}
 
-#[async_trait]
-impl Store for MemoryStore {
-    async fn acquire(&self, checks: &[Check], _holder: &str) -> Result<Decision, StoreError> {
+    /// [`Store::acquire`] without a future: this store never waits, and the limiter calls
+    /// it directly on every admission (the trait's boxed future cost an allocation a request).
+    pub fn acquire_now(&self, checks: &[Check]) -> Result<Decision, StoreError> {
         let now = (self.clock)();
         let mut state = self.locked()?;
         if self.acquisitions.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
@@ -131,6 +130,13 @@ impl Store for MemoryStore {
             }
         }
         Ok(Decision::Admitted(outcomes))
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn acquire(&self, checks: &[Check], _holder: &str) -> Result<Decision, StoreError> {
+        self.acquire_now(checks)
     }
 
     fn finish_now(
