@@ -115,6 +115,9 @@ pub fn build(config: Config, path: PathBuf, upgrade: bool) -> Result<Serving, Co
         ..Opt::default()
     };
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
+    // Nothing here reads how long a stream waited to read or write; keeping it cost four
+    // clock readings a proxied request (vendored pingora-core, vendor/README.md).
+    pingora_core::protocols::l4::stream::set_pending_time_tracking(false);
 
     let batches = match &config.batch {
         Some(batch) => Some(Arc::new(

@@ -29,6 +29,7 @@ use super::*;
 use once_cell::sync::Lazy;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant; // Patched (inference-gateway)
 
 static TIMER_MANAGER: Lazy<Arc<TimerManager>> = Lazy::new(|| {
     let tm = Arc::new(TimerManager::new());
@@ -46,7 +47,12 @@ static FAST_TIMEOUT_TO_TOKIO_THRESHOLD_SECS: AtomicU64 =
     AtomicU64::new(DEFAULT_FAST_TIMEOUT_TO_TOKIO_THRESHOLD_SECS);
 
 fn check_clock_thread(tm: &Arc<TimerManager>) {
-    if tm.should_i_start_clock() {
+    check_clock_thread_at(tm, Instant::now())
+}
+
+// Patched (inference-gateway): the check at a clock reading the caller already has.
+fn check_clock_thread_at(tm: &Arc<TimerManager>, now: Instant) {
+    if tm.should_i_start_clock_at(now) {
         std::thread::Builder::new()
             .name("Timer thread".into())
             .spawn(|| TIMER_MANAGER.clock_thread())
@@ -90,7 +96,15 @@ pub struct FastTimeout(Duration);
 
 impl ToTimeout for FastTimeout {
     fn timeout(&self) -> Pin<Box<dyn Future<Output = ()> + Send + Sync>> {
-        Box::pin(TIMER_MANAGER.register_timer(self.0).poll())
+        // Patched (inference-gateway): the clock thread is checked here, where a timer is
+        // registered, with the clock reading the registration needs anyway, instead of in
+        // `fast_timeout` with a reading of its own. Pingora creates several timeouts a
+        // request (each read with a deadline) and most never register a timer: their
+        // future is ready at the first poll. A timer is still never registered without a
+        // live clock thread to fire it.
+        let now = Instant::now();
+        check_clock_thread_at(&TIMER_MANAGER, now);
+        Box::pin(TIMER_MANAGER.register_timer_at(now, self.0).poll())
     }
 
     fn create(d: Duration) -> Self {
@@ -112,6 +126,7 @@ pub struct FastOrTokioTimeout {
 }
 
 impl FastOrTokioTimeout {
+    #[cfg(test)] // Patched (inference-gateway): `fast_timeout` no longer asks.
     fn use_tokio(&self) -> bool {
         matches!(self.kind, TimeoutKind::Tokio)
     }
@@ -142,18 +157,16 @@ pub fn fast_timeout<T>(duration: Duration, future: T) -> Timeout<T, FastOrTokioT
 where
     T: Future,
 {
-    let callback = FastOrTokioTimeout::create(duration);
-    if !callback.use_tokio() {
-        check_clock_thread(&TIMER_MANAGER);
-    }
-
-    Timeout::new_with_callback(future, callback)
+    // Patched (inference-gateway): no clock-thread check here; see `FastTimeout::timeout`.
+    Timeout::new_with_callback(future, FastOrTokioTimeout::create(duration))
 }
 
 /// Similar to [tokio::time::sleep] but more efficient.
 pub async fn fast_sleep(duration: Duration) {
-    check_clock_thread(&TIMER_MANAGER);
-    TIMER_MANAGER.register_timer(duration).poll().await
+    // Patched (inference-gateway): one clock reading for the check and the timer.
+    let now = Instant::now();
+    check_clock_thread_at(&TIMER_MANAGER, now);
+    TIMER_MANAGER.register_timer_at(now, duration).poll().await
 }
 
 /// Pause the timer for fork()

@@ -165,11 +165,18 @@ impl TimerManager {
 
     // False if the clock is already started
     // If true, the caller must start the clock thread next
+    #[cfg(test)] // Patched (inference-gateway): callers pass their clock reading.
     pub(crate) fn should_i_start_clock(&self) -> bool {
-        let Err(prev) = self.is_clock_running() else {
+        self.should_i_start_clock_at(Instant::now())
+    }
+
+    // Patched (inference-gateway): the check at a given clock reading, so that a caller
+    // registering a timer checks the clock thread with the reading it takes anyway.
+    pub(crate) fn should_i_start_clock_at(&self, now: Instant) -> bool {
+        let Err(prev) = self.is_clock_running_at(now) else {
             return false;
         };
-        let now = Instant::now().duration_since(self.zero).as_secs() as i64;
+        let now = now.duration_since(self.zero).as_secs() as i64;
         let res =
             self.clock_watchdog
                 .compare_exchange(prev, now, Ordering::SeqCst, Ordering::SeqCst);
@@ -178,8 +185,14 @@ impl TimerManager {
 
     // Ok(()) if clock is running (watch dog is within DELAYS_SEC of now)
     // Err(time) if watch do stopped at `time`
+    #[cfg(test)] // Patched (inference-gateway): callers pass their clock reading.
     pub(crate) fn is_clock_running(&self) -> Result<(), i64> {
-        let now = Instant::now().duration_since(self.zero).as_secs() as i64;
+        self.is_clock_running_at(Instant::now())
+    }
+
+    // Patched (inference-gateway): as above, at a given clock reading.
+    pub(crate) fn is_clock_running_at(&self, now: Instant) -> Result<(), i64> {
+        let now = now.duration_since(self.zero).as_secs() as i64;
         let prev = self.clock_watchdog.load(Ordering::SeqCst);
         if now < prev + DELAYS_SEC {
             Ok(())
@@ -192,6 +205,12 @@ impl TimerManager {
     ///
     /// When the timer expires, the [TimerStub] will be notified.
     pub fn register_timer(&self, duration: Duration) -> TimerStub {
+        self.register_timer_at(Instant::now(), duration)
+    }
+
+    /// Register a timer that expires `duration` after `now`, a clock reading just taken.
+    // Patched (inference-gateway): lets the caller reuse its reading of the clock.
+    pub fn register_timer_at(&self, now: Instant, duration: Duration) -> TimerStub {
         if self.is_paused_for_fork() {
             // Return a dummy TimerStub that will trigger right away.
             // This is fine assuming pause_for_fork() is called right before fork().
@@ -202,7 +221,7 @@ impl TimerManager {
             timer.fire();
             return timer.subscribe();
         }
-        let now: Time = (Instant::now() + duration - self.zero).into();
+        let now: Time = (now + duration - self.zero).into();
         {
             let timers = self.timers.get_or(|| RwLock::new(BTreeMap::new())).read();
             if let Some(t) = timers.get(&now) {

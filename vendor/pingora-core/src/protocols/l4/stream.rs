@@ -916,6 +916,19 @@ impl AsyncWrite for Stream {
     }
 }
 
+// Patched (inference-gateway): whether streams keep their read and write pending times
+// (`get_read_pending_time` / `get_write_pending_time`). Each read that waits takes two clock
+// readings, four a proxied request; a process that never asks for these times turns them off.
+static PENDING_TIME_TRACKING: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(true);
+
+/// Turns the accounting of the time streams spend waiting to read and write on or off for
+/// the whole process (on by default). Off, the pending times read as zero.
+// Patched (inference-gateway)
+pub fn set_pending_time_tracking(on: bool) {
+    PENDING_TIME_TRACKING.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
 #[derive(Debug)]
 struct AccumulatedDuration {
     total: Duration,
@@ -931,7 +944,10 @@ impl AccumulatedDuration {
     }
 
     fn start(&mut self) {
-        if self.last_start.is_none() {
+        // Patched (inference-gateway): not when the process turned the accounting off.
+        if self.last_start.is_none()
+            && PENDING_TIME_TRACKING.load(std::sync::atomic::Ordering::Relaxed)
+        {
             self.last_start = Some(Instant::now());
         }
     }
@@ -1143,5 +1159,29 @@ mod tests {
         let mut buffer = vec![];
         stream.read_to_end(&mut buffer).await.unwrap();
         assert_eq!(buffer, message[2..]);
+    }
+
+    // Patched (inference-gateway): the accounting can be turned off for the process.
+    #[tokio::test]
+    async fn test_pending_time_tracking_switch() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            for _ in 0..2 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                stream.write_all(b"x").await.unwrap();
+            }
+        });
+        let mut stream: Stream = TcpStream::connect(addr).await.unwrap().into();
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).await.unwrap();
+        let kept = stream.get_read_pending_time();
+        assert!(kept >= Duration::from_millis(20), "{kept:?}");
+
+        set_pending_time_tracking(false);
+        stream.read_exact(&mut byte).await.unwrap();
+        set_pending_time_tracking(true);
+        assert_eq!(stream.get_read_pending_time(), kept);
     }
 }
