@@ -29,6 +29,7 @@
 //! - drop: 10.694154ms total, 106ns avg per iteration
 
 use parking_lot::RwLock;
+use std::cell::RefCell; // Patched (inference-gateway)
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
@@ -70,6 +71,11 @@ impl Time {
 pub struct TimerStub(Arc<Notify>, Arc<AtomicBool>);
 
 impl TimerStub {
+    // Patched (inference-gateway): another stub of the same timer.
+    fn duplicate(&self) -> TimerStub {
+        TimerStub(self.0.clone(), self.1.clone())
+    }
+
     /// Wait for the timer to expire.
     pub async fn poll(self) {
         if self.1.load(Ordering::SeqCst) {
@@ -96,10 +102,40 @@ impl Timer {
     }
 }
 
+// Patched (inference-gateway): the last few slots a thread registered timers in. A timer
+// tree holds a slot for every resolution step of every duration in use (a minute's timeout
+// alone: 6,000), so finding a slot cost a search of ~40 `u128` comparisons; but a thread
+// registering thousands of timers a second finds nearly all of them in the slot it used
+// last for the same duration. A remembered slot the clock thread has fired since can only
+// be found by a registration whose deadline has passed too: its stub is ready at once.
+const RECENT_SLOTS: usize = 4;
+
+#[derive(Default)]
+struct RecentSlots {
+    slots: [Option<(Time, TimerStub)>; RECENT_SLOTS],
+    next: usize,
+}
+
+impl RecentSlots {
+    fn find(&self, at: Time) -> Option<TimerStub> {
+        self.slots.iter().find_map(|slot| match slot {
+            Some((time, stub)) if *time == at => Some(stub.duplicate()),
+            _ => None,
+        })
+    }
+
+    fn remember(&mut self, at: Time, stub: &TimerStub) {
+        self.slots[self.next] = Some((at, stub.duplicate()));
+        self.next = (self.next + 1) % RECENT_SLOTS;
+    }
+}
+
 /// The object that holds all the timers registered to it.
 pub struct TimerManager {
     // each thread insert into its local timer tree to avoid lock contention
     timers: ThreadLocal<RwLock<BTreeMap<Time, Timer>>>,
+    // Patched (inference-gateway): see `RecentSlots`.
+    recent: ThreadLocal<RefCell<RecentSlots>>,
     zero: Instant, // the reference zero point of Timestamp
     // Start a new clock thread if this is -1 or staled. The clock thread should keep updating this
     clock_watchdog: AtomicI64,
@@ -113,6 +149,7 @@ impl Default for TimerManager {
     fn default() -> Self {
         TimerManager {
             timers: ThreadLocal::new(),
+            recent: ThreadLocal::new(),
             zero: Instant::now(),
             clock_watchdog: AtomicI64::new(-DELAYS_SEC),
             paused: AtomicBool::new(false),
@@ -222,10 +259,17 @@ impl TimerManager {
             return timer.subscribe();
         }
         let now: Time = (now + duration - self.zero).into();
+        // Patched (inference-gateway): a recent slot first, then the tree (see `RecentSlots`).
+        let recent = self.recent.get_or(Default::default);
+        if let Some(stub) = recent.borrow().find(now) {
+            return stub;
+        }
         {
             let timers = self.timers.get_or(|| RwLock::new(BTreeMap::new())).read();
             if let Some(t) = timers.get(&now) {
-                return t.subscribe();
+                let stub = t.subscribe();
+                recent.borrow_mut().remember(now, &stub);
+                return stub;
             }
         } // drop read lock
 
@@ -237,6 +281,7 @@ impl TimerManager {
         // only removes timer from the tree
         let stub = timer.subscribe();
         timers.insert(now, timer);
+        recent.borrow_mut().remember(now, &stub);
         stub
     }
 
@@ -342,5 +387,35 @@ mod tests {
         tm.unpause();
         t1.poll().await;
         assert_eq!(now.elapsed().as_secs(), 2);
+    }
+
+    // Patched (inference-gateway): remembered slots keep each deadline (`RecentSlots`).
+    #[tokio::test]
+    async fn test_recent_slots_keep_each_deadline() {
+        let tm_a = Arc::new(TimerManager::new());
+        let tm = tm_a.clone();
+        std::thread::spawn(move || tm_a.clock_thread());
+
+        let start = Instant::now();
+        // More durations than remembered slots, each registered twice, interleaved.
+        let millis = [300u64, 600, 900, 1200, 1500, 1800];
+        let mut stubs = Vec::new();
+        for _ in 0..2 {
+            for ms in millis {
+                stubs.push((ms, tm.register_timer_at(start, Duration::from_millis(ms))));
+            }
+        }
+        stubs.sort_by_key(|(ms, _)| *ms);
+        for (ms, stub) in stubs {
+            stub.poll().await;
+            let waited = start.elapsed();
+            assert!(waited >= Duration::from_millis(ms), "{ms} ms fired at {waited:?}");
+            assert!(waited < Duration::from_millis(ms + 250), "{ms} ms fired at {waited:?}");
+        }
+        // A remembered slot whose timer has fired: only a deadline already past finds it.
+        let late = tm.register_timer_at(start, Duration::from_millis(1800));
+        let before = Instant::now();
+        late.poll().await;
+        assert!(before.elapsed() < Duration::from_millis(50));
     }
 }
