@@ -134,7 +134,9 @@ pub enum CheckError {
 
 pub struct GlobusAuth {
     client: GlobusClient,
-    cache: Cache<[u8; 32], Arc<TokenVerdict>>,
+    /// Keyed by the token's digest, hashed with foldhash (randomly seeded, as std's SipHash,
+    /// so a client choosing tokens cannot aim at one bucket) at a fraction of SipHash's cost.
+    cache: Cache<[u8; 32], Arc<TokenVerdict>, foldhash::fast::RandomState>,
     throttle: MissThrottle,
     in_flight: Semaphore,
     metrics: Option<GlobusMetrics>,
@@ -145,7 +147,7 @@ impl GlobusAuth {
         let cache = Cache::builder()
             .max_capacity(cfg.cache_capacity)
             .expire_after(VerdictExpiry)
-            .build();
+            .build_with_hasher(foldhash::fast::RandomState::default());
         let throttle = MissThrottle::new(
             Rate {
                 per_second: cfg.introspections_per_second,
