@@ -70,7 +70,7 @@ impl Forwarder {
             }
             // Count the attempt as in flight at once, so that concurrent selections see it.
             let inflight = backend.start_request();
-            let (mut upstream, reused) = match self.backends.session_to(&backend.peer).await {
+            let (mut upstream, reused) = match self.backends.session_to(&backend).await {
                 Ok(s) => s,
                 Err(e) if connect_failure(&e) == ConnectFailure::Local => {
                     // Out of sockets or ports here: not the backend's fault, so nothing is

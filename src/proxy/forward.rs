@@ -137,7 +137,7 @@ impl Forwarder {
                 done.truncated = true;
             }
             let keepalive = self.peers.keepalive_timeout;
-            if let Some(mut unfit) = self.backends.release(upstream, &backend.peer, keepalive) {
+            if let Some(mut unfit) = self.backends.release(upstream, &backend, keepalive) {
                 // Closed gracefully. Boxed: the shutdown's future (a TLS one included) is
                 // several times the session's size, and only this rare path needs it.
                 Box::pin(async move { unfit.shutdown().await }).await;

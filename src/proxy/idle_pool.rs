@@ -24,8 +24,10 @@ use pingora_core::connectors::http::Connector;
 use pingora_core::protocols::http::client::HttpSession as UpstreamSession;
 use pingora_core::protocols::http::v1::client::HttpSession as H1Session;
 use pingora_core::protocols::Stream;
-use pingora_core::upstreams::peer::{HttpPeer, Peer};
+use pingora_core::upstreams::peer::HttpPeer;
 use tokio::io::{AsyncRead, ReadBuf};
+
+use crate::routing::Backend;
 
 /// Idle connections kept per backend at most; past it the oldest is closed. Pingora's pool
 /// keeps 128 by default.
@@ -57,11 +59,11 @@ impl BackendConnections {
     /// bytes, and a request moved it about ten times on its way through the forward path.
     pub async fn session_to(
         &self,
-        peer: &HttpPeer,
+        backend: &Backend,
     ) -> pingora_error::Result<(Box<UpstreamSession>, bool)> {
-        match self.idle.take(peer) {
+        match self.idle.take(&backend.peer, backend.reuse_key) {
             Some(session) => Ok((session, true)),
-            None => Box::pin(self.connector.get_http_session(peer))
+            None => Box::pin(self.connector.get_http_session(&backend.peer))
                 .await
                 .map(|(session, reused)| (Box::new(session), reused)),
         }
@@ -73,10 +75,10 @@ impl BackendConnections {
     pub fn release(
         &self,
         session: Box<UpstreamSession>,
-        peer: &HttpPeer,
+        backend: &Backend,
         keepalive: Duration,
     ) -> Option<H1Session> {
-        self.idle.put(session, peer, keepalive)
+        self.idle.put(session, backend.reuse_key, keepalive)
     }
 }
 
@@ -95,10 +97,9 @@ pub struct IdlePool {
 }
 
 impl IdlePool {
-    /// The most recently idled connection to `peer` that is still open and clean, as a
-    /// session ready for a request.
-    pub fn take(&self, peer: &HttpPeer) -> Option<Box<UpstreamSession>> {
-        let key = peer.reuse_hash();
+    /// The most recently idled connection to `peer` (whose `reuse_hash` is `key`) that is
+    /// still open and clean, as a session ready for a request.
+    pub fn take(&self, peer: &HttpPeer, key: u64) -> Option<Box<UpstreamSession>> {
         let now = Instant::now();
         loop {
             let idle = self.stacks.lock().ok()?.get_mut(&key)?.pop()?;
@@ -118,7 +119,7 @@ impl IdlePool {
     pub fn put(
         self: &Arc<Self>,
         session: Box<UpstreamSession>,
-        peer: &HttpPeer,
+        key: u64,
         keepalive: Duration,
     ) -> Option<H1Session> {
         let UpstreamSession::H1(mut h1) = *session else {
@@ -137,7 +138,7 @@ impl IdlePool {
         let idle = Idle { stream, expires };
         let evicted = match self.stacks.lock() {
             Ok(mut stacks) => {
-                let stack = stacks.entry(peer.reuse_hash()).or_default();
+                let stack = stacks.entry(key).or_default();
                 stack.push(idle);
                 (stack.len() > MAX_IDLE_PER_BACKEND).then(|| stack.remove(0))
             }

@@ -1,6 +1,7 @@
 use super::*;
 
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
+use pingora_core::upstreams::peer::Peer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -41,7 +42,9 @@ async fn an_open_quiet_connection_is_reused_newest_first() {
             idle(newer, Duration::from_secs(60)),
         ],
     );
-    let Some(UpstreamSession::H1(mut session)) = pool.take(&peer()).map(|s| *s) else {
+    let Some(UpstreamSession::H1(mut session)) =
+        pool.take(&peer(), peer().reuse_hash()).map(|s| *s)
+    else {
         panic!("no session");
     };
     assert_eq!(pool.len(), 1);
@@ -81,7 +84,7 @@ async fn closed_dirty_and_expired_connections_are_never_handed_out() {
             idle(closed, Duration::from_secs(60)),
         ],
     );
-    assert!(pool.take(&peer()).is_none());
+    assert!(pool.take(&peer(), peer().reuse_hash()).is_none());
     assert_eq!(pool.len(), 0, "each was closed on the way");
 }
 
