@@ -222,7 +222,8 @@ impl JsonLine {
             let mut digits = itoa::Buffer::new();
             let padded = digits.format(v % scale + scale).as_bytes();
             self.0.push(b'.');
-            self.0.extend_from_slice(padded.get(1..).unwrap_or_default());
+            self.0
+                .extend_from_slice(padded.get(1..).unwrap_or_default());
         }
     }
 
