@@ -104,7 +104,11 @@ impl Plugin for AccessLog {
         // Microseconds since the epoch, written as seconds with six places.
         let ts = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs().saturating_mul(1_000_000) + u64::from(d.subsec_micros()))
+            .map(|d| {
+                d.as_secs()
+                    .saturating_mul(1_000_000)
+                    .saturating_add(u64::from(d.subsec_micros()))
+            })
             .unwrap_or_default();
         // Field names are a stable interface for log pipelines.
         let mut line = JsonLine::new();
