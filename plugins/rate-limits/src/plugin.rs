@@ -6,6 +6,7 @@ mod checks;
 mod headers;
 mod metrics;
 mod redis_side;
+mod rule_cache;
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,11 +21,12 @@ use gateway_plugin_api::{
 use crate::config::{Backend, LimitsConfig, OnRedisError};
 use crate::gcra::{CheckOutcome, WINDOW};
 use crate::store::memory::{system_clock, Clock, MemoryStore};
-use crate::store::{Decision, Store};
+use crate::store::{Decision, Key, Store};
 use admission::{keep_leases, settle_with_retries, Admission, Allowance, Budget};
-use checks::{describe, plan, shown_user, What};
+use checks::{describe, shown_user, Plan, What};
 use metrics::LimitMetrics;
 use redis_side::RedisSide;
+use rule_cache::RuleCache;
 
 pub struct RateLimitsFactory;
 
@@ -50,6 +52,7 @@ impl PluginFactory for RateLimitsFactory {
 
 pub struct RateLimits {
     cfg: LimitsConfig,
+    rules: RuleCache,
     memory: Arc<MemoryStore>,
     redis: Option<Arc<RedisSide>>,
     metrics: Option<LimitMetrics>,
@@ -79,6 +82,7 @@ impl RateLimits {
         RateLimits {
             memory: Arc::new(MemoryStore::new(clock)),
             cfg,
+            rules: RuleCache::default(),
             redis,
             metrics: None,
             holder_nonce: std::collections::hash_map::RandomState::new().hash_one(0u8),
@@ -142,7 +146,7 @@ impl RateLimits {
                 Err(e) => {
                     // The script may have run before the error (a reply that timed out):
                     // free whatever slots it took for this holder, best effort.
-                    let slots: Vec<String> = checks
+                    let slots: Vec<Key> = checks
                         .iter()
                         .filter(|c| c.kind == crate::store::Kind::Concurrency)
                         .map(|c| c.key.clone())
@@ -206,10 +210,11 @@ impl Plugin for RateLimits {
         let Some(model) = ctx.model.clone() else {
             return Flow::Continue;
         };
-        let plan = plan(&self.cfg, ctx, &model);
-        if plan.checks.is_empty() {
+        let rules = self.rules.rules_for(&self.cfg, ctx, &model);
+        if rules.list.is_empty() {
             return Flow::Continue;
         }
+        let plan = Plan::new(rules, ctx, self.cfg.default_max_tokens);
         // Only Redis tells holders apart (this process's own slots are counts).
         let holder = match self.redis {
             Some(_) => self.next_holder(),
@@ -221,18 +226,17 @@ impl Plugin for RateLimits {
         };
         let outcomes = match decision {
             Decision::Refused { index, retry_after } => {
-                let (Some(&(scope, what)), Some(check)) =
-                    (plan.about.get(index), plan.checks.get(index))
-                else {
+                let Some(rule) = plan.rules.list.get(index) else {
                     return Flow::Respond(unavailable("a store refused a check it was not given"));
                 };
+                let (scope, what) = (rule.scope, rule.what);
                 ctx.admit_outcome = Some("limited");
                 if let Some(m) = &self.metrics {
                     m.rejections
                         .with_label_values(&[scope.label(), what.label()])
                         .inc();
                 }
-                let limit = describe(scope, what, &shown_user(ctx), &model, check.limit);
+                let limit = describe(scope, what, &shown_user(ctx), &model, rule.limit);
                 let wait = retry_after.clamp(1.0, WINDOW).ceil() as u64;
                 return Flow::Respond(
                     ApiError::new(
@@ -256,7 +260,8 @@ impl Plugin for RateLimits {
             tokens: None,
             leases: None,
         };
-        for ((check, (_, what)), outcome) in plan.checks.into_iter().zip(plan.about).zip(outcomes) {
+        for ((check, rule), outcome) in plan.checks.into_iter().zip(&plan.rules.list).zip(outcomes)
+        {
             let CheckOutcome::Admit { remaining, reset } = outcome else {
                 continue;
             };
@@ -265,7 +270,7 @@ impl Plugin for RateLimits {
                 remaining,
                 reset: reset.clamp(0.0, WINDOW),
             };
-            match what {
+            match rule.what {
                 What::Requests => admission.requests = allowance.tighter_than(admission.requests),
                 What::Tokens => {
                     admission.tokens = allowance.tighter_than(admission.tokens);

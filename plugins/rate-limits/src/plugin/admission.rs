@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use gateway_plugin_api::{RequestCtx, RequestSummary};
 
-use crate::store::{Settle, Store};
+use crate::store::{Key, Settle, Store};
 
 /// One tokens-per-minute budget a request was charged: its key, its limit, and what it was
 /// actually charged up front (the reservation, capped at the limit).
 #[derive(Clone)]
 pub struct Budget {
-    pub key: String,
+    pub key: Key,
     pub limit: u64,
     pub charged: u64,
 }
@@ -53,7 +53,7 @@ pub struct Admission {
     pub store: Arc<dyn Store>,
     pub budgets: Vec<Budget>,
     pub reserved: u64,
-    pub slots: Vec<String>,
+    pub slots: Vec<Key>,
     pub holder: String,
     /// The tightest of the request budgets, and of the token budgets.
     pub requests: Option<Allowance>,
@@ -97,7 +97,7 @@ impl Admission {
 /// Refreshes `slots` every `every` until aborted (see [`LeaseKeeper`]).
 pub fn keep_leases(
     store: Arc<dyn Store>,
-    slots: Vec<String>,
+    slots: Vec<Key>,
     holder: String,
     every: Duration,
 ) -> LeaseKeeper {

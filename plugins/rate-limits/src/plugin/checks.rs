@@ -5,11 +5,12 @@
 //! so no user or model name (both may hold `:` or `|`) can make two pairs share a key.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use gateway_plugin_api::RequestCtx;
 
 use crate::config::{LimitsConfig, ScopeLimits};
-use crate::store::{Check, Kind};
+use crate::store::{Check, Key, Kind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
@@ -53,12 +54,64 @@ impl What {
     }
 }
 
-/// The checks of one request, with what each is about (for the 429 message and metrics).
+/// One limit a (user, model) pair is held to, as the configuration sets it: a request adds
+/// its cost. Kept with what it is about (for the 429 message and the metrics).
+pub struct Rule {
+    pub key: Key,
+    pub kind: Kind,
+    pub limit: u64,
+    pub scope: Scope,
+    pub what: What,
+}
+
+/// The rules of one (user, model) pair, with the username and groups they were derived
+/// from: a principal's id stays while those may change, and then the rules do too.
+pub struct Rules {
+    pub list: Vec<Rule>,
+    username: Option<Box<str>>,
+    groups: Box<[String]>,
+}
+
+impl Rules {
+    /// Whether these rules were derived for this username and these groups.
+    pub fn derived_for(&self, username: Option<&str>, groups: &[String]) -> bool {
+        self.username.as_deref() == username && *self.groups == *groups
+    }
+}
+
+/// The checks of one request: its pair's rules, each with this request's cost.
 pub struct Plan {
+    pub rules: Arc<Rules>,
     pub checks: Vec<Check>,
-    pub about: Vec<(Scope, What)>,
     /// Tokens reserved up front (before each budget's own cap).
     pub reserved: u64,
+}
+
+impl Plan {
+    pub fn new(rules: Arc<Rules>, ctx: &RequestCtx, default_max_tokens: u64) -> Plan {
+        let reserved = reservation(ctx, default_max_tokens);
+        let checks = rules
+            .list
+            .iter()
+            .map(|rule| {
+                let cost = match rule.what {
+                    What::Tokens => reserved,
+                    What::Requests | What::Concurrent => 1,
+                };
+                Check {
+                    key: rule.key.clone(),
+                    kind: rule.kind,
+                    limit: rule.limit,
+                    cost: cost.min(rule.limit),
+                }
+            })
+            .collect();
+        Plan {
+            rules,
+            checks,
+            reserved,
+        }
+    }
 }
 
 /// Tokens a request may use at most: the prompt estimate (4 body bytes a token) plus
@@ -74,7 +127,7 @@ pub fn reservation(ctx: &RequestCtx, default_max_tokens: u64) -> u64 {
 
 /// Whom a request's limits count against: the principal's id, else its username, else the
 /// client's address.
-fn limited_user(ctx: &RequestCtx) -> Cow<'_, str> {
+pub fn limited_user(ctx: &RequestCtx) -> Cow<'_, str> {
     match &ctx.principal {
         Some(p) if !p.id.is_empty() => Cow::Borrowed(&p.id),
         Some(p) => Cow::Borrowed(&p.username),
@@ -92,9 +145,9 @@ pub fn shown_user(ctx: &RequestCtx) -> Cow<'_, str> {
     }
 }
 
-/// A check's key, `{tag}<what><subject...>`, in one allocation: a request builds up to
-/// nine, where `format!` cost ~1k instructions each.
-fn key(tag: &str, what: What, subject: &[&str]) -> String {
+/// A rule's key, `{tag}<what><subject...>`, in one allocation (`format!` cost ~1k
+/// instructions a key).
+fn key(tag: &str, what: What, subject: &[&str]) -> Key {
     let len = tag.len() + what.key_part().len() + subject.iter().map(|p| p.len()).sum::<usize>();
     let mut key = String::with_capacity(len);
     key.push_str(tag);
@@ -102,53 +155,53 @@ fn key(tag: &str, what: What, subject: &[&str]) -> String {
     for part in subject {
         key.push_str(part);
     }
-    key
+    key.into()
 }
 
-/// At most three scopes of three checks.
-const MAX_CHECKS: usize = 9;
-
-pub fn plan(cfg: &LimitsConfig, ctx: &RequestCtx, model: &str) -> Plan {
-    let principal = ctx.principal.as_ref();
-    let user = limited_user(ctx);
-    let groups = principal.map(|p| p.groups.as_slice()).unwrap_or_default();
-    let limits = cfg.effective(model, principal.map(|p| p.username.as_str()), groups);
-    let reserved = reservation(ctx, cfg.default_max_tokens);
+/// The rules the configuration sets for `user` (the limited user, see [`limited_user`]) on
+/// `model`, given the principal's username and groups (overrides match on those).
+pub fn rules(
+    cfg: &LimitsConfig,
+    user: &str,
+    username: Option<&str>,
+    groups: &[String],
+    model: &str,
+) -> Rules {
+    let limits = cfg.effective(model, username, groups);
     let tag = cfg.key_tag.as_str();
-    let mut checks = Vec::with_capacity(MAX_CHECKS);
-    let mut about = Vec::with_capacity(MAX_CHECKS);
+    let mut list = Vec::new();
     let mut add = |scope: Scope, subject: &[&str], l: &ScopeLimits| {
-        let mut push = |what: What, limit: Option<u64>, kind: Kind, cost: u64| {
+        let mut push = |what: What, limit: Option<u64>, kind: Kind| {
             if let Some(limit) = limit {
-                checks.push(Check {
+                list.push(Rule {
                     key: key(tag, what, subject),
                     kind,
                     limit,
-                    cost: cost.min(limit),
+                    scope,
+                    what,
                 });
-                about.push((scope, what));
             }
         };
-        push(What::Requests, l.requests_per_minute, Kind::Rate, 1);
-        push(What::Tokens, l.tokens_per_minute, Kind::Rate, reserved);
-        push(What::Concurrent, l.max_concurrent, Kind::Concurrency, 1);
+        push(What::Requests, l.requests_per_minute, Kind::Rate);
+        push(What::Tokens, l.tokens_per_minute, Kind::Rate);
+        push(What::Concurrent, l.max_concurrent, Kind::Concurrency);
     };
     if limits.user != ScopeLimits::default() {
-        add(Scope::User, &[":u:", &user], &limits.user);
+        add(Scope::User, &[":u:", user], &limits.user);
     }
     if limits.user_model != ScopeLimits::default() {
         let mut digits = itoa::Buffer::new();
         let user_len = digits.format(user.len());
-        let subject = [":um:", user_len, ":", &user, ":", model];
+        let subject = [":um:", user_len, ":", user, ":", model];
         add(Scope::UserModel, &subject, &limits.user_model);
     }
     if limits.model != ScopeLimits::default() {
         add(Scope::Model, &[":m:", model], &limits.model);
     }
-    Plan {
-        checks,
-        about,
-        reserved,
+    Rules {
+        list,
+        username: username.map(Box::from),
+        groups: groups.into(),
     }
 }
 
@@ -188,13 +241,26 @@ mod tests {
         ctx
     }
 
-    fn user_model_key(user: &str, model: &str) -> String {
+    fn plan(cfg: &LimitsConfig, ctx: &RequestCtx, model: &str) -> Plan {
+        let principal = ctx.principal.as_ref().expect("principal");
+        let user = limited_user(ctx);
+        let rules = rules(
+            cfg,
+            &user,
+            Some(&principal.username),
+            &principal.groups,
+            model,
+        );
+        Plan::new(Arc::new(rules), ctx, cfg.default_max_tokens)
+    }
+
+    fn user_model_key(user: &str, model: &str) -> Key {
         let plan = plan(&cfg(), &ctx(user), model);
-        plan.checks
+        plan.rules
+            .list
             .iter()
-            .zip(&plan.about)
-            .find(|(_, about)| about.0 == Scope::UserModel)
-            .map(|(c, _)| c.key.clone())
+            .find(|rule| rule.scope == Scope::UserModel)
+            .map(|rule| rule.key.clone())
             .expect("user x model key")
     }
 
@@ -210,7 +276,7 @@ mod tests {
         let keys: Vec<String> = plan(&cfg(), &ctx("ada"), "m")
             .checks
             .into_iter()
-            .map(|c| c.key)
+            .map(|c| c.key.to_string())
             .collect();
         assert_eq!(
             keys,
@@ -236,5 +302,17 @@ mod tests {
         assert_eq!(reservation(&c, 10), u64::MAX);
         let plan = plan(&cfg(), &c, "m");
         assert!(plan.checks.iter().all(|check| check.cost <= check.limit));
+        let tokens = plan.checks.iter().find(|check| check.limit == 100);
+        assert_eq!(tokens.map(|check| check.cost), Some(100));
+    }
+
+    #[test]
+    fn rules_know_what_they_were_derived_for() {
+        let groups = ["g1".to_string()];
+        let rules = rules(&cfg(), "id-1", Some("ada"), &groups, "m");
+        assert!(rules.derived_for(Some("ada"), &groups));
+        assert!(!rules.derived_for(Some("bob"), &groups));
+        assert!(!rules.derived_for(Some("ada"), &[]));
+        assert!(!rules.derived_for(None, &groups));
     }
 }

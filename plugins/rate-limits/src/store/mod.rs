@@ -3,6 +3,7 @@
 pub mod memory;
 pub mod redis;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -19,9 +20,13 @@ pub enum Kind {
 
 /// One limit to apply to a request. `cost` is at most `limit`, and `limit` at most
 /// [`crate::config::MAX_LIMIT`], so a store's arithmetic only ever sees bounded integers.
+/// Where a limit's state lives in a store. Shared, not copied: a (user, model) pair's keys
+/// are written once and every request of the pair, its settlement and its leases use them.
+pub type Key = Arc<str>;
+
 #[derive(Debug, Clone)]
 pub struct Check {
-    pub key: String,
+    pub key: Key,
     pub kind: Kind,
     pub limit: u64,
     pub cost: u64,
@@ -31,7 +36,7 @@ pub struct Check {
 /// refunds part of a reservation, positive charges usage beyond it; see `gcra::settle`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settle {
-    pub key: String,
+    pub key: Key,
     pub limit: u64,
     pub delta: i64,
 }
@@ -58,7 +63,7 @@ pub trait Store: Send + Sync {
     async fn finish(
         &self,
         budgets: &[Settle],
-        slots: &[String],
+        slots: &[Key],
         holder: &str,
     ) -> Result<(), StoreError>;
 
@@ -67,7 +72,7 @@ pub trait Store: Send + Sync {
     fn finish_now(
         &self,
         _budgets: &[Settle],
-        _slots: &[String],
+        _slots: &[Key],
         _holder: &str,
     ) -> Option<Result<(), StoreError>> {
         None
@@ -81,7 +86,7 @@ pub trait Store: Send + Sync {
     }
 
     /// Extends `holder`'s leases on `slots` (see [`Store::lease_refresh_interval`]).
-    async fn refresh(&self, _slots: &[String], _holder: &str) -> Result<(), StoreError> {
+    async fn refresh(&self, _slots: &[Key], _holder: &str) -> Result<(), StoreError> {
         Ok(())
     }
 }

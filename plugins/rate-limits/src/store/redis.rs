@@ -21,7 +21,7 @@ use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::{Script, Value};
 
-use super::{Check, Decision, Kind, Settle, Store, StoreError};
+use super::{Check, Decision, Key, Kind, Settle, Store, StoreError};
 use crate::gcra::CheckOutcome;
 
 /// KEYS: the limit keys. ARGV: holder, lease ms, then per key: kind ("r" rate /
@@ -257,7 +257,7 @@ impl Store for RedisStore {
         let mut invocation = self.acquire.prepare_invoke();
         invocation.arg(holder).arg(self.lease_ms());
         for check in checks {
-            invocation.key(&check.key);
+            invocation.key(&*check.key);
             let kind = match check.kind {
                 Kind::Concurrency => "c",
                 Kind::Rate => "r",
@@ -274,7 +274,7 @@ impl Store for RedisStore {
     async fn finish(
         &self,
         budgets: &[Settle],
-        slots: &[String],
+        slots: &[Key],
         holder: &str,
     ) -> Result<(), StoreError> {
         let budgets: Vec<&Settle> = budgets.iter().filter(|b| b.delta != 0).collect();
@@ -287,12 +287,12 @@ impl Store for RedisStore {
             let limit = budget.limit.max(1);
             let bound = i64::try_from(limit).unwrap_or(i64::MAX);
             invocation
-                .key(&budget.key)
+                .key(&*budget.key)
                 .arg(limit)
                 .arg(budget.delta.clamp(-bound, bound));
         }
         for key in slots {
-            invocation.key(key);
+            invocation.key(&**key);
         }
         match self.run(invocation).await? {
             Value::Int(1) => Ok(()),
@@ -304,14 +304,14 @@ impl Store for RedisStore {
         Some(self.lease / 3)
     }
 
-    async fn refresh(&self, slots: &[String], holder: &str) -> Result<(), StoreError> {
+    async fn refresh(&self, slots: &[Key], holder: &str) -> Result<(), StoreError> {
         if slots.is_empty() {
             return Ok(());
         }
         let mut invocation = self.refresh.prepare_invoke();
         invocation.arg(holder).arg(self.lease_ms());
         for key in slots {
-            invocation.key(key);
+            invocation.key(&**key);
         }
         match self.run(invocation).await? {
             Value::Int(1) => Ok(()),
