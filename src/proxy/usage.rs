@@ -23,6 +23,8 @@ const MAX_LINE: usize = 256 << 10;
 /// Largest `usage` object read; OpenAI's and vLLM's are a few hundred bytes.
 const MAX_USAGE_OBJECT: usize = 4 << 10;
 
+mod flat;
+
 #[derive(Deserialize)]
 struct UsageJson {
     prompt_tokens: Option<u64>,
@@ -31,13 +33,24 @@ struct UsageJson {
 }
 
 /// Reads a captured usage object; `None` unless it holds a token count (embeddings report
-/// only `prompt_tokens` and `total_tokens`).
+/// only `prompt_tokens` and `total_tokens`). The flat objects vLLM sends are read directly,
+/// anything else by serde (see `flat`).
 fn parse_usage(object: &[u8]) -> Option<Usage> {
-    let u: UsageJson = serde_json::from_slice(object).ok()?;
-    let prompt = u.prompt_tokens?;
-    let completion = u
+    let counts = match flat::read(object) {
+        Some(counts) => counts,
+        None => {
+            let u: UsageJson = serde_json::from_slice(object).ok()?;
+            flat::Counts {
+                prompt_tokens: u.prompt_tokens,
+                completion_tokens: u.completion_tokens,
+                total_tokens: u.total_tokens,
+            }
+        }
+    };
+    let prompt = counts.prompt_tokens?;
+    let completion = counts
         .completion_tokens
-        .or_else(|| u.total_tokens.map(|t| t.saturating_sub(prompt)))
+        .or_else(|| counts.total_tokens.map(|t| t.saturating_sub(prompt)))
         .unwrap_or(0);
     Some(Usage {
         prompt_tokens: prompt,
