@@ -25,8 +25,8 @@ pub fn system_clock() -> Clock {
 
 /// Keys hashed with foldhash: randomly seeded like std's SipHash (keys hold user-chosen
 /// model names, so the hash must not be predictable) at a seventh of its cost (callgrind:
-/// ~35 instead of ~244 instructions a key). A request hashes its keys twice: check all,
-/// then commit all.
+/// ~35 instead of ~244 instructions a key). A request looks each key up once when it is
+/// admitted, and its token budgets and slots once more when it ends.
 type KeyMap<V> = HashMap<Key, V, foldhash::fast::RandomState>;
 
 #[derive(Default)]
