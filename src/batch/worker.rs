@@ -129,6 +129,15 @@ impl BackgroundService for Worker {
                 result = engine.store.renew(&engine.worker, until).await.map(|_| ());
                 renewed = Instant::now();
             }
+            // Housekeeping's failures are the outage's too: it can take the whole of a short
+            // outage (two store calls, each waiting out the pool's acquire timeout), and then
+            // the ticks around it never saw the store down.
+            if ticks % 20 == 0 {
+                let kept = self.housekeeping().await;
+                if result.is_ok() {
+                    result = kept;
+                }
+            }
             // An outage is logged when it starts and when it ends, not every tick; meanwhile
             // no line starts, and lines in flight keep trying to store their results.
             match (result, outage) {
@@ -141,9 +150,6 @@ impl BackgroundService for Worker {
                     outage = false;
                 }
                 _ => {}
-            }
-            if ticks % 20 == 0 {
-                self.housekeeping().await;
             }
             ticks += 1;
             tokio::select! {
@@ -247,19 +253,16 @@ impl Worker {
     }
 
     /// Expired uploads go; the batch gauges are refreshed.
-    async fn housekeeping(&self) {
+    async fn housekeeping(&self) -> Result<(), StoreError> {
         let engine = &self.engine;
-        match engine.store.take_expired_files(now(), 1000).await {
-            Ok(ids) => {
-                for id in ids {
-                    let _ = std::fs::remove_file(engine.file_path(&id));
-                }
-            }
-            Err(e) => log::warn!(target: "batch", "removing expired files: {e}"),
+        for id in engine.store.take_expired_files(now(), 1000).await? {
+            let _ = std::fs::remove_file(engine.file_path(&id));
         }
-        if let (Some(m), Ok(counts)) = (&engine.metrics, engine.store.status_counts().await) {
+        let counts = engine.store.status_counts().await?;
+        if let Some(m) = &engine.metrics {
             m.set_statuses(&counts);
         }
+        Ok(())
     }
 }
 
