@@ -14,8 +14,8 @@ pub(super) struct Counts {
 }
 
 /// `Some` when `object` is a flat JSON object whose values are all unsigned integers that fit
-/// a `u64`, or `null`, and whose keys are plain (no escapes) and the three counts each at
-/// most once; `None` means "ask serde".
+/// a `u64`, or `null`, whose keys are plain ASCII (no escapes), and that names each of the
+/// three counts at most once; `None` means "ask serde".
 pub(super) fn read(object: &[u8]) -> Option<Counts> {
     let mut counts = Counts::default();
     let mut seen = [false; 3];
@@ -28,7 +28,8 @@ pub(super) fn read(object: &[u8]) -> Option<Counts> {
         return finished(object, at + 1, counts);
     }
     loop {
-        // A key: a plain string.
+        // A key: a plain string of printable ASCII (serde checks that other bytes are UTF-8,
+        // and refuses the object when they are not: left to it).
         if object.get(at) != Some(&b'"') {
             return None;
         }
@@ -36,7 +37,7 @@ pub(super) fn read(object: &[u8]) -> Option<Counts> {
         let key_len = object
             .get(key_start..)?
             .iter()
-            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+            .position(|&b| b == b'"' || b == b'\\' || !(0x20..0x80).contains(&b))?;
         let key = object.get(key_start..key_start + key_len)?;
         if object.get(key_start + key_len) != Some(&b'"') {
             return None;
@@ -165,6 +166,8 @@ mod tests {
             br#"{prompt_tokens:1}"#,
             br#"[1]"#,
             br#"{"prompt_tokens":1"#,
+            b"{\"prompt_tokens\":1,\"\xff\":2}",
+            "{\"pré\":2}".as_bytes(),
             b"",
         ] {
             assert_eq!(read(text), None, "{}", String::from_utf8_lossy(text));
