@@ -16,7 +16,6 @@
 
 use gateway_plugin_api::Usage;
 use memchr::memmem;
-use serde::Deserialize;
 
 /// Largest partial SSE line kept between chunks; longer lines are not usage lines.
 const MAX_LINE: usize = 256 << 10;
@@ -24,40 +23,7 @@ const MAX_LINE: usize = 256 << 10;
 const MAX_USAGE_OBJECT: usize = 4 << 10;
 
 mod flat;
-
-#[derive(Deserialize)]
-struct UsageJson {
-    prompt_tokens: Option<u64>,
-    completion_tokens: Option<u64>,
-    total_tokens: Option<u64>,
-}
-
-/// Reads a captured usage object; `None` unless it holds a token count (embeddings report
-/// only `prompt_tokens` and `total_tokens`). The flat objects vLLM sends are read directly,
-/// anything else by serde (see `flat`).
-fn parse_usage(object: &[u8]) -> Option<Usage> {
-    let counts = match flat::read(object) {
-        Some(counts) => counts,
-        None => {
-            let u: UsageJson = serde_json::from_slice(object).ok()?;
-            flat::Counts {
-                prompt_tokens: u.prompt_tokens,
-                completion_tokens: u.completion_tokens,
-                total_tokens: u.total_tokens,
-            }
-        }
-    };
-    let prompt = counts.prompt_tokens?;
-    let completion = counts
-        .completion_tokens
-        .or_else(|| counts.total_tokens.map(|t| t.saturating_sub(prompt)))
-        .unwrap_or(0);
-    Some(Usage {
-        prompt_tokens: prompt,
-        completion_tokens: completion,
-        estimated: false,
-    })
-}
+use flat::parse_usage;
 
 /// Where the scan is in the current top-level key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -1,22 +1,45 @@
-//! A usage object read without serde, when it is the flat object vLLM sends
+//! Reading a captured usage object. Without serde when it is the flat object vLLM sends
 //! (`{"prompt_tokens":12,"total_tokens":28,"completion_tokens":16,"prompt_tokens_details":null}`):
 //! serde_json spent ~1.6k instructions on it, 2 % of a request's with everything on
 //! (callgrind). Anything else (a nested value, a string, a float, an escaped key, a number
 //! too large, a key given twice, broken JSON) is left to serde: the answer is only ever
 //! serde's answer, reached sooner.
 
-/// The three counts of a usage object, as serde reads them into `Option<u64>` fields.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+use gateway_plugin_api::Usage;
+use serde::Deserialize;
+
+/// The three counts of a usage object (other fields are ignored).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub(super) struct Counts {
     pub prompt_tokens: Option<u64>,
     pub completion_tokens: Option<u64>,
     pub total_tokens: Option<u64>,
 }
 
+/// Reads a captured usage object; `None` unless it holds a token count (embeddings report
+/// only `prompt_tokens` and `total_tokens`). The flat objects vLLM sends are read directly,
+/// anything else by serde.
+pub(super) fn parse_usage(object: &[u8]) -> Option<Usage> {
+    let counts = match read(object) {
+        Some(counts) => counts,
+        None => serde_json::from_slice::<Counts>(object).ok()?,
+    };
+    let prompt = counts.prompt_tokens?;
+    let completion = counts
+        .completion_tokens
+        .or_else(|| counts.total_tokens.map(|t| t.saturating_sub(prompt)))
+        .unwrap_or(0);
+    Some(Usage {
+        prompt_tokens: prompt,
+        completion_tokens: completion,
+        estimated: false,
+    })
+}
+
 /// `Some` when `object` is a flat JSON object whose values are all unsigned integers that fit
 /// a `u64`, or `null`, whose keys are plain ASCII (no escapes), and that names each of the
 /// three counts at most once; `None` means "ask serde".
-pub(super) fn read(object: &[u8]) -> Option<Counts> {
+fn read(object: &[u8]) -> Option<Counts> {
     let mut counts = Counts::default();
     let mut seen = [false; 3];
     let mut at = skip_space(object, 0);
@@ -120,18 +143,7 @@ mod tests {
 
     /// What serde reads (the slow path), for comparison.
     fn serde_counts(object: &[u8]) -> Option<Counts> {
-        #[derive(serde::Deserialize)]
-        struct Json {
-            prompt_tokens: Option<u64>,
-            completion_tokens: Option<u64>,
-            total_tokens: Option<u64>,
-        }
-        let json: Json = serde_json::from_slice(object).ok()?;
-        Some(Counts {
-            prompt_tokens: json.prompt_tokens,
-            completion_tokens: json.completion_tokens,
-            total_tokens: json.total_tokens,
-        })
+        serde_json::from_slice(object).ok()
     }
 
     #[test]
