@@ -20,6 +20,10 @@
 # ratios when direct-to-mock is not at least 2.5x the fastest proxy's rate, and says so. The
 # paced streams' rate is set by the pacing; there only CPU per chunk is compared. With 3 or
 # more cores it pins wrk, the mock and the proxies to separate cores; it says what it did.
+# On 2 cores SPLIT=1 puts wrk and the mock on core 0 and the proxies on core 1: direct then
+# shares a core with wrk and shows no headroom, so the check is the proxies' own instead:
+# ratios are printed when the gateway, gw+all and nginx each kept core 1 at least 90 % busy
+# (a proxy that saturates a core of its own is what limits its rate).
 # Everything listens on 127.0.0.1. Latency at a fixed rate and memory: benches/latency.sh.
 #
 #   benches/overhead.sh [duration_seconds=10] [connections=32] [rounds=duration/2]
@@ -62,9 +66,13 @@ cores=$(nproc)
 if [ "$cores" -ge 3 ]; then
     on_load="taskset -c 0" on_mock="taskset -c 1" on_proxy="taskset -c 2-$((cores - 1))"
     placement="$cores cores: wrk on core 0, mock on core 1, proxies on cores 2-$((cores - 1))"
+elif [ "$cores" = 2 ] && [ "${SPLIT:-0}" = 1 ]; then
+    # Each proxy alone on a core: its rate is its own wherever it keeps that core busy.
+    on_load="taskset -c 0" on_mock="taskset -c 0" on_proxy="taskset -c 1"
+    placement="2 cores, split: wrk and mock on core 0, proxies on core 1"
 else
     on_load="" on_mock="" on_proxy=""
-    placement="$cores cores, shared by wrk, mock and proxy (not pinned: that needs 3)"
+    placement="$cores cores, shared by wrk, mock and proxy (not pinned: that needs 3; SPLIT=1 for core 0 / core 1)"
 fi
 [ -x target/release/mock-fast ] || { echo "build first: cargo build --release --workspace --bins" >&2; exit 1; }
 $on_mock target/release/mock-fast --listen 127.0.0.1:$mock_port --threads 2 --chunks 256 >"$work/mock.log" 2>&1 &
@@ -233,10 +241,23 @@ nginx_worker=$(pgrep -P "$nginx_master" | head -1)
 
 # CPU ticks a process has used so far: "user system".
 cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
+# CPU ticks (user + system) of PID's access-log writer thread so far; 0 without one. It copies
+# the lines into the log file: the file system's work, apart from the request path's.
+log_writer_ticks() {
+    local comm
+    for comm in /proc/"$1"/task/*/comm; do
+        if [ "$(cat "$comm" 2>/dev/null)" = access-log ]; then
+            awk '{print $14 + $15}' "${comm%comm}stat"
+            return
+        fi
+    done
+    echo 0
+}
 
 # run KIND NAME URL PID ROUND: prints "KIND NAME rps p50_ms p99_ms non2xx requests user_ticks
-# sys_ticks" for one round; PID is the process whose CPU time is counted (the proxy; the mock
-# for `direct`). The first round warms keep-alive pools and caches first.
+# sys_ticks log_ticks" for one round; PID is the process whose CPU time is counted (the proxy;
+# the mock for `direct`), log_ticks its access-log writer's part of it. The first round warms
+# keep-alive pools and caches first.
 run() {
     local kind=$1 name=$2 url=$3 pid=$4 round=$5
     local script="$work/post.lua"
@@ -246,12 +267,15 @@ run() {
         $on_load wrk -t1 -c5 -d2s -s "$script" "$url" >/dev/null
     fi
     local before; read -r -a before < <(cpu_ticks "$pid")
+    local log_before; log_before=$(log_writer_ticks "$pid")
     $on_load wrk -t1 -c"$connections" -d"${round_seconds}s" --latency -s "$script" "$url" >"$work/round.txt"
     local after; read -r -a after < <(cpu_ticks "$pid")
-    python3 - "$kind" "$name" "$work/round.txt" "$((after[0] - before[0]))" "$((after[1] - before[1]))" <<'PY'
+    local log_after; log_after=$(log_writer_ticks "$pid")
+    python3 - "$kind" "$name" "$work/round.txt" "$((after[0] - before[0]))" "$((after[1] - before[1]))" \
+        "$((log_after - log_before))" <<'PY'
 import re, sys
 kind, name, text = sys.argv[1], sys.argv[2], open(sys.argv[3]).read()
-user, system = int(sys.argv[4]), int(sys.argv[5])
+user, system, log = int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 def ms(v):
     n, unit = re.match(r"([\d.]+)(us|ms|s)", v).groups()
     return float(n) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
@@ -260,7 +284,7 @@ p50 = ms(re.search(r"^\s+50%\s+(\S+)", text, re.M).group(1))
 p99 = ms(re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1))
 errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
 requests = int(re.search(r"(\d+) requests in", text).group(1))
-print(f"{kind} {name} {rps:.1f} {p50:.3f} {p99:.3f} {errors.group(1) if errors else 0} {requests} {user} {system}")
+print(f"{kind} {name} {rps:.1f} {p50:.3f} {p99:.3f} {errors.group(1) if errors else 0} {requests} {user} {system} {log}")
 PY
 }
 
@@ -294,17 +318,18 @@ hz = int(sys.argv[7])
 # Every round of a target, in order: summed (requests, CPU), medians (rate, p50), worst (p99).
 by_target = {}
 for line in open(sys.argv[1]):
-    kind, name, rps, p50, p99, errors, requests, user, system = line.split()
+    kind, name, rps, p50, p99, errors, requests, user, system, log = line.split()
     by_target.setdefault((kind, name), []).append(
-        (float(rps), float(p50), float(p99), int(errors), int(requests), int(user), int(system)))
+        (float(rps), float(p50), float(p99), int(errors), int(requests), int(user), int(system), int(log)))
 rows = {"plain": {}, "stream": {}, "paced": {}}
 for (kind, name), runs in by_target.items():
     requests = sum(r[4] for r in runs)
     per_request = lambda ticks: ticks / hz * 1e6 / requests if requests else 0.0
-    user, system = sum(r[5] for r in runs), sum(r[6] for r in runs)
+    user, system, log = sum(r[5] for r in runs), sum(r[6] for r in runs), sum(r[7] for r in runs)
     rows[kind][name] = dict(rps=statistics.mean(r[0] for r in runs), p50_ms=statistics.median(r[1] for r in runs),
                             p99_ms=max(r[2] for r in runs), non_2xx=sum(r[3] for r in runs),
                             cpu_us=per_request(user + system), user_us=per_request(user), sys_us=per_request(system),
+                            log_writer_us=per_request(log),
                             rounds_rps=[round(r[0]) for r in runs])
 duration, connections, placement, rounds = sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
 print(f"wrk, 1 thread, {connections} connections, {duration} s per target in {rounds} interleaved rounds; {placement}")
@@ -323,6 +348,10 @@ for kind, title in titles:
         per_chunk = f"  {r['cpu_us'] / CHUNKS:>12.3f}" if kind != "plain" else ""
         print(f"{name:<12} {r['rps']:>10.0f} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} {r['non_2xx']:>8} {r['cpu_us']:>11.2f} "
               f"{r['user_us']:>7.2f} {r['sys_us']:>7.2f}{per_chunk}")
+    for name, r in rows[kind].items():
+        if r["log_writer_us"] > 0:
+            print(f"  {name}: {r['log_writer_us']:.2f} us/req of that CPU is its access-log writer thread "
+                  f"(copying lines into the log file)")
     proxies = {n: r for n, r in rows[kind].items() if n != "direct"}
     if kind == "paced":
         # The pacing sets the rate; a proxy that falls behind it is saturated, and says so.
@@ -335,6 +364,19 @@ for kind, title in titles:
         continue
     fastest = max(proxies, key=lambda n: proxies[n]["rps"])
     headroom = rows[kind]["direct"]["rps"] / proxies[fastest]["rps"]
+    if placement.startswith("2 cores, split"):
+        # The mock shares wrk's core, so direct cannot show headroom; the proxies' own core can:
+        # one that keeps it busy (CPU time >= 90 % of the rounds' time) is what limits its rate.
+        busy = {n: r["cpu_us"] * r["rps"] * 1e-6 for n, r in proxies.items()}
+        idle = [f"{n} {b:.0%}" for n, b in busy.items() if n in ("gateway", "gw+all", "nginx") and b < 0.9]
+        if idle:
+            refused.append(kind)
+            print(f"REFUSED: not every proxy kept its core busy ({', '.join(idle)}): something else limits it")
+        else:
+            print("each proxy kept its own core busy ("
+                  + ", ".join(f"{n} {busy[n]:.0%}" for n in ("gateway", "gw+all", "nginx"))
+                  + "): the rates are the proxies' own")
+        continue
     if headroom < 2.5:
         refused.append(kind)
         print(f"REFUSED: direct-to-mock is only {headroom:.2f}x the fastest proxy ({fastest}); below 2.5x the mock "
@@ -349,6 +391,8 @@ if "plain" not in refused:
         ratios[f"{gw}/nginx CPU per request"] = p[gw]["cpu_us"] / p["nginx"]["cpu_us"]
         ratios[f"{gw}/nginx user CPU per request"] = p[gw]["user_us"] / p["nginx"]["user_us"]
         ratios[f"{gw} p50 added ms (vs direct)"] = p[gw]["p50_ms"] - p["direct"]["p50_ms"]
+    ratios["gw+all/nginx CPU per request, log writer thread excluded"] = (
+        (p["gw+all"]["cpu_us"] - p["gw+all"]["log_writer_us"]) / p["nginx"]["cpu_us"])
     ratios["nginx p50 added ms (vs direct)"] = p["nginx"]["p50_ms"] - p["direct"]["p50_ms"]
     ratios["metrics on/off req/s"] = p["gw+metrics"]["rps"] / p["gateway"]["rps"]
     ratios["limits memory/none req/s"] = p["gw+lim-mem"]["rps"] / p["gateway"]["rps"]
