@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds target/release/inference-gateway with profile-guided optimisation (PGO), the build
 # the .deb ships: ~10 % less CPU a request than a plain `cargo build --release`
-# (benches/README.md, "A profile-guided build").
+# (benches/README.md, "Runs 35–38: a profile-guided build").
 #
 #   1. an instrumented build (target/pgo/generate);
 #   2. a training run (scripts/pgo-train.py): the instrumented gateway serves non-streaming
@@ -13,7 +13,7 @@
 #      find it.
 #
 # Needs llvm-profdata for rustc's LLVM major version (`rustc -vV`; on Debian and Ubuntu
-# `apt-get install llvm-22` for LLVM 22) and python3. About twice a plain release build's
+# `apt-get install llvm-22` for LLVM 22), wrk and python3. About twice a plain release build's
 # time. A later plain `cargo build --release` may put a plain build back in its place.
 set -euo pipefail
 cd "$(dirname "$0")/.."
