@@ -17,6 +17,8 @@
 # mock-fast, mock-globus) and wrk. Everything listens on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=benches/lib/plugins.sh
+. benches/lib/plugins.sh
 
 old=${1:?usage: benches/abba.sh OLD_BINARY NEW_BINARY [pairs] [round_seconds]}
 new=${2:?usage: benches/abba.sh OLD_BINARY NEW_BINARY [pairs] [round_seconds]}
@@ -48,26 +50,7 @@ config() { # listen_port metrics_port access_log_path
     local plugins="" metrics='""'
     if [ "$shape" = all ]; then
         metrics="\"127.0.0.1:$2\""
-        plugins="[[plugins]]
-kind = \"access_log\"
-path = \"$3\"
-[[plugins]]
-kind = \"globus_auth\"
-client_id = \"bench-client\"
-client_secret_env = \"BENCH_GLOBUS_SECRET\"
-introspect_url = \"http://127.0.0.1:$globus_port/v2/oauth2/token/introspect\"
-token_url = \"http://127.0.0.1:$globus_port/v2/oauth2/token\"
-groups_url = \"http://127.0.0.1:$globus_port/v2/groups/my_groups\"
-[[plugins]]
-kind = \"rate_limits\"
-[plugins.per_user]
-requests_per_minute = 1000000000
-tokens_per_minute = 1000000000000
-[plugins.per_user_model]
-requests_per_minute = 1000000000
-tokens_per_minute = 1000000000000
-[plugins.per_model]
-max_concurrent = 100000"
+        plugins=$(all_plugins "$3" "$globus_port")
     fi
     cat <<TOML
 [server]

@@ -22,6 +22,8 @@
 # (apt-get install wrk valgrind). Everything listens on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=benches/lib/plugins.sh
+. benches/lib/plugins.sh
 
 gateway=${1:-target/release/inference-gateway}
 seconds=${2:-15}
@@ -74,26 +76,7 @@ wait_port() { for _ in $(seq 600); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/n
 config() {
     local plugins=""
     if [ "$1" = all ]; then
-        plugins="[[plugins]]
-kind = \"access_log\"
-path = \"$work/access.log\"
-[[plugins]]
-kind = \"globus_auth\"
-client_id = \"bench-client\"
-client_secret_env = \"BENCH_GLOBUS_SECRET\"
-introspect_url = \"http://127.0.0.1:$globus_port/v2/oauth2/token/introspect\"
-token_url = \"http://127.0.0.1:$globus_port/v2/oauth2/token\"
-groups_url = \"http://127.0.0.1:$globus_port/v2/groups/my_groups\"
-[[plugins]]
-kind = \"rate_limits\"
-[plugins.per_user]
-requests_per_minute = 1000000000
-tokens_per_minute = 1000000000000
-[plugins.per_user_model]
-requests_per_minute = 1000000000
-tokens_per_minute = 1000000000000
-[plugins.per_model]
-max_concurrent = 100000"
+        plugins=$(all_plugins "$work/access.log" "$globus_port")
     fi
     local metrics='""'
     [ "$1" = all ] && metrics='"127.0.0.1:18204"'
